@@ -18,9 +18,16 @@ from models.transformer import TransformerConfig, build_transformer
 
 
 class ModelFamily(NamedTuple):
+    """A family: its config class, its builder, and the name of the training recipe it needs.
+
+    `recipe` names an entry of `pipelines.recipes.RECIPES` (how to compile, fit and evaluate);
+    models/ stays free of training code, so it is referred to by name only.
+    """
+
     config: type[StrictConfig]
     build: Callable[[Any], keras.Model]
     description: str
+    recipe: str = "standard"
 
 
 MODELS: dict[str, ModelFamily] = {
