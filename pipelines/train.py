@@ -181,6 +181,11 @@ def publish(stage: Path, run_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def trainable_count(model: keras.Model) -> int:
+    """Number of trainable parameters."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
 def log_model(model: keras.Model, prepared: PreparedData) -> None:
     """Log the Keras model in MLflow's format, with a signature inferred from real examples."""
     test = prepared.splits["test"]
@@ -238,9 +243,7 @@ def train_model(
         mlflow.log_params(tracking.flatten({"model": config.model_values}))
         mlflow.log_params(tracking.flatten({"train": config.train.to_dict()}))
         mlflow.log_params(tracking.flatten({"data": prepared.manifest.config}))
-        mlflow.log_param(
-            "trainable_params", int(sum(np.prod(w.shape) for w in built.trainable_weights))
-        )
+        mlflow.log_param("trainable_params", trainable_count(built))
         started = time.monotonic()
         callbacks = [
             *standard_callbacks(config.train, stage / "best.keras"),

@@ -1,4 +1,4 @@
-"""Training on real (small) data: the loss falls, the metric beats its baseline, MLflow has it all."""
+"""Training on real data: the loss falls, the metric beats its baseline, MLflow has it all."""
 
 from __future__ import annotations
 
