@@ -28,6 +28,8 @@ class CnnConfig(StrictConfig):
         pooling: how the last feature map becomes a vector.
         dense_units: hidden dense layer before the softmax (0 for none).
         dropout: dropout before the head.
+        batchnorm_momentum: moving-statistics momentum; 0.9 suits small datasets, whose few
+            steps per epoch leave 0.99's statistics far from the data for many epochs.
     """
 
     inputs: InputSpec | None = None
@@ -36,6 +38,7 @@ class CnnConfig(StrictConfig):
     pooling: Literal["global_average", "flatten"] = "global_average"
     dense_units: int = 64
     dropout: float = 0.3
+    batchnorm_momentum: float = 0.9
 
     def validate(self) -> None:
         require(len(self.filters) > 0, "filters needs at least one block")
@@ -43,15 +46,22 @@ class CnnConfig(StrictConfig):
         require(self.kernel_size >= 1, "kernel_size must be at least 1")
         require(self.dense_units >= 0, "dense_units must be >= 0")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(0.0 < self.batchnorm_momentum < 1.0, "batchnorm_momentum must be in (0, 1)")
 
 
-def conv_block(x: keras.KerasTensor, filters: int, kernel_size: int, index: int):
+def conv_block(x: keras.KerasTensor, config: CnnConfig, filters: int, index: int):
     """Two conv -> batch norm -> ReLU units, then 2x2 max pooling (when the map allows it)."""
     for j in range(2):
         x = keras.layers.Conv2D(
-            filters, kernel_size, padding="same", use_bias=False, name=f"block{index}_conv{j}"
+            filters,
+            config.kernel_size,
+            padding="same",
+            use_bias=False,
+            name=f"block{index}_conv{j}",
         )(x)
-        x = keras.layers.BatchNormalization(name=f"block{index}_bn{j}")(x)
+        x = keras.layers.BatchNormalization(
+            momentum=config.batchnorm_momentum, name=f"block{index}_bn{j}"
+        )(x)
         x = keras.layers.ReLU(name=f"block{index}_relu{j}")(x)
     if min(x.shape[1], x.shape[2]) >= 2:
         x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool")(x)  # (B, H/2, W/2, F)
@@ -65,7 +75,7 @@ def build_cnn(config: CnnConfig) -> keras.Model:
     inputs = model_input(spec)  # (B, H, W, C)
     x = rescale_pixels(inputs, spec)
     for i, filters in enumerate(config.filters):
-        x = conv_block(x, filters, config.kernel_size, i)
+        x = conv_block(x, config, filters, i)
     if config.pooling == "global_average":
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (B, F)
     else:

@@ -37,8 +37,11 @@ def configure(params: Params) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_root(params) if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(name, artifact_location=location)
-    return experiment.experiment_id
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

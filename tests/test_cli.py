@@ -12,6 +12,8 @@ import pytest
 from pipelines.cli import main
 from tests.conftest import write_params
 
+IMAGES = {"source": "image_folder", "image_size": [8, 8]}
+
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -19,60 +21,56 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def bad_image_folder(root: Path) -> Path:
-    folder = root / "photos"
-    (folder / "cats").mkdir(parents=True)
-    (folder / "cats" / "notes.txt").write_text("not an image")
-    return folder
+def user_files(raw: Path) -> None:
+    """Bad user data under data/raw, where relative dataset paths are read."""
+    (raw / "empty").mkdir(parents=True)
+    (raw / "reviews.csv").write_text("text,sentiment\ngreat film,pos\n")
+    (raw / "photos" / "cats").mkdir(parents=True)
+    (raw / "photos" / "cats" / "notes.txt").write_text("not an image")
 
 
-@pytest.mark.parametrize(
-    "argv, datasets, message",
-    [
-        (["train", "resnet9000", "--dataset", "digits"], {}, "unknown model 'resnet9000'"),
-        (["train", "cnn", "--dataset", "digits", "--preset", "cnn_xl"], {}, "unknown preset"),
-        (["train", "cnn", "--dataset", "nope"], {}, "unknown dataset 'nope'"),
-        (["train", "cnn", "--dataset", "digits", "--set", "filterz=[8]"], {}, "unknown key"),
-        (["train", "cnn", "--dataset", "digits", "--set", "epochs=ten"], {}, "expected an integer"),
-        (
-            ["train", "cnn", "--dataset", "mine"],
-            {"mine": {"source": "image_folder", "path": "missing/folder"}},
-            "missing/folder",
-        ),
-        (
-            ["train", "cnn", "--dataset", "mine"],
-            {"mine": {"source": "image_folder", "path": "empty"}},
-            "empty",
-        ),
-        (
-            ["train", "rnn", "--dataset", "reviews"],
-            {"reviews": {"source": "text_csv", "path": "reviews.csv"}},
-            "label",
-        ),
-        (
-            ["train", "cnn", "--dataset", "photos"],
-            {"photos": {"source": "image_folder", "path": "photos"}},
-            "notes.txt",
-        ),
-        (["train", "cnn", "--dataset", "bbc_news"], {}, "takes image data, not text data"),
-    ],
-    ids=[
-        "model",
-        "preset",
-        "dataset",
-        "key",
-        "type",
-        "missing-folder",
-        "empty-folder",
-        "csv-columns",
-        "non-image",
-        "wrong-data-kind",
-    ],
-)
+BAD_INPUTS = {
+    "model": (["train", "resnet9000", "--dataset", "digits"], {}, "unknown model 'resnet9000'"),
+    "preset": (["train", "cnn", "--dataset", "digits", "--preset", "cnn_xl"], {}, "unknown preset"),
+    "dataset": (["train", "cnn", "--dataset", "nope"], {}, "unknown dataset 'nope'"),
+    "key": (["train", "cnn", "--dataset", "digits", "--set", "filterz=[8]"], {}, "unknown key"),
+    "type": (["train", "cnn", "--dataset", "digits", "--set", "epochs=ten"], {}, "an integer"),
+    "missing-folder": (
+        ["train", "cnn", "--dataset", "mine"],
+        {"mine": {**IMAGES, "path": "missing/folder"}},
+        "missing/folder does not exist",
+    ),
+    "empty-folder": (
+        ["train", "cnn", "--dataset", "mine"],
+        {"mine": {**IMAGES, "path": "empty"}},
+        "empty",
+    ),
+    "csv-columns": (
+        ["train", "rnn", "--dataset", "reviews"],
+        {"reviews": {"source": "text_csv", "path": "reviews.csv"}},
+        "label",
+    ),
+    "non-image": (
+        ["train", "cnn", "--dataset", "photos"],
+        {"photos": {**IMAGES, "path": "photos"}},
+        "notes.txt",
+    ),
+    "no-image-size": (
+        ["train", "cnn", "--dataset", "mine"],
+        {"mine": {"source": "image_folder", "path": "photos"}},
+        "image_size is required",
+    ),
+    "wrong-data-kind": (
+        ["train", "cnn", "--dataset", "bbc_news"],
+        {},
+        "takes image data, not text data",
+    ),
+}
+
+
+@pytest.mark.parametrize("argv, datasets, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, datasets, message):
-    (project / "empty").mkdir()
-    (project / "reviews.csv").write_text("text,sentiment\ngreat film,pos\n")
-    bad_image_folder(project)
+    user_files(project / "data" / "raw")
     write_params(project, datasets=datasets)
     code, _, err = run_cli(capsys, *argv)
     assert code == 2

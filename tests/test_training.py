@@ -33,6 +33,7 @@ def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
     tracking.configure(params)
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("tests").experiment_id
     assert run.data.params["model.filters"] == "[32, 64]"
     assert run.data.params["train.epochs"] == "6"
     assert run.data.tags["dataset"] == "digits" and run.data.tags["data.content_hash"]
