@@ -74,12 +74,17 @@ class KerasMnistConfig(SourceConfig):
 class ImageFolderConfig(SourceConfig):
     source: Literal["image_folder"] = "image_folder"
     path: str  # a folder of class subfolders; relative to raw_root unless absolute
-    image_size: tuple[int, int]  # (height, width); images of another size are resized
+    # (height, width); images of another size are resized. Typed `tuple[int, ...]` with the length
+    # checked in `validate`, because models.config.coerce swaps item and type for fixed tuples.
+    image_size: tuple[int, ...]
     color_mode: Literal["grayscale", "rgb"] = "rgb"
 
     def validate(self) -> None:
         super().validate()
-        require(min(self.image_size) >= 1, f"image_size must be positive, got {self.image_size}")
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
