@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data import builtins, readers
+from data import materialize, readers
 from data.errors import DataError
 from data.readers import LabeledExamples
 from data.splits import random_split, stratified_split, window_series
@@ -48,7 +48,10 @@ class SourceConfig(StrictConfig):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SeriesConfig(SourceConfig):
-    """A series cut into windows of `window` inputs and `horizon` targets."""
+    """A series cut into windows of `window` inputs and `horizon` targets.
+
+    The split is chronological, so `seed` has no effect on it.
+    """
 
     window: int = 20
     horizon: int = 1
@@ -235,7 +238,7 @@ def _local(path: str | None, raw_root: Path) -> Path | None:
 
 
 def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) -> LoadedDataset:
-    folder = builtins.materialize_digits(Path(raw_root) / name)
+    folder = materialize.materialize_digits(Path(raw_root) / name)
     user = ImageFolderConfig(
         path=str(folder), image_size=(8, 8), color_mode="grayscale", **_split_fields(config)
     )
@@ -243,7 +246,7 @@ def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) 
 
 
 def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> LoadedDataset:
-    folder = builtins.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
+    folder = materialize.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
     user = ImageFolderConfig(
         path=str(folder), image_size=(28, 28), color_mode="grayscale", **_split_fields(config)
     )
@@ -251,12 +254,12 @@ def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> Loa
 
 
 def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> LoadedDataset:
-    path = builtins.materialize_bbc_news(Path(raw_root) / name)
+    path = materialize.materialize_bbc_news(Path(raw_root) / name)
     return load_text_csv(TextCsvConfig(path=str(path), **_split_fields(config)), raw_root, name)
 
 
 def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> LoadedDataset:
-    path = builtins.materialize_imdb(
+    path = materialize.materialize_imdb(
         Path(raw_root) / name,
         _local(config.path, raw_root),
         _local(config.word_index_path, raw_root),
@@ -267,7 +270,7 @@ def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> Loade
 def load_statsmodels_sunspots(
     config: StatsmodelsSunspotsConfig, raw_root: Path, name: str
 ) -> LoadedDataset:
-    path = builtins.materialize_sunspots(Path(raw_root) / name)
+    path = materialize.materialize_sunspots(Path(raw_root) / name)
     user = TimeseriesCsvConfig(
         path=str(path), value_column="sunactivity", time_column="year", **_series_fields(config)
     )
@@ -277,7 +280,7 @@ def load_statsmodels_sunspots(
 def load_sklearn_breast_cancer(
     config: SklearnBreastCancerConfig, raw_root: Path, name: str
 ) -> LoadedDataset:
-    path = builtins.materialize_breast_cancer(Path(raw_root) / name)
+    path = materialize.materialize_breast_cancer(Path(raw_root) / name)
     user = TabularCsvConfig(path=str(path), **_split_fields(config))
     return load_tabular_csv(user, raw_root, name)
 

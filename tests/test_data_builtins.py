@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,10 +87,44 @@ def test_a_different_seed_gives_another_split(roots):
 
 def test_sunspot_windows_are_chronological(roots):
     raw_root, prepared_root = roots
-    prepare_dataset("sunspots", resolve_dataset_config("sunspots", {}), raw_root, prepared_root)
+    config = resolve_dataset_config("sunspots", {})
+    prepare_dataset("sunspots", config, raw_root, prepared_root)
+    written = (raw_root / "sunspots" / "sunspots.csv").stat().st_mtime_ns
+    prepare_dataset("sunspots", config, raw_root, prepared_root)
+    assert (raw_root / "sunspots" / "sunspots.csv").stat().st_mtime_ns == written  # idempotent
     data = load_prepared("sunspots", prepared_root)
-    series = np.concatenate([data.splits[s].y[:, 0] for s in ("train", "val", "test")])
-    # consecutive windows: each target is the next window's last input
-    train = data.splits["train"]
-    np.testing.assert_array_equal(train.x[1:, -1, 0], train.y[:-1, 0])
-    assert len(series) == 309 - 20
+    raw = (raw_root / "sunspots" / "sunspots.csv").read_text().splitlines()[1:]
+    series = np.array([float(line.split(",")[1]) for line in raw], dtype=np.float32)
+    targets = np.concatenate([data.splits[s].y[:, 0] for s in ("train", "val", "test")])
+    # train, then val, then test targets: every value after the first window, once, in order
+    np.testing.assert_array_equal(targets, series[20:])
+    offset = 0
+    for split in ("train", "val", "test"):  # window i ends right before its target
+        x = data.splits[split].x[:, :, 0]
+        for i in range(len(x)):
+            np.testing.assert_array_equal(x[i], series[offset + i : offset + i + 20])
+        offset += len(x)
+
+
+def test_builtin_defaults_are_complete_source_configs():
+    from data import BUILTIN_DATASETS, parse_source_config
+
+    for name, defaults in BUILTIN_DATASETS.items():
+        assert parse_source_config(defaults).to_dict() == defaults, name
+
+
+def test_importing_data_loads_no_heavy_or_service_library():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, data; heavy = {'tensorflow', 'keras', 'sklearn', 'prefect', 'mlflow'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env
+    )
+    assert result.stdout.strip() == "[]", result.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from data import DataError, load_prepared, prepare_dataset
-from data.builtins import load_imdb_sequences, load_mnist_arrays
+from data.materialize import load_imdb_sequences, load_mnist_arrays
 
 WORDS = {"the": 1, "movie": 2, "was": 3, "great": 4, "awful": 5, "plot": 6}
 
