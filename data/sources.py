@@ -17,11 +17,12 @@ import numpy as np
 from data import materialize, readers
 from data.errors import DataError
 from data.readers import LabeledExamples
-from data.splits import random_split, stratified_split, window_series
+from data.splits import random_split, series_periods, stratified_split, window_series
 from models.config import ConfigError, StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
 Task = Literal["classification", "regression"]
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,12 +143,15 @@ class LoadedDataset:
     task: Task
     input_dtype: Literal["float32", "string"]
     classes: tuple[str, ...]
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    splits: Splits
     stats: dict[str, float]
 
 
 def _classified(
-    examples: LabeledExamples, config: SourceConfig, kind: Kind, stats: Callable
+    examples: LabeledExamples,
+    config: SourceConfig,
+    kind: Kind,
+    stats: Callable[[Splits], dict[str, float]],
 ) -> LoadedDataset:
     classes = tuple(sorted(set(examples.labels.tolist())))
     if len(classes) < 2:
@@ -159,7 +163,7 @@ def _classified(
     return LoadedDataset(kind, "classification", dtype, classes, splits, stats(splits))
 
 
-def _image_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _image_stats(splits: Splits) -> dict[str, float]:
     train = splits["train"][0]
     every = [x.max() for x, _ in splits.values() if x.size]
     return {
@@ -169,12 +173,12 @@ def _image_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, 
     }
 
 
-def _text_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _text_stats(splits: Splits) -> dict[str, float]:
     words = np.array([len(t.split()) for t in splits["train"][0]])
     return {"train_words_mean": float(words.mean()), "train_words_max": float(words.max())}
 
 
-def _no_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _no_stats(splits: Splits) -> dict[str, float]:
     return {}
 
 
@@ -198,11 +202,7 @@ def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) 
     splits = window_series(
         values, config.window, config.horizon, config.val_fraction, config.test_fraction
     )
-    n_train = (
-        len(values)
-        - round(len(values) * config.val_fraction)
-        - round(len(values) * config.test_fraction)
-    )
+    _, n_train = series_periods(len(values), config.val_fraction, config.test_fraction)["train"]
     stats = {
         "train_mean": float(values[:n_train].mean()),
         "train_std": float(values[:n_train].std()),
