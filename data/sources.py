@@ -14,14 +14,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data import builtins, readers
+from data import materialize, readers
 from data.errors import DataError
 from data.readers import LabeledExamples
-from data.splits import random_split, stratified_split, window_series
+from data.splits import random_split, series_periods, stratified_split, window_series
 from models.config import ConfigError, StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
 Task = Literal["classification", "regression"]
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,7 +49,10 @@ class SourceConfig(StrictConfig):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SeriesConfig(SourceConfig):
-    """A series cut into windows of `window` inputs and `horizon` targets."""
+    """A series cut into windows of `window` inputs and `horizon` targets.
+
+    The split is chronological, so `seed` has no effect on it.
+    """
 
     window: int = 20
     horizon: int = 1
@@ -74,12 +78,17 @@ class KerasMnistConfig(SourceConfig):
 class ImageFolderConfig(SourceConfig):
     source: Literal["image_folder"] = "image_folder"
     path: str  # a folder of class subfolders; relative to raw_root unless absolute
-    image_size: tuple[int, int]  # (height, width); images of another size are resized
+    # (height, width); images of another size are resized. Typed `tuple[int, ...]` with the length
+    # checked in `validate`, because models.config.coerce swaps item and type for fixed tuples.
+    image_size: tuple[int, ...]
     color_mode: Literal["grayscale", "rgb"] = "rgb"
 
     def validate(self) -> None:
         super().validate()
-        require(min(self.image_size) >= 1, f"image_size must be positive, got {self.image_size}")
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,12 +143,15 @@ class LoadedDataset:
     task: Task
     input_dtype: Literal["float32", "string"]
     classes: tuple[str, ...]
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    splits: Splits
     stats: dict[str, float]
 
 
 def _classified(
-    examples: LabeledExamples, config: SourceConfig, kind: Kind, stats: Callable
+    examples: LabeledExamples,
+    config: SourceConfig,
+    kind: Kind,
+    stats: Callable[[Splits], dict[str, float]],
 ) -> LoadedDataset:
     classes = tuple(sorted(set(examples.labels.tolist())))
     if len(classes) < 2:
@@ -151,7 +163,7 @@ def _classified(
     return LoadedDataset(kind, "classification", dtype, classes, splits, stats(splits))
 
 
-def _image_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _image_stats(splits: Splits) -> dict[str, float]:
     train = splits["train"][0]
     every = [x.max() for x, _ in splits.values() if x.size]
     return {
@@ -161,12 +173,12 @@ def _image_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, 
     }
 
 
-def _text_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _text_stats(splits: Splits) -> dict[str, float]:
     words = np.array([len(t.split()) for t in splits["train"][0]])
     return {"train_words_mean": float(words.mean()), "train_words_max": float(words.max())}
 
 
-def _no_stats(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def _no_stats(splits: Splits) -> dict[str, float]:
     return {}
 
 
@@ -190,11 +202,7 @@ def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) 
     splits = window_series(
         values, config.window, config.horizon, config.val_fraction, config.test_fraction
     )
-    n_train = (
-        len(values)
-        - round(len(values) * config.val_fraction)
-        - round(len(values) * config.test_fraction)
-    )
+    _, n_train = series_periods(len(values), config.val_fraction, config.test_fraction)["train"]
     stats = {
         "train_mean": float(values[:n_train].mean()),
         "train_std": float(values[:n_train].std()),
@@ -230,7 +238,7 @@ def _local(path: str | None, raw_root: Path) -> Path | None:
 
 
 def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) -> LoadedDataset:
-    folder = builtins.materialize_digits(Path(raw_root) / name)
+    folder = materialize.materialize_digits(Path(raw_root) / name)
     user = ImageFolderConfig(
         path=str(folder), image_size=(8, 8), color_mode="grayscale", **_split_fields(config)
     )
@@ -238,7 +246,7 @@ def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) 
 
 
 def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> LoadedDataset:
-    folder = builtins.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
+    folder = materialize.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
     user = ImageFolderConfig(
         path=str(folder), image_size=(28, 28), color_mode="grayscale", **_split_fields(config)
     )
@@ -246,12 +254,12 @@ def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> Loa
 
 
 def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> LoadedDataset:
-    path = builtins.materialize_bbc_news(Path(raw_root) / name)
+    path = materialize.materialize_bbc_news(Path(raw_root) / name)
     return load_text_csv(TextCsvConfig(path=str(path), **_split_fields(config)), raw_root, name)
 
 
 def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> LoadedDataset:
-    path = builtins.materialize_imdb(
+    path = materialize.materialize_imdb(
         Path(raw_root) / name,
         _local(config.path, raw_root),
         _local(config.word_index_path, raw_root),
@@ -262,7 +270,7 @@ def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> Loade
 def load_statsmodels_sunspots(
     config: StatsmodelsSunspotsConfig, raw_root: Path, name: str
 ) -> LoadedDataset:
-    path = builtins.materialize_sunspots(Path(raw_root) / name)
+    path = materialize.materialize_sunspots(Path(raw_root) / name)
     user = TimeseriesCsvConfig(
         path=str(path), value_column="sunactivity", time_column="year", **_series_fields(config)
     )
@@ -272,7 +280,7 @@ def load_statsmodels_sunspots(
 def load_sklearn_breast_cancer(
     config: SklearnBreastCancerConfig, raw_root: Path, name: str
 ) -> LoadedDataset:
-    path = builtins.materialize_breast_cancer(Path(raw_root) / name)
+    path = materialize.materialize_breast_cancer(Path(raw_root) / name)
     user = TabularCsvConfig(path=str(path), **_split_fields(config))
     return load_tabular_csv(user, raw_root, name)
 

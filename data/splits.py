@@ -63,17 +63,22 @@ def window_series(
     that holds its whole target, so no target crosses a split boundary; its inputs may reach back
     into earlier periods, which is what a forecaster sees in production.
     """
-    total = len(values)
-    if total < window + horizon:
+    if len(values) < window + horizon:
         raise DataError(
-            f"the series has {total} values, fewer than window + horizon = {window + horizon}; "
-            "use a longer series or a smaller window/horizon"
+            f"the series has {len(values)} values, fewer than window + horizon = "
+            f"{window + horizon}; use a longer series or a smaller window/horizon"
         )
-    n_test = int(round(total * test_fraction))
-    n_val = int(round(total * val_fraction))
-    bounds = {"train": (0, total - n_val - n_test), "val": (total - n_val - n_test, total - n_test)}
-    bounds["test"] = (total - n_test, total)
-    return {s: _windows(values, window, horizon, *bounds[s], split=s) for s in SPLITS}
+    periods = series_periods(len(values), val_fraction, test_fraction)
+    return {s: _windows(values, window, horizon, *periods[s], split=s) for s in SPLITS}
+
+
+def series_periods(
+    total: int, val_fraction: float, test_fraction: float
+) -> dict[str, tuple[int, int]]:
+    """The [start, stop) time steps of the train, val and test periods of a series."""
+    val_start = total - int(round(total * val_fraction)) - int(round(total * test_fraction))
+    test_start = total - int(round(total * test_fraction))
+    return {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, total)}
 
 
 def _windows(
