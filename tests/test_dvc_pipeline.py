@@ -154,7 +154,7 @@ def test_repro_runs_every_stage_once(pipeline_repo):
     }
     assert stages_run(second) == set() and "Data and pipelines are up to date" in second
     metrics = yaml.safe_load(dvc(repo, "metrics", "show", "--json").stdout)
-    files = metrics["workspace"]["data"]
+    files = metrics[""]["data"]  # "" is the workspace
     scores = files["artifacts/metrics/cnn-digits.json"]["data"]
     assert 0.0 <= scores["test_accuracy"] <= 1.0 and "baseline_majority_accuracy" in scores
     assert files["artifacts/validation/digits.json"]["data"]["passed"] is True
