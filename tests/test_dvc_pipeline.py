@@ -69,7 +69,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
     params["tracking"] = {"experiment": "tests", "tracking_uri": ""}
     params["train"] = {**params["train"], **(train or {})}
     params["pipeline"] = {**params["pipeline"], **pipeline}
-    params["models"]["mlp"] = {"preset": "mlp_small", "train": {"epochs": 1}}
+    params["models"]["mlp"] = {"preset": "mlp_small", "dropout": 0.1, "train": {"epochs": 1}}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(path, "init", "-q")
     git(path, "config", "user.name", IDENTITY["GIT_AUTHOR_NAME"])
