@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	git rev-parse --git-dir >/dev/null 2>&1 || git init -q
 	$(BIN)/kerasops data setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/kerasops run-pipeline
+	$(BIN)/kerasops run-pipeline
 	$(BIN)/kerasops compare
 
 test: setup
