@@ -56,6 +56,7 @@ class ServingConfig(StrictConfig):
     models_config: str = DEFAULT_MODELS_CONFIG
     poll_interval_s: float = 2.0
     max_body_bytes: int = 4 * 1024 * 1024
+    allow_nan: bool = False
     warmup: bool = True
     num_warmup_records: int = 8
     shutdown_grace_s: float = 10.0
