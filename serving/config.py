@@ -17,7 +17,7 @@ class BatchingConfig(StrictConfig):
 
     enabled: bool = True
     max_batch_size: int = 64
-    batch_timeout_micros: int = 2000
+    batch_timeout_micros: int = 1000
     max_enqueued_batches: int = 100
     num_batch_threads: int = 1
     pad_variable_length_inputs: bool = False

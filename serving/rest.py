@@ -37,7 +37,7 @@ _ROUTE = re.compile(
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>/metadata|:predict|:classify|:regress)?/?$"
 )
-_JSON = [(b"content-type", b"application/json")]
+_JSON = (b"content-type", b"application/json")
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
 
@@ -176,7 +176,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
 async def _respond(
     send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers or _JSON})
+    headers = [headers[0] if headers else _JSON, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
