@@ -150,6 +150,8 @@ class Batcher:
             return self._run(task.inputs)
         except ServingError as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - the worker thread must outlive any request
+            return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
 def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]]:

@@ -56,14 +56,13 @@ def from_tf_error(exc: Exception) -> ServingError:
     if isinstance(exc, ServingError):
         return exc
     if isinstance(exc, tf.errors.OpError):
-        code = tf.errors.exception_type_from_error_code(exc.error_code).__name__
         name = {
             "InvalidArgumentError": "INVALID_ARGUMENT",
             "ResourceExhaustedError": "RESOURCE_EXHAUSTED",
             "OutOfRangeError": "OUT_OF_RANGE",
             "FailedPreconditionError": "FAILED_PRECONDITION",
             "UnimplementedError": "UNIMPLEMENTED",
-        }.get(code, "INTERNAL")
+        }.get(type(exc).__name__, "INTERNAL")
         return ServingError(name, exc.message.strip().splitlines()[0])
     if isinstance(exc, ValueError | TypeError):
         return invalid(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

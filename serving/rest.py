@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^:]+?)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>[^/:]+))?(?:/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>/metadata|:predict|:classify|:regress)?/?$"
 )
 _JSON = (b"content-type", b"application/json")
