@@ -57,7 +57,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         return tuple(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:

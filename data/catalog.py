@@ -1,0 +1,42 @@
+"""The built-in datasets and how a params.yaml `datasets:` entry extends them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from data.errors import DataError
+from data.prepare import as_source_config, check_dataset_name
+from models.config import StrictConfig
+
+_SPLIT = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42}
+
+BUILTIN_DATASETS: dict[str, dict] = {
+    "digits": {"source": "sklearn_digits", **_SPLIT},
+    "sunspots": {"source": "statsmodels_sunspots", "window": 20, "horizon": 1, **_SPLIT},
+    "bbc_news": {"source": "bbc_news", **_SPLIT},
+    "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
+    "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
+    "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+}
+
+
+def resolve_dataset_config(name: str, declared: Mapping[str, Mapping]) -> StrictConfig:
+    """The source config of dataset `name`: its built-in defaults updated by `declared[name]`.
+
+    An entry with another `source` than the built-in's replaces the defaults instead.
+    Raises DataError for an unknown name, ConfigError for a bad key or value.
+    """
+    check_dataset_name(name)
+    entry = (declared or {}).get(name)
+    if entry is not None and not isinstance(entry, Mapping):
+        raise DataError(f"datasets.{name}: expected a mapping of settings, got {entry!r}")
+    defaults = BUILTIN_DATASETS.get(name)
+    if defaults is None and entry is None:
+        known = ", ".join(sorted({*BUILTIN_DATASETS, *(declared or {})}))
+        raise DataError(f"unknown dataset {name!r}; known datasets: {known}")
+    values: dict[str, Any] = dict(defaults or {})
+    if entry is not None:
+        same_source = entry.get("source", values.get("source")) == values.get("source")
+        values = {**values, **entry} if same_source else dict(entry)
+    return as_source_config(values, prefix=f"datasets.{name}.")

@@ -1,0 +1,174 @@
+"""Readers for the user formats: an image folder, a text CSV, a series CSV and a tabular CSV.
+
+Built-in datasets are first written out in one of these formats, so every dataset, built-in or
+the user's own, is read by the same code.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from data.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+ColorMode = Literal["grayscale", "rgb"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledExamples:
+    """Inputs with one label per example: x (N, ...) and labels (N,) as strings."""
+
+    x: np.ndarray
+    labels: np.ndarray
+
+
+def resolve_path(path: str, raw_root: Path) -> Path:
+    """An absolute `path` as is; a relative one under `raw_root`. Raise DataError if missing."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        resolved = Path(raw_root) / resolved
+    if not resolved.exists():
+        raise DataError(
+            f"{resolved} does not exist; check `path` (a relative path is read under {raw_root})"
+        )
+    return resolved
+
+
+def read_image_folder(
+    folder: Path, image_size: tuple[int, int], color_mode: ColorMode
+) -> LabeledExamples:
+    """Read `folder/<class>/<image>`: x (N, H, W, C) float32 pixel values, labels = class names."""
+    files = _image_files(folder)
+    channels = 1 if color_mode == "grayscale" else 3
+    x = np.zeros((len(files), *image_size, channels), dtype=np.float32)  # (N, H, W, C)
+    for i, path in enumerate(files):
+        x[i] = _read_image(path, image_size, color_mode).reshape(*image_size, channels)
+    labels = np.array([p.parent.name for p in files], dtype=str)
+    return LabeledExamples(x=x, labels=labels)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; an image dataset is one subfolder per class")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p))
+    if not class_dirs:
+        raise DataError(f"{folder} has no class subfolders; put images in {folder}/<class>/")
+    stray = sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p))
+    if stray:
+        raise DataError(f"{stray[0]} is outside a class folder; move it into {folder}/<class>/")
+    files = []
+    for class_dir in class_dirs:
+        found = sorted(p for p in class_dir.iterdir() if not _hidden(p))
+        for path in found:
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(
+                    f"{path} is not an image (expected {', '.join(IMAGE_SUFFIXES)}); "
+                    "remove it from the class folder"
+                )
+        if not found:
+            raise DataError(f"class folder {class_dir} has no images; add some or remove it")
+        files.extend(found)
+    return files
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _read_image(path: Path, image_size: tuple[int, int], color_mode: ColorMode) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if color_mode == "grayscale" else "RGB")
+            if image.size != (image_size[1], image_size[0]):
+                image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(
+            f"{path} cannot be read as an image ({exc}); remove or replace it"
+        ) from None
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[dict[str, str]]]:
+    """Read a UTF-8 CSV with a header: (column names, rows). Raise DataError on missing columns."""
+    if not path.is_file():
+        raise DataError(f"{path} is not a file; expected a CSV file with a header row")
+    csv.field_size_limit(2**31 - 1)  # long articles are single fields
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks the column(s) {', '.join(missing)} "
+            f"(found: {', '.join(columns) or 'none'}); "
+            f"add a header row naming {', '.join(required)}"
+        )
+    if not rows:
+        raise DataError(f"{path} has a header but no rows; add examples")
+    return columns, rows
+
+
+def read_text_csv(path: Path) -> LabeledExamples:
+    """Read a `text,label` CSV: x (N,) object array of str, labels (N,) str."""
+    _, rows = read_csv(path, ("text", "label"))
+    x = np.empty(len(rows), dtype=object)  # (N,) one string per example
+    x[:] = [row["text"] for row in rows]
+    labels = np.array([row["label"] for row in rows], dtype=str)
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise DataError(f"{path} row {i + 2} has an empty label; give every row a label")
+    return LabeledExamples(x=x, labels=labels)
+
+
+def read_series_csv(path: Path, value_column: str, time_column: str | None) -> np.ndarray:
+    """Read one numeric column of a CSV as a series (N,) float64, ordered by `time_column`."""
+    required = (value_column,) if time_column is None else (value_column, time_column)
+    _, rows = read_csv(path, required)
+    if time_column is not None:
+        rows = sorted(rows, key=lambda row: _time_key(row[time_column]))
+    return np.array(
+        [to_number(row[value_column], path, i, value_column) for i, row in enumerate(rows)],
+        dtype=np.float64,
+    )
+
+
+def _time_key(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)  # ISO dates and times sort as text
+
+
+def to_number(value: str, path: Path, index: int, column: str) -> float:
+    """`value` as a finite float; raise DataError naming the file, row and column."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not np.isfinite(number):
+        raise DataError(
+            f"{path} row {index + 2}, column {column}: {value!r} is not a number; fix or drop it"
+        )
+    return number
+
+
+def read_tabular_csv(path: Path, label_column: str) -> tuple[LabeledExamples, list[str]]:
+    """Read a CSV of numeric features and a label column: x (N, F) float32, and feature names."""
+    columns, rows = read_csv(path, (label_column,))
+    features = [c for c in columns if c != label_column]
+    if not features:
+        raise DataError(f"{path} has no feature columns besides {label_column}; add some")
+    x = np.array(
+        [[to_number(row[c], path, i, c) for c in features] for i, row in enumerate(rows)],
+        dtype=np.float32,
+    )  # (N, F)
+    labels = np.array([row[label_column] for row in rows], dtype=str)
+    return LabeledExamples(x=x, labels=labels), features

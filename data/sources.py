@@ -1,0 +1,330 @@
+"""Dataset sources: one strict config per source, and a registry from source name to loader.
+
+A params.yaml `datasets:` entry names its `source`; the rest of the entry is that source's config.
+Built-in sources write their raw files in a user format first, then load them exactly as the
+user's own files are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from data import materialize, readers
+from data.errors import DataError
+from data.readers import LabeledExamples
+from data.splits import random_split, series_periods, stratified_split, window_series
+from models.config import ConfigError, StrictConfig, require
+
+Kind = Literal["image", "text", "timeseries", "tabular"]
+Task = Literal["classification", "regression"]
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceConfig(StrictConfig):
+    """Fields every source shares: the held-out fractions and the split seed."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+
+    def validate(self) -> None:
+        require(
+            0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"
+        )
+        require(
+            0 <= self.test_fraction < 1,
+            f"test_fraction must be in [0, 1), got {self.test_fraction}",
+        )
+        require(
+            self.val_fraction + self.test_fraction < 1,
+            "val_fraction + test_fraction must be below 1 to leave training data",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SeriesConfig(SourceConfig):
+    """A series cut into windows of `window` inputs and `horizon` targets.
+
+    The split is chronological, so `seed` has no effect on it.
+    """
+
+    window: int = 20
+    horizon: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.window >= 1, f"window must be at least 1, got {self.window}")
+        require(self.horizon >= 1, f"horizon must be at least 1, got {self.horizon}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SklearnDigitsConfig(SourceConfig):
+    source: Literal["sklearn_digits"] = "sklearn_digits"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KerasMnistConfig(SourceConfig):
+    source: Literal["keras_mnist"] = "keras_mnist"
+    path: str | None = None  # a local copy of keras' mnist.npz; None: keras' cache or download
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageFolderConfig(SourceConfig):
+    source: Literal["image_folder"] = "image_folder"
+    path: str  # a folder of class subfolders; relative to raw_root unless absolute
+    # (height, width); images of another size are resized. Typed `tuple[int, ...]` with the length
+    # checked in `validate`, because models.config.coerce swaps item and type for fixed tuples.
+    image_size: tuple[int, ...]
+    color_mode: Literal["grayscale", "rgb"] = "rgb"
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BbcNewsConfig(SourceConfig):
+    source: Literal["bbc_news"] = "bbc_news"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KerasImdbConfig(SourceConfig):
+    source: Literal["keras_imdb"] = "keras_imdb"
+    path: str | None = None  # a local copy of keras' imdb.npz; None: keras' cache or download
+    word_index_path: str | None = None  # default: imdb_word_index.json beside `path`
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextCsvConfig(SourceConfig):
+    source: Literal["text_csv"] = "text_csv"
+    path: str  # a CSV with `text` and `label` columns; relative to raw_root unless absolute
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StatsmodelsSunspotsConfig(SeriesConfig):
+    source: Literal["statsmodels_sunspots"] = "statsmodels_sunspots"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TimeseriesCsvConfig(SeriesConfig):
+    source: Literal["timeseries_csv"] = "timeseries_csv"
+    path: str  # relative to raw_root unless absolute
+    value_column: str
+    time_column: str | None = None  # rows are sorted by it when given
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SklearnBreastCancerConfig(SourceConfig):
+    source: Literal["sklearn_breast_cancer"] = "sklearn_breast_cancer"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TabularCsvConfig(SourceConfig):
+    source: Literal["tabular_csv"] = "tabular_csv"
+    path: str  # numeric feature columns and a label column; relative to raw_root unless absolute
+    label_column: str = "label"
+    task: Task = "classification"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedDataset:
+    """A source's examples, already split: splits[name] = (x, y)."""
+
+    kind: Kind
+    task: Task
+    input_dtype: Literal["float32", "string"]
+    classes: tuple[str, ...]
+    splits: Splits
+    stats: dict[str, float]
+
+
+def _classified(
+    examples: LabeledExamples,
+    config: SourceConfig,
+    kind: Kind,
+    stats: Callable[[Splits], dict[str, float]],
+) -> LoadedDataset:
+    classes = tuple(sorted(set(examples.labels.tolist())))
+    if len(classes) < 2:
+        raise DataError(f"found only the class {classes!r}; a classifier needs at least two")
+    y = np.searchsorted(np.array(classes), examples.labels).astype(np.int32)  # (N,) class index
+    indices = stratified_split(y, config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (examples.x[i], y[i]) for s, i in indices.items()}
+    dtype = "string" if examples.x.dtype == object else "float32"
+    return LoadedDataset(kind, "classification", dtype, classes, splits, stats(splits))
+
+
+def _image_stats(splits: Splits) -> dict[str, float]:
+    train = splits["train"][0]
+    every = [x.max() for x, _ in splits.values() if x.size]
+    return {
+        "pixel_max": float(max(every)),
+        "pixel_mean": float(train.mean()),
+        "pixel_std": float(train.std()),
+    }
+
+
+def _text_stats(splits: Splits) -> dict[str, float]:
+    words = np.array([len(t.split()) for t in splits["train"][0]])
+    return {"train_words_mean": float(words.mean()), "train_words_max": float(words.max())}
+
+
+def _no_stats(splits: Splits) -> dict[str, float]:
+    return {}
+
+
+# Loaders: (config, raw_root, dataset name) -> LoadedDataset.
+
+
+def load_image_folder(config: ImageFolderConfig, raw_root: Path, name: str) -> LoadedDataset:
+    folder = readers.resolve_path(config.path, raw_root)
+    examples = readers.read_image_folder(folder, config.image_size, config.color_mode)
+    return _classified(examples, config, "image", _image_stats)
+
+
+def load_text_csv(config: TextCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    examples = readers.read_text_csv(readers.resolve_path(config.path, raw_root))
+    return _classified(examples, config, "text", _text_stats)
+
+
+def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    values = readers.read_series_csv(path, config.value_column, config.time_column)  # (T,)
+    splits = window_series(
+        values, config.window, config.horizon, config.val_fraction, config.test_fraction
+    )
+    _, n_train = series_periods(len(values), config.val_fraction, config.test_fraction)["train"]
+    stats = {
+        "train_mean": float(values[:n_train].mean()),
+        "train_std": float(values[:n_train].std()),
+        "observations": float(len(values)),
+    }
+    return LoadedDataset("timeseries", "regression", "float32", (), splits, stats)
+
+
+def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    examples, _ = readers.read_tabular_csv(path, config.label_column)
+    if config.task == "classification":
+        return _classified(examples, config, "tabular", _no_stats)
+    y = np.array(
+        [readers.to_number(v, path, i, config.label_column) for i, v in enumerate(examples.labels)],
+        dtype=np.float32,
+    )  # (N,) regression targets
+    indices = random_split(len(y), config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (examples.x[i], y[i]) for s, i in indices.items()}
+    return LoadedDataset("tabular", "regression", "float32", (), splits, {})
+
+
+def _split_fields(config: SourceConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(SourceConfig)}
+
+
+def _series_fields(config: SeriesConfig) -> dict[str, Any]:
+    return {**_split_fields(config), "window": config.window, "horizon": config.horizon}
+
+
+def _local(path: str | None, raw_root: Path) -> Path | None:
+    return None if path is None else readers.resolve_path(path, raw_root)
+
+
+def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) -> LoadedDataset:
+    folder = materialize.materialize_digits(Path(raw_root) / name)
+    user = ImageFolderConfig(
+        path=str(folder), image_size=(8, 8), color_mode="grayscale", **_split_fields(config)
+    )
+    return load_image_folder(user, raw_root, name)
+
+
+def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> LoadedDataset:
+    folder = materialize.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
+    user = ImageFolderConfig(
+        path=str(folder), image_size=(28, 28), color_mode="grayscale", **_split_fields(config)
+    )
+    return load_image_folder(user, raw_root, name)
+
+
+def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = materialize.materialize_bbc_news(Path(raw_root) / name)
+    return load_text_csv(TextCsvConfig(path=str(path), **_split_fields(config)), raw_root, name)
+
+
+def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = materialize.materialize_imdb(
+        Path(raw_root) / name,
+        _local(config.path, raw_root),
+        _local(config.word_index_path, raw_root),
+    )
+    return load_text_csv(TextCsvConfig(path=str(path), **_split_fields(config)), raw_root, name)
+
+
+def load_statsmodels_sunspots(
+    config: StatsmodelsSunspotsConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    path = materialize.materialize_sunspots(Path(raw_root) / name)
+    user = TimeseriesCsvConfig(
+        path=str(path), value_column="sunactivity", time_column="year", **_series_fields(config)
+    )
+    return load_timeseries_csv(user, raw_root, name)
+
+
+def load_sklearn_breast_cancer(
+    config: SklearnBreastCancerConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    path = materialize.materialize_breast_cancer(Path(raw_root) / name)
+    user = TabularCsvConfig(path=str(path), **_split_fields(config))
+    return load_tabular_csv(user, raw_root, name)
+
+
+Loader = Callable[[Any, Path, str], LoadedDataset]
+
+SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
+    "sklearn_digits": (SklearnDigitsConfig, load_sklearn_digits),
+    "keras_mnist": (KerasMnistConfig, load_keras_mnist),
+    "image_folder": (ImageFolderConfig, load_image_folder),
+    "bbc_news": (BbcNewsConfig, load_bbc_news),
+    "keras_imdb": (KerasImdbConfig, load_keras_imdb),
+    "text_csv": (TextCsvConfig, load_text_csv),
+    "statsmodels_sunspots": (StatsmodelsSunspotsConfig, load_statsmodels_sunspots),
+    "timeseries_csv": (TimeseriesCsvConfig, load_timeseries_csv),
+    "sklearn_breast_cancer": (SklearnBreastCancerConfig, load_sklearn_breast_cancer),
+    "tabular_csv": (TabularCsvConfig, load_tabular_csv),
+}
+
+
+def parse_source_config(values: Mapping[str, Any], prefix: str = "") -> SourceConfig:
+    """Build the config of the source named by `values["source"]`; raise DataError/ConfigError."""
+    source = values.get("source")
+    known = ", ".join(sorted(SOURCES))
+    if source is None:
+        raise DataError(f"{prefix}source is missing; name one of: {known}")
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r} at {prefix}source; known sources: {known}")
+    config_class = SOURCES[source][0]
+    _require_fields(config_class, values, prefix)
+    return config_class.from_dict(dict(values), prefix=prefix)
+
+
+def _require_fields(
+    config_class: type[SourceConfig], values: Mapping[str, Any], prefix: str
+) -> None:
+    for field in dataclasses.fields(config_class):
+        no_default = field.default is dataclasses.MISSING
+        if no_default and field.default_factory is dataclasses.MISSING and field.name not in values:
+            raise ConfigError(
+                f"{prefix}{field.name} is required by the source {values['source']!r}; add it"
+            )
+
+
+def load_source(config: SourceConfig, raw_root: Path, name: str) -> LoadedDataset:
+    """Run the loader registered for `config.source`."""
+    return SOURCES[config.source][1](config, Path(raw_root), name)

@@ -1,0 +1,192 @@
+"""Custom layers shared by the architecture families.
+
+Each takes `**kwargs`, keeps one attribute per constructor argument, implements `get_config`
+and is registered under the `kerasops` package, so saved models load back (STYLE 4).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class TokenAndPositionEmbedding(keras.layers.Layer):
+    """Token embedding plus a learned position embedding; token id 0 is padding and masked.
+
+    Args:
+        vocabulary_size: number of token ids.
+        sequence_length: maximum sequence length.
+        embed_dim: embedding width.
+        mask_zero: emit a padding mask for id 0.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        sequence_length: int,
+        embed_dim: int,
+        mask_zero: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.embed_dim = embed_dim
+        self.mask_zero = mask_zero
+        self.token_embedding = keras.layers.Embedding(vocabulary_size, embed_dim, name="token")
+        self.position_embedding = keras.layers.Embedding(
+            sequence_length, embed_dim, name="position"
+        )
+
+    def build(self, input_shape):
+        self.token_embedding.build(input_shape)
+        self.position_embedding.build((input_shape[-1],))
+        super().build(input_shape)
+
+    def call(self, token_ids):
+        positions = ops.arange(ops.shape(token_ids)[-1])  # (T,)
+        return self.token_embedding(token_ids) + self.position_embedding(positions)  # (B, T, C)
+
+    def compute_mask(self, token_ids, mask=None):
+        if not self.mask_zero:
+            return None
+        return ops.not_equal(token_ids, 0)  # (B, T)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.embed_dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "sequence_length": self.sequence_length,
+            "embed_dim": self.embed_dim,
+            "mask_zero": self.mask_zero,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class TransformerEncoderBlock(keras.layers.Layer):
+    """Post-norm encoder block: self-attention and a feed-forward net, each residual + LayerNorm.
+
+    Args:
+        embed_dim: model width.
+        num_heads: attention heads.
+        ff_dim: hidden width of the feed-forward net.
+        dropout: dropout rate after attention and feed-forward.
+        causal: mask future positions (decoder-style self-attention).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        dropout: float = 0.1,
+        causal: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        self.causal = causal
+        self.supports_masking = True
+        self.attention = keras.layers.MultiHeadAttention(
+            num_heads=num_heads, key_dim=embed_dim // num_heads, dropout=dropout, name="attention"
+        )
+        self.feed_forward = keras.Sequential(
+            [
+                keras.layers.Dense(ff_dim, activation="gelu"),
+                keras.layers.Dense(embed_dim),
+            ],
+            name="feed_forward",
+        )
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.output_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")
+        self.attention_dropout = keras.layers.Dropout(dropout)
+        self.output_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.attention.build(input_shape, input_shape)
+        self.feed_forward.build(input_shape)
+        self.attention_norm.build(input_shape)
+        self.output_norm.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x, mask=None, training=None):
+        attention_mask = None
+        if mask is not None:
+            attention_mask = ops.expand_dims(ops.cast(mask, "bool"), axis=1)  # (B, 1, T)
+        attended = self.attention(
+            x, x, attention_mask=attention_mask, use_causal_mask=self.causal, training=training
+        )  # (B, T, C)
+        x = self.attention_norm(x + self.attention_dropout(attended, training=training))
+        transformed = self.feed_forward(x)  # (B, T, C)
+        return self.output_norm(x + self.output_dropout(transformed, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "embed_dim": self.embed_dim,
+            "num_heads": self.num_heads,
+            "ff_dim": self.ff_dim,
+            "dropout": self.dropout,
+            "causal": self.causal,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class LastValueResidual(keras.layers.Layer):
+    """Forecast = last observed value + a learned change, de-standardized.
+
+    The network predicts the standardized change from the window's last value, so an untrained
+    model starts at the naive last-value forecast and training can only have to improve on it.
+
+    Args:
+        mean: the series' training mean.
+        std: the series' training standard deviation.
+    """
+
+    def __init__(self, mean: float, std: float, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = mean
+        self.std = std
+
+    def call(self, inputs):
+        raw_window, change = inputs  # (B, W, 1), (B, H)
+        last = raw_window[:, -1, :1]  # (B, 1)
+        return last + change * self.std  # (B, H)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class MaskedMeanPooling(keras.layers.Layer):
+    """Mean over the unmasked time steps; an all-padding sequence (empty text) pools to zeros."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, x, mask=None):
+        if mask is None:
+            return ops.mean(x, axis=1)
+        weights = ops.expand_dims(ops.cast(mask, x.dtype), axis=-1)  # (B, T, 1)
+        total = ops.sum(x * weights, axis=1)  # (B, C)
+        return total / ops.maximum(ops.sum(weights, axis=1), 1.0)  # (B, C)
+
+    def compute_mask(self, x, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])

@@ -1,0 +1,95 @@
+"""The model registry: names to (config class, builder), and presets by role and size.
+
+Registries are data (STYLE 2): adding a family is one entry here and one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import keras
+
+from models.cnn import CnnConfig, build_cnn
+from models.config import ConfigError, StrictConfig
+from models.mlp import MlpConfig, build_mlp
+from models.rnn import RnnConfig, build_rnn
+from models.transformer import TransformerConfig, build_transformer
+
+
+class ModelFamily(NamedTuple):
+    """A family: its config class, its builder, and the name of the training recipe it needs.
+
+    `recipe` names an entry of `pipelines.recipes.RECIPES` (how to compile, fit and evaluate);
+    models/ stays free of training code, so it is referred to by name only.
+    """
+
+    config: type[StrictConfig]
+    build: Callable[[Any], keras.Model]
+    description: str
+    recipe: str = "standard"
+
+
+MODELS: dict[str, ModelFamily] = {
+    "mlp": ModelFamily(MlpConfig, build_mlp, "dense stack for tabular rows"),
+    "cnn": ModelFamily(CnnConfig, build_cnn, "conv/batch-norm/pooling image classifier"),
+    "rnn": ModelFamily(RnnConfig, build_rnn, "SimpleRNN/LSTM/GRU text classifier or forecaster"),
+    "transformer": ModelFamily(
+        TransformerConfig, build_transformer, "Transformer encoder text classifier"
+    ),
+}
+
+# Presets are plain data, named by role and size. `model` says which family they belong to.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mlp_small": {"model": "mlp", "hidden_units": [64, 32], "dropout": 0.1},
+    "mlp_base": {"model": "mlp", "hidden_units": [256, 128, 64], "dropout": 0.3},
+    "cnn_small": {"model": "cnn", "filters": [32, 64], "dense_units": 64, "dropout": 0.3},
+    "cnn_base": {"model": "cnn", "filters": [32, 64, 128], "dense_units": 128, "dropout": 0.4},
+    "rnn_lstm_small": {"model": "rnn", "cell": "lstm", "units": [32]},
+    "rnn_gru_small": {"model": "rnn", "cell": "gru", "units": [32]},
+    "rnn_bilstm_base": {"model": "rnn", "cell": "lstm", "units": [64, 32], "bidirectional": True},
+    "rnn_simple_small": {"model": "rnn", "cell": "simple", "units": [32]},
+    "transformer_tiny": {
+        "model": "transformer",
+        "embed_dim": 32,
+        "num_heads": 2,
+        "ff_dim": 64,
+        "num_layers": 1,
+    },
+    "transformer_small": {
+        "model": "transformer",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 2,
+    },
+}
+
+
+def get_family(name: str) -> ModelFamily:
+    """Return the family registered as `name`, or raise ConfigError listing the known ones."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def preset_values(model: str, preset: str | None) -> dict[str, Any]:
+    """Return the preset's config values (without `model`), checking it belongs to `model`."""
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        known = sorted(p for p, v in PRESETS.items() if v["model"] == model)
+        raise ConfigError(f"unknown preset {preset!r}; presets for {model}: {', '.join(known)}")
+    values = dict(PRESETS[preset])
+    owner = values.pop("model")
+    if owner != model:
+        raise ConfigError(f"preset {preset!r} is for model {owner!r}, not {model!r}")
+    return values
+
+
+def build_model(name: str, config: StrictConfig | dict[str, Any]) -> keras.Model:
+    """Build the uncompiled model `name` from a config object or a plain dict."""
+    family = get_family(name)
+    if isinstance(config, dict):
+        config = family.config.from_dict(config)
+    return family.build(config)

@@ -1,0 +1,71 @@
+"""MLflow tracking: the embedded SQLite store by default, a server when one is configured."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+
+from pipelines.settings import Params
+
+
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else params' tracking_uri, else SQLite under artifacts/."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+    if uri:
+        return uri
+    return f"sqlite:///{params.path('artifacts') / 'mlflow.db'}"
+
+
+def artifact_root(params: Params) -> str:
+    """Where the embedded store keeps run artifacts."""
+    return (params.path("artifacts") / "mlruns").as_uri()
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at the store and select (creating if needed) the experiment; return its id."""
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = params.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = artifact_root(params) if uri.startswith("sqlite:") else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config to MLflow params: `{"train": {"epochs": 3}}` -> `{"train.epochs": 3}`."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= 500 else text[:497] + "..."
+    return flat
+
+
+class MlflowMetrics(keras.callbacks.Callback):
+    """Log every epoch's training and validation metrics, with an optional name prefix."""
+
+    def __init__(self, prefix: str = "", step_offset: int = 0):
+        super().__init__()
+        self.prefix = prefix
+        self.step_offset = step_offset
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}
+        metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+        mlflow.log_metrics(metrics, step=self.step_offset + epoch)

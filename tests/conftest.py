@@ -1,0 +1,36 @@
+"""Shared fixtures: an isolated project folder (params.yaml, data, artifacts) per test module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def write_params(root: Path, **sections) -> Path:
+    """Write a params.yaml under `root` whose paths all stay inside `root`."""
+    params = {
+        "paths": {
+            "artifacts": "artifacts",
+            "raw_data": "data/raw",
+            "prepared_data": "data/prepared",
+        },
+        "tracking": {"experiment": "tests"},
+        **sections,
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty project folder as the working directory, with no tracking server configured."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    return tmp_path

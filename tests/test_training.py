@@ -1,0 +1,115 @@
+"""Training on real data: the loss falls, the metric beats its baseline, MLflow has it all."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from data import load_prepared
+from pipelines import tracking
+from pipelines.evaluate import predict
+from pipelines.settings import load_params
+from pipelines.train import train_model
+
+
+def losses(run_id: str, key: str = "loss") -> list[float]:
+    return [m.value for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+@pytest.fixture
+def params(project):
+    return load_params(project / "params.yaml")
+
+
+def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
+    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
+    metrics = result.metrics
+    assert metrics["test_accuracy"] > 0.85 > metrics["baseline_majority_accuracy"] + 0.5
+
+    tracking.configure(params)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("tests").experiment_id
+    assert run.data.params["model.filters"] == "[32, 64]"
+    assert run.data.params["train.epochs"] == "6"
+    assert run.data.tags["dataset"] == "digits" and run.data.tags["data.content_hash"]
+    history = losses(result.run_id)
+    assert len(history) == 6 and history[-1] < history[0]
+    assert len(losses(result.run_id, "val_accuracy")) == 6
+    for key in ("test_accuracy", "test_macro_precision", "test_macro_recall", "test_macro_f1"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "outputs")}
+    for name in (
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "summary.txt",
+        "config.json",
+        "metrics.json",
+        "history.csv",
+        "model.keras",
+    ):
+        assert f"outputs/{name}" in artifacts
+
+    on_disk = json.loads((result.run_dir / "metrics.json").read_text())
+    assert on_disk["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    confusion = json.loads((result.run_dir / "evaluation.json").read_text())["confusion_matrix"]
+    assert (
+        np.asarray(confusion).sum()
+        == load_prepared("digits", params.path("prepared_data")).manifest.splits["test"]
+    )
+
+    logged = mlflow.keras.load_model(f"runs:/{result.run_id}/model")
+    test = load_prepared("digits", params.path("prepared_data")).splits["test"]
+    import keras
+
+    local = keras.saving.load_model(result.run_dir / "model.keras")
+    np.testing.assert_allclose(predict(logged, test), predict(local, test), atol=1e-5)
+
+
+def test_lstm_forecast_beats_the_naive_last_value(params):
+    result = train_model(
+        params, "rnn", "sunspots", preset="rnn_lstm_small", overrides=["epochs=40", "patience=8"]
+    )
+    assert result.metrics["test_mae"] < result.metrics["baseline_naive_mae"]
+    assert (result.run_dir / "forecast.png").exists()
+    history = losses(result.run_id)
+    assert min(history) < history[0]
+
+
+def test_transformer_on_bbc_news_beats_majority_by_20_points(params):
+    result = train_model(
+        params,
+        "transformer",
+        "bbc_news",
+        preset="transformer_tiny",
+        overrides=["epochs=4", "sequence_length=128", "max_tokens=8000"],
+    )
+    metrics = result.metrics
+    assert metrics["test_accuracy"] >= metrics["baseline_majority_accuracy"] + 0.20
+    history = losses(result.run_id)
+    assert history[-1] < history[0]
+
+
+def test_failed_run_is_marked_failed_and_keeps_the_last_good_outputs(params, monkeypatch):
+    first = train_model(params, "mlp", "digits", overrides=["epochs=1"])
+    before = (first.run_dir / "metrics.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr("pipelines.recipes.evaluate_model", broken)
+    with pytest.raises(RuntimeError):
+        train_model(params, "mlp", "digits", overrides=["epochs=1"])
+    tracking.configure(params)
+    runs = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("tests").experiment_id],
+        order_by=["attributes.start_time DESC"],
+    )
+    assert runs[0].info.status == "FAILED"
+    assert (first.run_dir / "metrics.json").read_text() == before
+    assert not list(first.run_dir.parent.glob(".stage-*"))
