@@ -23,12 +23,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_predict(subparsers)
 
 
-def _params_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params", default="params.yaml", help="params.yaml with a serving: section"
-    )
-
-
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
@@ -54,7 +48,6 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prepared-root", default="data/prepared", help="prepared datasets, for warmup examples"
     )
-    _params_argument(parser)
     parser.set_defaults(func=export_command)
 
 
@@ -68,7 +61,6 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--rest-port", type=int, help="REST port (default 8501)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8500)")
-    _params_argument(parser)
     parser.set_defaults(func=serve_command)
 
 
@@ -91,14 +83,14 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> ServingConfig:
-    config = load_serving_config(getattr(args, "params", None))
+    config = load_serving_config(getattr(args, "params", "params.yaml"))
     changes = {key: value for key, value in overrides.items() if value is not None}
     return config.replace(**changes) if changes else config
 
 
 def export_command(args: argparse.Namespace) -> int:
     from serving.export import export_saved_model
-    from serving.sources import load_from_folder, load_from_mlflow, warmup_examples
+    from serving.sources import dataset_examples, load_from_folder, load_from_mlflow
 
     chosen = [x for x in (args.model, args.run_id, args.model_uri) if x]
     if len(chosen) != 1:
@@ -109,14 +101,16 @@ def export_command(args: argparse.Namespace) -> int:
     else:
         uri = args.model_uri or f"runs:/{args.run_id}/model"
         source = load_from_mlflow(uri, args.tracking_uri)
-    examples = warmup_examples(source.run_config, args.prepared_root, config.num_warmup_records)
+    examples, classes = dataset_examples(
+        source.run_config, args.prepared_root, config.num_warmup_records
+    )
     result = export_saved_model(
         source.model,
         args.name or source.default_name(),
         config=config,
         version=args.version,
         warmup_examples=examples,
-        class_names=source.run_config.get("class_names"),
+        class_names=_class_names(source.model, classes),
         labels=args.label,
         info={**source.info, "run_config": source.run_config},
     )
@@ -125,6 +119,12 @@ def export_command(args: argparse.Namespace) -> int:
         f"(signatures: {', '.join(result.signatures)}; {result.warmup_records} warmup requests)"
     )
     return 0
+
+
+def _class_names(model: Any, classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The dataset's class names when they match the model's output width."""
+    width = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    return classes if classes and len(classes) == width else None
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -182,6 +182,7 @@ def _jsonable(value: np.ndarray) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (`python -m serving.cli`) until the main kerasops CLI calls us."""
     parser = argparse.ArgumentParser(prog="kerasops")
+    parser.add_argument("--params", default="params.yaml", help="params.yaml (serving: section)")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

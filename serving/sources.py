@@ -107,16 +107,20 @@ def _run_id(model_uri: str) -> str:
     return found.run_id
 
 
-def warmup_examples(run_config: dict[str, Any], prepared_root: str, count: int) -> Any:
-    """Real test examples of the model's dataset, or None (with a warning) when unavailable."""
+def dataset_examples(
+    run_config: dict[str, Any], prepared_root: str, count: int
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """Real test examples of the model's dataset (for warmup) and its class names; (None, None)
+    with a warning when the prepared dataset cannot be read."""
     dataset = run_config.get("dataset")
-    if not dataset or count == 0:
-        return None
+    if not dataset:
+        return None, None
     try:
         from data import load_prepared
 
-        examples = load_prepared(dataset, prepared_root).splits["test"].x
-        return np.asarray(examples[:count])
+        prepared = load_prepared(dataset, Path(prepared_root))
     except Exception as exc:  # noqa: BLE001 - warmup is an optimisation, never a blocker
-        log.warning("no warmup requests written: cannot read %s test examples (%s)", dataset, exc)
-        return None
+        log.warning("no warmup requests written: cannot read dataset %s (%s)", dataset, exc)
+        return None, None
+    examples = np.asarray(prepared.splits["test"].x[:count]) if count else None
+    return examples, tuple(prepared.manifest.classes) or None

@@ -32,6 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     model.save(root / "model.keras")
     (root / "config.json").write_text(json.dumps({"model": "cnn", "dataset": "digits"}))
     parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default=str(root / "none.yaml"))
     cli.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
@@ -39,8 +40,6 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             str(root),
             "--label",
             "stable",
-            "--params",
-            str(root / "none.yaml"),
             "--model-repository",
             config.model_repository,
             "--models-config",
@@ -95,5 +94,5 @@ def test_cli_mistakes_are_one_line_errors(served, tmp_path: Path, capsys) -> Non
         cli.main(["predict", "cnn-digits", "--input", str(tmp_path / "no.npy"), "--url", url]) == 1
     )
     assert capsys.readouterr().out.startswith("error: input file not found")
-    assert cli.main(["export", "--params", str(root / "none.yaml")]) == 1
+    assert cli.main(["--params", str(root / "none.yaml"), "export"]) == 1
     assert "exactly one of" in capsys.readouterr().out
