@@ -3,7 +3,8 @@
 The model takes raw pixels. Inside it: grayscale to RGB, rescaling to the 0..255 range the
 backbones expect, a resize to `image_size`, optional augmentation (active in training only),
 the backbone's own `preprocess_input`, the backbone called with `training=False` (BatchNorm in
-inference mode), then the head (`head_pool`, `head_dropout`, `head_dense`, `probabilities`).
+inference mode, kept so during `fit` by `InferenceMode`), then the head (`head_pool`,
+`head_dropout`, `head_dense`, `probabilities`).
 
 The builder returns the model ready for phase 1: backbone frozen, head trainable.
 `unfreeze_top_layers` prepares phase 2 (fine-tuning) and never unfreezes BatchNorm.
@@ -163,6 +164,39 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+@keras.saving.register_keras_serializable(package="kerasops")
+class InferenceMode(keras.layers.Layer):
+    """Calls the wrapped backbone with `training=False`, whatever mode the outer model runs in.
+
+    Keras 3 functional models pass the outer call's `training` down to every nested layer,
+    overriding a `training=False` given when the graph was built; this layer keeps the
+    backbone's BatchNorm and dropout in inference mode during `fit` as well.
+    """
+
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def build(self, input_shape):
+        if not self.backbone.built:
+            self.backbone.build(input_shape)
+
+    def call(self, inputs):
+        return self.backbone(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.backbone.compute_output_shape(input_shape)
+
+    def get_config(self):
+        backbone = keras.saving.serialize_keras_object(self.backbone)
+        return {**super().get_config(), "backbone": backbone}
+
+    @classmethod
+    def from_config(cls, config):
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        return cls(backbone, **config)
+
+
 def keras_cache_folder() -> Path:
     """The folder Keras downloads application weights into (`$KERAS_HOME/models`)."""
     try:
@@ -202,7 +236,7 @@ def build_backbone(config: TransferConfig) -> keras.Model:
     shape = (config.size, config.size, 3)
     try:
         return constructor(
-            include_top=False, weights=weights, input_shape=shape, name=BACKBONE_LAYER
+            include_top=False, weights=weights, input_shape=shape, name=config.backbone
         )
     except Exception as exc:
         if weights == "imagenet" and (clear := weights_download_error(config.backbone, exc)):
@@ -263,7 +297,7 @@ def build_transfer(config: TransferConfig) -> keras.Model:
     x = image_preprocessing(inputs, spec, config)  # (B, S, S, 3)
     backbone = build_backbone(config)
     backbone.trainable = False
-    features = backbone(x, training=False)  # (B, h, w, F), BatchNorm in inference mode
+    features = InferenceMode(backbone, name=BACKBONE_LAYER)(x)  # (B, h, w, F), training=False
     outputs = transfer_head(features, spec, config)
     return keras.Model(inputs, outputs, name=f"transfer_{config.backbone}")
 
@@ -271,8 +305,8 @@ def build_transfer(config: TransferConfig) -> keras.Model:
 def backbone_of(model: keras.Model) -> keras.Model:
     """The backbone sub-model of a transfer model."""
     try:
-        return model.get_layer(BACKBONE_LAYER)
-    except ValueError:
+        return model.get_layer(BACKBONE_LAYER).backbone
+    except (ValueError, AttributeError):
         raise KerasopsError(f"model {model.name!r} has no {BACKBONE_LAYER!r} layer") from None
 
 

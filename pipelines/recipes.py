@@ -109,7 +109,8 @@ class TransferRecipe(Recipe):
         trainable = trainable_count(model)
         mlflow.log_param(f"{prefix}trainable_params", trainable)
         started = time.monotonic()
-        history = fit(model, prepared, train, [*callbacks, MlflowMetrics(prefix)], epochs=epochs)
+        phase_metrics = MlflowMetrics(prefix, step_offset)  # steps count epochs of the run
+        history = fit(model, prepared, train, [*callbacks, phase_metrics], epochs=epochs)
         seconds = time.monotonic() - started
         scores = self.evaluate(model, prepared).metrics
         mlflow.log_metrics(
