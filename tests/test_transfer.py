@@ -25,6 +25,7 @@ from models.transfer import (
     TransferConfig,
     backbone_of,
     is_batchnorm,
+    unfreeze_top_layers,
 )
 from pipelines import tracking
 from pipelines.cli import main
@@ -67,7 +68,7 @@ def random_backbone(size: int, seed: int = 7) -> keras.Model:
 
 
 def layer_weights(layers) -> dict[str, list[np.ndarray]]:
-    return {layer.name: [np.array(w) for w in layer.weights] for layer in layers if layer.weights}
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in layers if layer.weights}
 
 
 def changed(before: dict, after: dict) -> set[str]:
@@ -141,14 +142,33 @@ def test_backbone_runs_in_inference_mode_even_when_fitting():
     backbone = backbone_of(model)
     backbone.trainable = True  # even trainable BatchNorm must not use batch statistics
     norm = next(layer for layer in backbone.layers if is_batchnorm(layer))
-    mean_before = np.array(norm.moving_mean)
+    mean_before = norm.moving_mean.numpy()
     images = pixels(8)
     np.testing.assert_allclose(
         np.asarray(model(images, training=True)),
         np.asarray(model(images, training=False)),
         atol=1e-6,
     )
-    np.testing.assert_array_equal(np.array(norm.moving_mean), mean_before)
+    np.testing.assert_array_equal(norm.moving_mean.numpy(), mean_before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES) - {"mobilenet_v2"}))
+def test_every_backbone_builds_frozen_and_round_trips(backbone, tmp_path):
+    size = BACKBONES[backbone].min_size
+    model = build_model("transfer", transfer_config(backbone=backbone, image_size=size))
+    images = pixels(2)
+    expected = np.asarray(model.predict(images, verbose=0))
+    assert expected.shape == (2, 10) and np.all(np.isfinite(expected))
+    features = backbone_of(model).output.shape[-1]
+    assert trainable_count(model) == features * 10 + 10
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
+    unfrozen = unfreeze_top_layers(model, 10)
+    assert unfrozen and not any(
+        is_batchnorm(model.get_layer("backbone").backbone.get_layer(n)) for n in unfrozen
+    )
 
 
 # --- weights -----------------------------------------------------------------------------

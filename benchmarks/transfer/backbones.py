@@ -51,12 +51,12 @@ def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
     fit(model, prepared, train, [])
     fitted1 = time.monotonic()
     norms = [layer for layer in backbone_of(model).layers if is_batchnorm(layer)]
-    before = [np.array(w) for layer in norms for w in layer.weights]
+    before = [w.numpy() for layer in norms for w in layer.weights]
     start_fine_tuning(model, config, prepared, train)
     phase2_trainable = trainable_count(model)
     fit(model, prepared, train, [])
     fitted2 = time.monotonic()
-    after = [np.array(w) for layer in norms for w in layer.weights]
+    after = [w.numpy() for layer in norms for w in layer.weights]
     x = prepared.splits["test"].x[:32]
     model.save(folder / f"{name}.keras")
     reloaded = keras.saving.load_model(folder / f"{name}.keras")
