@@ -84,7 +84,8 @@ class TransferConfig(StrictConfig):
         augmentation_factor: strength of rotation, zoom, translation and contrast.
         head_units: hidden dense units of the head (0 for none).
         head_dropout: dropout before the head's dense layers.
-        fine_tune_layers: phase 2 unfreezes the last N backbone layers (BatchNorm stays frozen).
+        fine_tune_layers: phase 2 unfreezes the last N backbone layers (BatchNorm stays frozen;
+            0 skips phase 2).
         fine_tune_epochs: phase 2 epochs (0 skips phase 2); phase 1 runs `train.epochs`.
         fine_tune_learning_rate: phase 2 learning rate, usually 10-100x below phase 1's.
         calibration_images: with `weights: none`, training images used to set the backbone's
@@ -296,6 +297,11 @@ def build_transfer(config: TransferConfig) -> keras.Model:
     inputs = model_input(spec)  # (B, H, W, C) raw pixels
     x = image_preprocessing(inputs, spec, config)  # (B, S, S, 3)
     backbone = build_backbone(config)
+    require(
+        config.fine_tune_layers <= len(backbone.layers),
+        f"fine_tune_layers is {config.fine_tune_layers}, but {config.backbone} has "
+        f"{len(backbone.layers)} layers",
+    )
     backbone.trainable = False
     features = InferenceMode(backbone, name=BACKBONE_LAYER)(x)  # (B, h, w, F), training=False
     outputs = transfer_head(features, spec, config)

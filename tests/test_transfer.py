@@ -110,6 +110,8 @@ def test_backbone_table_presets_and_strict_config():
     with pytest.raises(ConfigError, match=r"augmentation\[0\]"):
         TransferConfig.from_dict({"augmentation": ["blur"]})
     assert TransferConfig(backbone="inception_v3").size == 299
+    with pytest.raises(ConfigError, match="fine_tune_layers is 500, but mobilenet_v2 has 154"):
+        build_model("transfer", transfer_config(fine_tune_layers=500))
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
