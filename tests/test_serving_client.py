@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,68 @@ def test_cli_mistakes_are_one_line_errors(served, tmp_path: Path, capsys) -> Non
     assert capsys.readouterr().out.startswith("error: input file not found")
     assert cli.main(["--params", str(root / "none.yaml"), "export"]) == 1
     assert "exactly one of" in capsys.readouterr().out
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa: ANN001
+    import httpx
+
+    from serving.config import BatchingConfig
+
+    _, model, root = served
+    config = ServingConfig(
+        model_repository=str(root.parent / root.name / "models"),
+        models_config=str(root / "models.config"),
+        rest_port=0,
+        grpc_port=0,
+        batching=BatchingConfig(max_batch_size=64, batch_timeout_micros=500_000),
+    )
+    entries, path = model_entries(config)
+    server = EmbeddedServer(config, entries, path)
+    server.start()
+    images = digit_images(1, seed=7)
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/cnn-digits:predict"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, url, json={"instances": images.tolist()}, timeout=30)
+        time.sleep(0.2)  # the request now waits in the batcher for its 0.5 s timeout
+        server.stop()
+        response = pending.result()
+    assert response.status_code == 200
+    want = np.asarray(model(images, training=False))
+    np.testing.assert_allclose(response.json()["predictions"], want, atol=1e-5)
+
+
+@pytest.mark.slow  # MLflow's SQLite store setup and log_model take most of a minute here
+def test_export_from_an_mlflow_run(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    mlflow = pytest.importorskip("mlflow")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_experiment("serving-test")
+    model = regressor(seed=3)
+    with mlflow.start_run() as run:
+        mlflow.keras.log_model(model, name="model")
+        mlflow.log_dict({"model": "mlp", "dataset": "sunspots"}, "config.json")
+    repository = tmp_path / "models"
+    argv = [
+        "--params",
+        str(tmp_path / "none.yaml"),
+        "export",
+        "--run-id",
+        run.info.run_id,
+        "--tracking-uri",
+        tracking,
+        "--model-repository",
+        str(repository),
+        "--models-config",
+        str(tmp_path / "models.config"),
+    ]
+    assert cli.main(argv) == 0, capsys.readouterr().out
+    version_dir = repository / "mlp-sunspots" / "1"
+    info = json.loads((version_dir / "assets.extra" / "kerasops_export.json").read_text())
+    assert info["mlflow_run_id"] == run.info.run_id
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    x = np.ones((2, 4), "float32")
+    got = loaded.signatures["serving_default"](features=tf.constant(x))["forecast"]
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-5)
+    assert "regress" in loaded.signatures
