@@ -73,8 +73,12 @@ class EmbeddedServer:
         """Load the models, then open the gRPC and REST ports; raise ServerError on failure."""
         self.manager.poll_once()
         self.manager.start_polling()
-        self._start_grpc(timeout)
-        self._start_rest(timeout)
+        try:
+            self._start_grpc(timeout)
+            self._start_rest(timeout)
+        except ServerError:
+            self.stop()
+            raise
         log.info(
             "serving %s: REST http://%s:%d, gRPC %s:%d",
             ", ".join(self.manager.model_names()),
