@@ -80,7 +80,7 @@ def test_client_predict_matches_in_process(served, use_grpc: bool) -> None:  # n
 def test_predict_command_prints_outputs(served, tmp_path: Path, capsys, use_grpc: bool) -> None:  # noqa: ANN001
     server, model, _ = served
     images = digit_images(2, seed=5)
-    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "images.npy", images.astype("float64"))  # cast to the signature's dtype
     url = f"127.0.0.1:{server.grpc_port}" if use_grpc else f"http://127.0.0.1:{server.rest_port}"
     argv = ["predict", "cnn-digits", "--input", str(tmp_path / "images.npy"), "--url", url]
     assert cli.main(argv + (["--grpc"] if use_grpc else [])) == 0
