@@ -128,6 +128,8 @@ class EmbeddedServer:
             lifespan="off",
             timeout_graceful_shutdown=int(self.config.shutdown_grace_s) or None,
             backlog=2048,
+            proxy_headers=False,  # bound to loopback or behind nothing: skip the middleware
+            server_header=False,
         )
         self._uvicorn = uvicorn.Server(server_config)
         thread = threading.Thread(

@@ -280,6 +280,9 @@ def report(results: dict[str, Any], command: str) -> str:
             )
     lines += [
         "",
+        "In-process figures: the faster of two measurements, one before and one after the "
+        "servers ran (the ratios below use it, so they are the conservative ones).",
+        "",
         "| in-process `serving_default` call | calls/s | examples/s |",
         "|---|---:|---:|",
     ]
@@ -350,6 +353,11 @@ def main() -> None:
         )
         rest, grpc_results, batch = embedded(workdir / "models", images, want, args)
         mlflow_results = mlflow_serve(model, images, want, workdir, args)
+        print("in-process signature calls, again (other jobs share this machine)", flush=True)
+        again = in_process(exported.path, images, args.seconds)
+        print(f"    batch 1: {again['batch_1']['calls_per_s']:.0f} calls/s", flush=True)
+        if again["batch_1"]["calls_per_s"] > inproc["batch_1"]["calls_per_s"]:
+            inproc = again  # compare against the faster of the two measurements
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {
