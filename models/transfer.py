@@ -325,7 +325,8 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> list[str]:
 
     Layers are counted as in `backbone.layers` (the Keras fine-tuning guide's convention).
     The caller recompiles: a change of `trainable` takes effect at the next compile.
-    Returns the names of the layers now trainable; raises KerasopsError if N is out of range.
+    Returns the names of the layers now trainable; raises KerasopsError if N is out of range
+    or unfreezes no weights.
     """
     backbone = backbone_of(model)
     total = len(backbone.layers)
@@ -334,14 +335,18 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> list[str]:
             f"fine_tune_layers is {num_layers}; {backbone.name} of this model has "
             f"{total} layers, so choose 1..{total}"
         )
+    top = backbone.layers[-num_layers:]
+    unfrozen = [layer.name for layer in top if layer.weights and not is_batchnorm(layer)]
+    if not unfrozen:
+        raise KerasopsError(
+            f"the last {num_layers} layers of {backbone.name} hold no weights outside "
+            "BatchNorm, so phase 2 would train nothing: raise fine_tune_layers"
+        )
     backbone.trainable = True
     for layer in backbone.layers[:-num_layers]:
         layer.trainable = False
-    unfrozen = []
-    for layer in backbone.layers[-num_layers:]:
+    for layer in top:
         layer.trainable = not is_batchnorm(layer)
-        if layer.trainable and layer.weights:
-            unfrozen.append(layer.name)
     if any(layer.trainable_weights for layer in backbone.layers if is_batchnorm(layer)):
         raise RuntimeError("a BatchNormalization layer became trainable while fine-tuning")
     return unfrozen

@@ -32,7 +32,8 @@ HERE = Path(__file__).parent
 
 
 def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
-    """Build `name` at its smallest size, fit phase 1 and 2 for one epoch each, reload."""
+    """Build `name` at its smallest size, fit phase 1 and phase 2 (last 30 layers) one epoch
+    each, then reload."""
     spec = input_spec(prepared, train)
     config = TransferConfig.from_dict(
         {
@@ -40,7 +41,7 @@ def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
             "backbone": name,
             "weights": "none",
             "image_size": BACKBONES[name].min_size,
-            "fine_tune_layers": 10,
+            "fine_tune_layers": 30,
         }
     )
     keras.utils.set_random_seed(0)
