@@ -31,9 +31,10 @@ from pipelines.train import compile_model, ensure_prepared, fit, input_spec, tra
 HERE = Path(__file__).parent
 
 
-def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
-    """Build `name` at its smallest size, fit phase 1 and phase 2 (last 30 layers) one epoch
-    each, then reload."""
+def run_backbone(
+    name: str, prepared, train: TrainConfig, folder: Path, fine_tune_layers: int
+) -> dict:
+    """Build `name` at its smallest size, fit phase 1 and phase 2 one epoch each, reload."""
     spec = input_spec(prepared, train)
     config = TransferConfig.from_dict(
         {
@@ -41,7 +42,7 @@ def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
             "backbone": name,
             "weights": "none",
             "image_size": BACKBONES[name].min_size,
-            "fine_tune_layers": 30,
+            "fine_tune_layers": fine_tune_layers,
         }
     )
     keras.utils.set_random_seed(0)
@@ -65,6 +66,7 @@ def run_backbone(name: str, prepared, train: TrainConfig, folder: Path) -> dict:
     return {
         "backbone": name,
         "image_size": config.size,
+        "fine_tune_layers": fine_tune_layers,
         "params": int(model.count_params()),
         "phase1_trainable_params": phase1_trainable,
         "phase2_trainable_params": phase2_trainable,
@@ -81,6 +83,8 @@ def main() -> None:
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--examples", type=int, default=256, help="train/val/test examples")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--fine-tune-layers", type=int, default=30)
+    parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     params = load_params(args.params)
     prepared = ensure_prepared("digits", params)
@@ -92,9 +96,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.backbones.split(","):
             try:
-                row = run_backbone(name, prepared, train, Path(folder))
+                row = run_backbone(name, prepared, train, Path(folder), args.fine_tune_layers)
             except Exception as exc:  # noqa: BLE001 - a survey records failures and goes on
                 row = {"backbone": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            row["fine_tune_layers"] = args.fine_tune_layers
             print(json.dumps(row), flush=True)
             results.append(row)
     base = next((r for r in results if r["backbone"] == "mobilenet_v2" and "error" not in r), None)
@@ -103,7 +108,7 @@ def main() -> None:
             total = row["phase1_epoch_seconds"] + row["phase2_epoch_seconds"]
             reference = base["phase1_epoch_seconds"] + base["phase2_epoch_seconds"]
             row["fit_time_vs_mobilenet_v2"] = round(total / reference, 2)
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
