@@ -18,6 +18,8 @@ BUILTIN_DATASETS: dict[str, dict] = {
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+    "bbc_news_lm": {"source": "bbc_news_lm", "window": 128, "stride": 0, **_SPLIT},
+    "dates": {"source": "generated_dates", "examples": 20000, **_SPLIT},
 }
 
 
