@@ -138,8 +138,8 @@ class TabularCsvConfig(SourceConfig):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LanguageModelingConfig(SourceConfig):
     """Documents cut into next-character windows (x: `window` characters, y: the same window
-    one character later). The split is by document, so no text is in two splits; runs of
-    whitespace become one space.
+    one character later). Runs of whitespace become one space; exact duplicate documents are
+    kept once, and the split is by document, so no document's text is in two splits.
     """
 
     window: int = 128  # characters of context per example
@@ -340,6 +340,7 @@ def language_model_windows(documents: list[str], config: LanguageModelingConfig)
     """Split documents (seeded, by document) and cut each split's text into windows."""
     texts = [" ".join(d.split()) for d in documents]
     texts = [t.lower() if config.lowercase else t for t in texts if t]
+    texts = list(dict.fromkeys(texts))  # a duplicated document would leak across splits
     if config.max_documents and config.max_documents < len(texts):
         keep = np.random.default_rng(config.seed).permutation(len(texts))[: config.max_documents]
         texts = [texts[i] for i in sorted(keep)]

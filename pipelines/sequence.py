@@ -138,11 +138,25 @@ def target_ids(model: keras.Model, split: Split, batch_size: int = 512) -> np.nd
     return np.concatenate([batch.numpy() for batch in dataset])
 
 
+def trained_model(model: keras.Model) -> keras.Model:
+    """The trained model itself, also when given the text-in, text-out model wrapping it
+    (what a run saves as model.keras and exports)."""
+    from models.decoding import GreedyTranslator, TextGenerator
+
+    for layer in model.layers:
+        if isinstance(layer, TextGenerator):
+            return layer.language_model
+        if isinstance(layer, GreedyTranslator):
+            return layer.translator
+    return model
+
+
 def evaluate_language_model(
     model: keras.Model, prepared: PreparedData, batch_size: int = 256
 ) -> Evaluation:
     """Test perplexity, bits per character and next-character accuracy, against the unigram
-    model of the training text."""
+    model of the training text. `model` may be the generation model wrapping it."""
+    model = trained_model(model)
     nll = correct = count = 0.0
     for x, ids, weights in sequence_dataset(model, prepared.splits["test"], batch_size, False):
         logits = model.predict_on_batch(x)  # (B, T, V)
@@ -180,7 +194,8 @@ def translate(model: keras.Model, sources: Sequence[str], batch_size: int = 256)
 
 def evaluate_translator(model: keras.Model, prepared: PreparedData) -> Evaluation:
     """Exact match and character BLEU of greedy translations of the test sources, against
-    copying each source unchanged."""
+    copying each source unchanged. `model` may be the greedy translator wrapping it."""
+    model = trained_model(model)
     test = prepared.splits["test"]
     sources, references = _texts(test.x), _texts(test.y)
     return Evaluation(metrics=translation_scores(sources, references, translate(model, sources)))

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from models import KerasopsError
 from pipelines import tracking
 from pipelines.settings import load_params
+from pipelines.steps import evaluate_run
 from pipelines.train import train_model
 from serving.config import ServingConfig
 from serving.export import export_saved_model
@@ -70,6 +71,18 @@ def test_translator_beats_copying_the_source(trained):
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert len(MlflowClient().get_metric_history(result.run_id, "val_loss")) >= 1
+
+
+def test_evaluate_step_rescores_the_saved_text_models(trained):
+    # `kerasops evaluate` (the DVC evaluate stage) loads model.keras, the text-in, text-out
+    # model, and scores the trained model inside it: the same figures as training reported.
+    params, language_model, translator = trained
+    rescored = evaluate_run(params, "language_model", "bbc_news_lm")
+    assert rescored["test_perplexity"] == pytest.approx(
+        language_model.metrics["test_perplexity"], rel=1e-4
+    )
+    rescored = evaluate_run(params, "translator", "dates")
+    assert rescored["test_exact_match"] == pytest.approx(translator.metrics["test_exact_match"])
 
 
 def test_models_refuse_a_dataset_of_the_other_task(trained):
