@@ -49,7 +49,10 @@ class TranslatorConfig(StrictConfig):
             f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
         )
         require(self.ff_dim > 0, "ff_dim must be > 0")
-        require(self.encoder_layers > 0 and self.decoder_layers > 0, "layers must be > 0")
+        require(
+            self.encoder_layers > 0 and self.decoder_layers > 0,
+            "encoder_layers and decoder_layers must be > 0",
+        )
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
 
