@@ -28,6 +28,7 @@ from data.errors import DataError
 from models import InputSpec, get_family
 from pipelines import reports, tracking
 from pipelines.evaluate import Evaluation, predict
+from pipelines.lineage import lineage_tags
 from pipelines.recipes import get_recipe
 from pipelines.settings import Params, RunConfig, TrainConfig, resolve_run_config
 
@@ -88,18 +89,23 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
     return InputSpec.from_dict(values, prefix="inputs.")
 
 
-def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
-    """Compile with the task's loss and metrics."""
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """A fresh optimizer as `train` names it."""
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(train.learning_rate),
         "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),
         "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9),
     }
+    return optimizers[train.optimizer]()
+
+
+def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
+    """Compile with the task's loss and metrics."""
     if task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=optimizers[train.optimizer](), loss=loss, metrics=metrics)
+    model.compile(optimizer=make_optimizer(train), loss=loss, metrics=metrics)
     return model
 
 
@@ -232,6 +238,7 @@ def train_model(
         "preset": str(config.preset),
         "data.content_hash": prepared.manifest.content_hash,
         "params_hash": config.params_hash(),
+        **lineage_tags(params, [dataset]),
         **(tags or {}),
     }
     with (
