@@ -306,11 +306,11 @@ def serving_config(params: Params, **changes: Any) -> Any:
 
     config = ServingConfig.from_dict(dict(params.serving or {}), prefix="serving.")
     root = Path(params.root)
-    return config.replace(
-        model_repository=str(root / config.model_repository),
-        models_config=str(root / config.models_config),
-        **changes,
-    )
+    paths = {
+        "model_repository": str(root / config.model_repository),
+        "models_config": str(root / config.models_config),
+    }
+    return config.replace(**{**paths, **changes})
 
 
 def version_info(version_dir: Path) -> dict[str, Any]:
