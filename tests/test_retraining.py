@@ -340,6 +340,7 @@ def test_prefect_yaml_targets_the_compose_worker_pool():
     spec = yaml.safe_load((root / "prefect.yaml").read_text())
     (deployment,) = [d for d in spec["deployments"] if d["name"] == "retrain-cnn-digits"]
     assert deployment["entrypoint"] == "pipelines/retraining_flow.py:retraining_flow"
+    assert (root / "pipelines" / "retraining_flow.py").is_file()
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     worker = compose["services"]["prefect-worker"]["entrypoint"]
     assert deployment["work_pool"]["name"] == worker[worker.index("--pool") + 1]
