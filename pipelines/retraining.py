@@ -686,6 +686,7 @@ class CycleReport:
     failed_step: str | None = None
     error: str | None = None
     steps: dict[str, float] = dataclasses.field(default_factory=dict)
+    aliases_after: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -725,6 +726,7 @@ def record_cycle(params: Params, report: CycleReport, flow_run_id: str | None = 
 
     experiment_id = tracking.configure(params)
     mlflow_client = client()
+    report.aliases_after = aliases(report.name)
     tags = {
         "kerasops.flow": "retraining",
         "model": report.model,
@@ -739,6 +741,7 @@ def record_cycle(params: Params, report: CycleReport, flow_run_id: str | None = 
         tags["challenger_run_id"] = report.challenger.run_id
     if report.failed_step:
         tags["kerasops.failed_step"] = report.failed_step
+    tags.update({f"alias.{a}": v for a, v in report.aliases_after.items()})
     run = mlflow_client.create_run(experiment_id, run_name=f"retrain-{report.name}", tags=tags)
     run_id = run.info.run_id
     now = int(time.time() * 1000)

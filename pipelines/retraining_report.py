@@ -24,6 +24,9 @@ def cycle_markdown(report: Any) -> str:
             f"- served now: version {p.served_version} (registered version "
             f"{p.registered_version}{'' if p.created else ', already published'})"
         )
+    if report.aliases_after:
+        now = ", ".join(f"`{a}` = {v}" for a, v in sorted(report.aliases_after.items()))
+        lines.append(f"- MLflow aliases after the cycle: {now}")
     if report.failed_step:
         lines.append(f"- **failed at step `{report.failed_step}`**: {report.error}")
     if report.decision is not None:
