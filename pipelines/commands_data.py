@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from models.config import KerasopsError
+
 
 def load(args: argparse.Namespace):
     from pipelines.cli import load as load_params
@@ -79,6 +81,7 @@ def local_prefect(params) -> None:
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(params.path("artifacts") / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def cmd_run_pipeline(args: argparse.Namespace) -> int:
@@ -86,13 +89,21 @@ def cmd_run_pipeline(args: argparse.Namespace) -> int:
     local_prefect(params)
     from pipelines.flows import run_pipeline
 
-    result = run_pipeline(
-        params,
-        str(Path(args.params).resolve()),
-        models=args.model or None,
-        datasets=args.dataset or None,
-        overrides=tuple(args.set or ()),
-    )
+    try:
+        result = run_pipeline(
+            params,
+            str(Path(args.params).resolve()),
+            models=args.model or None,
+            datasets=args.dataset or None,
+            overrides=tuple(args.set or ()),
+        )
+    except RuntimeError as exc:
+        if "Prefect API" not in str(exc):
+            raise
+        raise KerasopsError(
+            f"{exc}; set PREFECT_API_URL to a running server, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
     print(result.markdown)
     return 0
 

@@ -197,7 +197,7 @@ def pipeline_flow(
             results.append(future.result())
             evaluate(params_path, run.model, run.dataset)
         else:
-            error = str(future.state.result(raise_exception=False)).splitlines()[0]
+            error = str(future.state.result(raise_on_failure=False)).splitlines()[0]
             rows.append({"model": run.model, "dataset": run.dataset, "metrics": {}, "error": error})
     rows = report_rows(params, results) + rows
     notes = [validations[n].to_markdown() for n in names]
@@ -215,7 +215,7 @@ def gather_validations(params_path: str, names: Sequence[str], validate: Any) ->
     wait(list(futures.values()))
     reports, errors = {}, []
     for name, future in futures.items():
-        outcome = future.state.result(raise_exception=False)
+        outcome = future.state.result(raise_on_failure=False)
         if isinstance(outcome, ValidationReport):
             reports[name] = outcome
         elif isinstance(outcome, ValidationError):

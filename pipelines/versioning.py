@@ -93,8 +93,9 @@ def track(params: Params, target: Path, push: bool = True) -> str:
     relative = os.path.relpath(target, root)
     dvc(root, "add", relative)
     dvc_file = target.with_name(target.name + ".dvc")
-    ignore = target.parent / ".gitignore"
-    git(root, "add", os.path.relpath(dvc_file, root), os.path.relpath(ignore, root))
+    staged = [dvc_file] + [p for p in [target.parent / ".gitignore"] if p.is_file()]
+    if git(root, "add", *(os.path.relpath(p, root) for p in staged)) is None:
+        raise KerasopsError(f"`git add {os.path.relpath(dvc_file, root)}` failed; is it ignored?")
     if push and dvc(root, "remote", "list").strip():
         dvc(root, "push", os.path.relpath(dvc_file, root))
     recorded = recorded_hash(root, target)
