@@ -1,5 +1,5 @@
 """The retraining flow: Prefect tasks wrapping `pipelines.retraining`, a flow that sequences
-them, its schedule, and the `kerasops retrain | rollback | schedule` commands.
+them, and its schedule (the commands are in `pipelines.commands_retraining`).
 
     detect data version -> (no new data: stop) -> validate -> train challenger -> register
     -> evaluate challenger and champion, gate -> infra-validate -> promote (publish + aliases)
@@ -10,7 +10,6 @@ markdown artifact (`retraining-<name>`), with the wall time of each step.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -200,82 +199,3 @@ def retraining_deployment(cron: str, **parameters: Any) -> Any:
     return retraining_flow.to_deployment(
         name=name, cron=check_cron(cron), parameters=schedule_parameters(**parameters)
     )
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`kerasops retrain`, `kerasops rollback` and `kerasops schedule`."""
-    retrain = subparsers.add_parser(
-        "retrain", help="train a challenger and promote it if it beats the champion and serves"
-    )
-    _flow_arguments(retrain)
-    retrain.set_defaults(func=cmd_retrain)
-
-    back = subparsers.add_parser(
-        "rollback", help="make the previous champion the champion again and serve it"
-    )
-    back.add_argument("model", help="registered model name, or a model family with --dataset")
-    back.add_argument("--dataset", help="dataset (with a model family as MODEL)")
-    back.set_defaults(func=cmd_rollback)
-
-    schedule = subparsers.add_parser(
-        "schedule", help="serve the retraining flow on a cron schedule (Prefect)"
-    )
-    _flow_arguments(schedule)
-    schedule.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
-    schedule.set_defaults(func=cmd_schedule)
-
-
-def _flow_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model family (see `kerasops list`)")
-    parser.add_argument("--dataset", required=True, help="dataset name")
-    parser.add_argument("--preset", help="preset of the model family")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="run even when the data version is not new"
-    )
-
-
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Resolve the run config now, so a bad model, preset or key fails before Prefect starts."""
-    from pipelines.settings import resolve_run_config
-
-    resolve_run_config(load_params(args.params), args.model, args.dataset, args.preset, args.set)
-
-
-def cmd_retrain(args: argparse.Namespace) -> int:
-    _check_inputs(args)
-    report = retraining_flow(
-        args.model, args.dataset, args.preset, args.set, args.force, args.params
-    )
-    print(report.to_markdown())
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from pipelines import tracking
-
-    params = load_params(args.params)
-    name = params.retraining.model_name(args.model, args.dataset) if args.dataset else args.model
-    tracking.configure(params)
-    result = rt.rollback(params, name)
-    print(
-        f"{name}: champion is version {result.champion} again (was {result.demoted}); "
-        f"served as version {result.publication.served_version}"
-    )
-    return 0
-
-
-def cmd_schedule(args: argparse.Namespace) -> int:
-    _check_inputs(args)
-    parameters = schedule_parameters(
-        args.model, args.dataset, args.preset, args.set, args.force, args.params
-    )
-    name = deployment_name(args.model, args.dataset)
-    print(f"serving deployment {name} on cron {check_cron(args.cron)!r} (Ctrl-C stops)")
-    retraining_flow.serve(name=name, cron=args.cron, parameters=parameters)
-    return 0
