@@ -621,6 +621,7 @@ def promote(
         set_aliases(name, {k: v for k, v in moves.items() if k != CHAMPION})
         set_aliases(name, {CHAMPION: challenger.version})
         record_verdict(challenger, "promoted")
+    shutil.rmtree(staged.parent.parent.parent, ignore_errors=True)  # <staging>/<name>-v<N>/
     return published
 
 

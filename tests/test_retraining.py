@@ -298,6 +298,24 @@ def test_rollback_restores_the_previous_champion(params, server, state):
     assert main(["rollback", NAME]) == 2
 
 
+def test_new_data_failing_validation_stops_the_flow_before_training(project, params):
+    from data.validation import ValidationError
+
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["datasets"] = {"digits": {"seed": 7}}  # a new data version: another split
+    values["pipeline"] = {"validation": {"drift_fail_psi": 1.0e-6}}
+    strict = project / "params-new-data.yaml"
+    strict.write_text(yaml.safe_dump(values))
+    before, versions = snapshot(params), len(rt.model_versions(NAME))
+
+    from pipelines.retraining_flow import retraining_flow
+
+    with pytest.raises(ValidationError, match="drift"):
+        retraining_flow("mlp", "digits", params_path=str(strict))
+    assert snapshot(params) == before
+    assert len(rt.model_versions(NAME)) == versions  # nothing trained or registered
+
+
 def test_schedule_is_registered_with_its_cron(project):
     from prefect.client.orchestration import get_client
 
