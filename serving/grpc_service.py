@@ -201,11 +201,13 @@ class TensorflowServing:
 
         from tensorflow_serving.apis import model_management_pb2, status_pb2
 
-        from serving.repository import RepositoryError, entries_from_proto
+        from serving.repository import RepositoryError, entries_from_proto, mapping_for
 
         base = self.models_config_path.parent if self.models_config_path else Path.cwd()
         try:
-            entries = entries_from_proto(request.config, base, "ReloadConfigRequest")
+            entries = entries_from_proto(
+                request.config, base, mapping_for(self.config), "ReloadConfigRequest"
+            )
         except (RepositoryError, ValueError) as exc:
             raise invalid(str(exc)) from None
         await asyncio.to_thread(self.manager.reload_config, entries)

@@ -16,7 +16,13 @@ from typing import Any
 
 from serving.config import ServingConfig
 from serving.errors import invalid, not_found
-from serving.repository import ModelEntry, list_versions, read_models_config, select_versions
+from serving.repository import (
+    ModelEntry,
+    list_versions,
+    mapping_for,
+    read_models_config,
+    select_versions,
+)
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -148,7 +154,8 @@ class ModelManager:
         while not self._stop.wait(self._config.poll_interval_s):
             try:
                 if self._models_config_changed():
-                    self.reload_config(read_models_config(self._models_config_path))
+                    path, mapping = self._models_config_path, mapping_for(self._config)
+                    self.reload_config(read_models_config(path, mapping))
                 self.poll_once()
             except Exception:  # noqa: BLE001 - a bad poll must not stop the poller
                 log.exception("polling the model repository failed")
