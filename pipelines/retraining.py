@@ -399,8 +399,7 @@ def infra_validate(
 ) -> InfraReport:
     """Serve the staged export in the embedded server, send its warmup requests over REST and
     gRPC, and compare each answer with the in-process prediction and the latency bound."""
-    from serving.repository import read_models_config
-    from serving.server import EmbeddedServer
+    from serving.server import EmbeddedServer, model_entries
 
     bound = config.infra_validation
     serving = serving_config(
@@ -412,7 +411,8 @@ def infra_validate(
     )
     model = load_version(name, version)
     batches = warmup_inputs(staged)
-    server = EmbeddedServer(serving, read_models_config(Path(serving.models_config)))
+    entries, config_path = model_entries(serving)
+    server = EmbeddedServer(serving, entries, config_path)
     server.start()
     try:
         latency, diffs = _exchange(server, name, model, batches)
@@ -513,7 +513,7 @@ def publish(
 
     A no-op when the latest served version already holds `registered_version`.
     """
-    from serving.repository import list_versions, update_models_config
+    from serving.repository import list_versions, mapping_for, update_models_config
 
     serving = serving_config(params)
     base = Path(serving.model_repository) / name
@@ -534,7 +534,9 @@ def publish(
         os.rename(staging, base / str(number))  # atomic: a poller never sees half a version
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    update_models_config(Path(serving.models_config), name, base, serving.version_policy, None)
+    update_models_config(
+        Path(serving.models_config), name, base, serving.version_policy, None, mapping_for(serving)
+    )
     _label(serving, name, base, number, labels)
     return Publication(number, registered_version, True)
 
@@ -545,10 +547,17 @@ def _label(
     """Point labels at versions (None: at `version`, the one just published)."""
     if not labels:
         return
-    from serving.repository import update_models_config
+    from serving.repository import mapping_for, update_models_config
 
     mapping = {label: target or version for label, target in labels.items()}
-    update_models_config(Path(serving.models_config), name, base, serving.version_policy, mapping)
+    update_models_config(
+        Path(serving.models_config),
+        name,
+        base,
+        serving.version_policy,
+        mapping,
+        mapping_for(serving),
+    )
 
 
 def withdraw(params: Params, name: str, served_version: int) -> None:

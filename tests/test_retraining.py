@@ -142,12 +142,12 @@ def _artifact_query_defaults() -> dict:
 @pytest.fixture(scope="module")
 def server(params, state):
     """The embedded server on the real models.config, polling the repository."""
-    from serving.repository import read_models_config
-    from serving.server import EmbeddedServer
+    from serving.server import EmbeddedServer, model_entries
 
     config = rt.serving_config(params, rest_port=0, grpc_port=0)
-    path = Path(config.models_config)
-    running = EmbeddedServer(config, read_models_config(path), path)
+    entries, path = model_entries(config)
+    assert path == Path(config.models_config)
+    running = EmbeddedServer(config, entries, path)
     running.start()
     yield running
     running.stop()

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import retraining as rt
 from pipelines.settings import load_params
-from serving.repository import read_models_config
+from serving.repository import mapping_for, read_models_config
 from tests.conftest import write_params
 
 
@@ -25,7 +25,8 @@ def staged_export(root, registered_version: str):
 
 
 def entry(params):
-    (found,) = read_models_config(rt.Path(rt.serving_config(params).models_config))
+    config = rt.serving_config(params)
+    (found,) = read_models_config(rt.Path(config.models_config), mapping_for(config))
     return found
 
 
