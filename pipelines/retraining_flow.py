@@ -191,11 +191,3 @@ def schedule_parameters(
         "force": force,
         "params_path": params_path,
     }
-
-
-def retraining_deployment(cron: str, **parameters: Any) -> Any:
-    """The flow as a deployment with a cron schedule (apply it, or serve it)."""
-    name = deployment_name(parameters["model"], parameters["dataset"])
-    return retraining_flow.to_deployment(
-        name=name, cron=check_cron(cron), parameters=schedule_parameters(**parameters)
-    )

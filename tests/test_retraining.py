@@ -316,32 +316,39 @@ def test_new_data_failing_validation_stops_the_flow_before_training(project, par
     assert len(rt.model_versions(NAME)) == versions  # nothing trained or registered
 
 
-def test_schedule_is_registered_with_its_cron(project):
+def test_schedule_command_serves_the_flow_on_its_cron(project):
+    """`kerasops schedule` in its own process, against the test Prefect API; stopped once the
+    deployment is registered."""
+    import os
+    import subprocess
+    import sys
+
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
-    from pipelines.retraining_flow import retraining_deployment
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "pipelines.cli", "--params", str(project / "params.yaml")]
+    command += ["schedule", "cnn", "--dataset", "digits", "--cron", "30 2 * * 1-5"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    deployment = retraining_deployment(
-        "0 3 * * *",
-        model="mlp",
-        dataset="digits",
-        preset=None,
-        overrides=["train.epochs=3"],
-        force=False,
-        params_path=str(project / "params.yaml"),
-    )
-
-    async def apply_and_read():
-        deployment_id = await deployment.apply()
+    async def registered():
         async with get_client() as client:
-            return await client.read_deployment(deployment_id)
+            for _ in range(300):
+                try:
+                    return await client.read_deployment_by_name("retraining/retrain-cnn-digits")
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+                    await asyncio.sleep(0.5)
+        raise AssertionError("the deployment was not registered within 150 s")
 
-    stored = asyncio.run(apply_and_read())
-    assert stored.name == "retrain-mlp-digits"
-    assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
-    assert all(s.active for s in stored.schedules)
-    assert stored.parameters["dataset"] == "digits"
-    assert stored.parameters["overrides"] == ["train.epochs=3"]
+    try:
+        stored = asyncio.run(registered())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert [s.schedule.cron for s in stored.schedules] == ["30 2 * * 1-5"]
+    assert stored.parameters["model"] == "cnn" and stored.parameters["force"] is False
 
 
 def test_bad_cron_and_bad_inputs_are_one_line_errors(project, capsys):
