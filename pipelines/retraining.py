@@ -522,6 +522,8 @@ def publish(
         _label(serving, name, base, max(served), labels)
         return Publication(max(served), registered_version, False)
     base.mkdir(parents=True, exist_ok=True)
+    for leftover in [*base.glob(".publish-*"), *base.glob(".withdrawn-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a publisher killed mid-copy
     existing = list_versions(base)
     number = existing[-1] + 1 if existing else 1
     staging = base / f".publish-{number}-{uuid.uuid4().hex[:8]}"

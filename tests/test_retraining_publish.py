@@ -32,6 +32,8 @@ def entry(params):
 
 def test_publish_numbers_versions_once_per_registered_version(project):
     params = load_params(project / "params.yaml")
+    repository = rt.Path(rt.serving_config(params).model_repository) / "m"
+    (repository / ".publish-1-0badc0de").mkdir(parents=True)  # a publisher killed mid-copy
     first = rt.publish(params, "m", staged_export(project, "4"), "4")
     assert (first.served_version, first.created) == (1, True)
     again = rt.publish(params, "m", staged_export(project / "retry", "4"), "4")
@@ -39,7 +41,6 @@ def test_publish_numbers_versions_once_per_registered_version(project):
     second = rt.publish(params, "m", staged_export(project, "7"), "7")
     assert second.served_version == 2
     assert rt.served_versions(params, "m") == {1: "4", 2: "7"}
-    repository = rt.Path(rt.serving_config(params).model_repository) / "m"
     assert sorted(p.name for p in repository.iterdir()) == ["1", "2"]  # no staging leftovers
     assert (
         json.loads((repository / "2" / "assets.extra" / rt.INFO_FILE).read_text())["version"] == 2
