@@ -669,7 +669,8 @@ def rollback(params: Params, name: str) -> Rollback:
     if source is None:  # the repository lost it: export it again from the registry
         details = client().get_model_version(name, target)
         dataset = client().get_run(details.run_id).data.tags.get("dataset", "")
-        source = stage_export(params, name, target, dataset, 8)
+        requests = params.retraining.infra_validation.requests
+        source = stage_export(params, name, target, dataset, requests)
     with publication(params, name, source, target) as published:
         set_aliases(name, {CHAMPION: target, PREVIOUS: None})
         if demoted:
