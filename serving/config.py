@@ -20,7 +20,6 @@ class BatchingConfig(StrictConfig):
     batch_timeout_micros: int = 1000
     max_enqueued_batches: int = 100
     num_batch_threads: int = 1
-    pad_variable_length_inputs: bool = False
 
     def validate(self) -> None:
         for key in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
