@@ -25,15 +25,7 @@ GATE = {"test_accuracy": {"minimum": 0.5, "max_regression": 0.02}}
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_api):
+def project(tmp_path_factory, prefect_harness):
     root = tmp_path_factory.mktemp("retraining")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
