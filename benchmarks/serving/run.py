@@ -293,8 +293,8 @@ def report(results: dict[str, Any], command: str) -> str:
     mlflow_top = by_level["mlflow"][top]
     lines += [
         "",
-        f"At concurrency {top} (mean rows per batched call in the embedded server: "
-        f"{results['mean_batch']:.1f}):",
+        f"At concurrency {top} (rows per batched call in the embedded server, averaged over "
+        f"the whole run, all concurrencies: {results['mean_batch']:.1f}):",
         "",
         f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
         "(target ≥ 100×)",
