@@ -85,7 +85,7 @@ class TransferConfig(StrictConfig):
         head_units: hidden dense units of the head (0 for none).
         head_dropout: dropout before the head's dense layers.
         fine_tune_layers: phase 2 unfreezes the last N backbone layers (BatchNorm stays frozen;
-            0 skips phase 2).
+            0 skips phase 2; -1 unfreezes every layer of whichever backbone is chosen).
         fine_tune_epochs: phase 2 epochs (0 skips phase 2); phase 1 runs `train.epochs`.
         fine_tune_learning_rate: phase 2 learning rate, usually 10-100x below phase 1's.
         calibration_images: with `weights: none`, training images used to set the backbone's
@@ -116,7 +116,7 @@ class TransferConfig(StrictConfig):
         require(0.0 <= self.augmentation_factor < 1.0, "augmentation_factor must be in [0, 1)")
         require(self.head_units >= 0, "head_units must be >= 0")
         require(0.0 <= self.head_dropout < 1.0, "head_dropout must be in [0, 1)")
-        require(self.fine_tune_layers >= 0, "fine_tune_layers must be >= 0")
+        require(self.fine_tune_layers >= -1, "fine_tune_layers must be >= 0, or -1 for all")
         require(self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0")
         require(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate must be positive")
         require(self.calibration_images >= 0, "calibration_images must be >= 0")
@@ -298,7 +298,7 @@ def build_transfer(config: TransferConfig) -> keras.Model:
     x = image_preprocessing(inputs, spec, config)  # (B, S, S, 3)
     backbone = build_backbone(config)
     require(
-        config.fine_tune_layers <= len(backbone.layers),
+        config.fine_tune_layers <= len(backbone.layers),  # -1 (all layers) always fits
         f"fine_tune_layers is {config.fine_tune_layers}, but {config.backbone} has "
         f"{len(backbone.layers)} layers",
     )
@@ -330,6 +330,7 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> list[str]:
     """
     backbone = backbone_of(model)
     total = len(backbone.layers)
+    num_layers = total if num_layers == -1 else num_layers
     if not 1 <= num_layers <= total:
         raise KerasopsError(
             f"fine_tune_layers is {num_layers}; {backbone.name} of this model has "

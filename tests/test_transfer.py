@@ -367,3 +367,13 @@ def test_transfer_on_digits_trains_tracks_exports_and_serves(digits_root, monkey
         np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
     finally:
         servable.close()
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "vgg16"])
+def test_fine_tune_all_layers_fits_any_backbone(backbone):
+    model = build_model("transfer", transfer_config(backbone=backbone, fine_tune_layers=-1))
+    unfrozen = unfreeze_top_layers(model, -1)
+    layers = backbone_of(model).layers
+    expected = [layer.name for layer in layers if layer.weights and not is_batchnorm(layer)]
+    assert unfrozen == expected
+    assert all(not layer.trainable for layer in layers if is_batchnorm(layer))
