@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from models.config import KerasopsError
 
 # Each area adds its own subcommands: `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands_data",)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
