@@ -57,7 +57,8 @@ def mlflow_server(database, tmp_path_factory):
     command += ["--backend-store-uri", backend, "--workers", "1"]
     command += ["--artifacts-destination", str(root / "artifacts")]
     url = f"http://127.0.0.1:{port}"
-    with services.server(command, f"{url}/health", root / "server.log"):
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner needed
+    with services.server(command, f"{url}/health", root / "server.log", env=env):
         yield url
 
 
