@@ -131,7 +131,7 @@ def server(
         stop_group(process)
 
 
-def stop_group(process: subprocess.Popen, grace: float = 15) -> None:
+def stop_group(process: subprocess.Popen, grace: float = 5) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not exited within `grace` seconds."""
     for signal, wait in ((15, grace), (9, 10)):
         try:

@@ -27,7 +27,7 @@ from pipelines.train import train_model
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = ["epochs=5", "batch_size=32", "patience=5"]
+TRAIN = ["epochs=3", "batch_size=32", "patience=3"]
 
 TWO_DEVICES = """
 import json, sys

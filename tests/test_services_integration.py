@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 FLOW = """
 import json, sys
 from pipelines.flows import training_flow
-state = training_flow("cnn", "digits", overrides=sys.argv[1:], return_state=True)
+state = training_flow("mlp", "digits", overrides=sys.argv[1:], return_state=True)
 result = state.result()
 ids = {"run_id": result.run_id, "flow_run_id": str(state.state_details.flow_run_id)}
 print("FLOW " + json.dumps(ids))
@@ -111,7 +111,7 @@ def test_training_over_http_is_tracked_in_the_mlflow_server_on_postgresql(
     run = client.get_run(flow_run["run_id"])
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded over HTTP
-    assert run.data.params["train.epochs"] == "3" and run.data.tags["model"] == "cnn"
+    assert run.data.params["train.epochs"] == "3" and run.data.tags["model"] == "mlp"
     assert run.data.tags["prefect.flow_run_id"] == flow_run["flow_run_id"]
     history = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(history) == 3 and history[-1] < history[0]
@@ -128,11 +128,11 @@ def test_training_over_http_is_tracked_in_the_mlflow_server_on_postgresql(
 def test_registered_model_reads_back_and_predicts(flow_run, mlflow_server, database):
     mlflow.set_tracking_uri(mlflow_server)
     try:
-        version = mlflow.register_model(f"runs:/{flow_run['run_id']}/model", "cnn-digits")
+        version = mlflow.register_model(f"runs:/{flow_run['run_id']}/model", "mlp-digits")
         client = MlflowClient(tracking_uri=mlflow_server)
-        stored = client.get_model_version("cnn-digits", version.version)
+        stored = client.get_model_version("mlp-digits", version.version)
         assert stored.run_id == flow_run["run_id"] and stored.status == "READY"
-        model = mlflow.keras.load_model(f"models:/cnn-digits/{version.version}")
+        model = mlflow.keras.load_model(f"models:/mlp-digits/{version.version}")
     finally:
         mlflow.set_tracking_uri(None)
     test = load_prepared("digits", flow_run["project"] / "data/prepared").splits["test"]
@@ -140,7 +140,7 @@ def test_registered_model_reads_back_and_predicts(flow_run, mlflow_server, datab
     accuracy = float(np.mean(probabilities.argmax(axis=1) == test.y[:64]))
     assert accuracy > 0.8
     names = services.query(database["mlflow"], "SELECT name FROM registered_models")
-    assert names == [["cnn-digits"]]
+    assert names == [["mlp-digits"]]
 
 
 def test_flow_run_is_recorded_by_the_prefect_server_on_postgresql(
@@ -153,7 +153,7 @@ def test_flow_run_is_recorded_by_the_prefect_server_on_postgresql(
         run = client.read_flow_run(flow_run["flow_run_id"])
         flow = client.read_flow(run.flow_id)
         tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=50
         )
     assert flow.name == "training" and run.state.is_completed()
     assert {t.name.rsplit("-", 1)[0] for t in tasks} >= {"prepare", "validate", "train"}
