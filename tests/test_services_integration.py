@@ -148,12 +148,15 @@ def test_flow_run_is_recorded_by_the_prefect_server_on_postgresql(
 ):
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with SyncPrefectClient(api=prefect_server) as client:
         run = client.read_flow_run(flow_run["flow_run_id"])
         flow = client.read_flow(run.flow_id)
         tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=50
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=50,
         )
     assert flow.name == "training" and run.state.is_completed()
     assert {t.name.rsplit("-", 1)[0] for t in tasks} >= {"prepare", "validate", "train"}
