@@ -35,14 +35,14 @@ def read_tf_config() -> dict[str, Any]:
         raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from None
     require(isinstance(config, dict), "TF_CONFIG must be a JSON object")
     cluster, task = config.get("cluster"), config.get("task")
-    require(isinstance(cluster, dict) and cluster, "TF_CONFIG needs a non-empty 'cluster'")
+    require(isinstance(cluster, dict) and bool(cluster), "TF_CONFIG needs a non-empty 'cluster'")
     require(
-        isinstance(task, dict) and "type" in task and "index" in task,
-        "TF_CONFIG needs 'task' with 'type' and 'index'",
+        isinstance(task, dict) and "type" in task and isinstance(task.get("index"), int),
+        "TF_CONFIG needs 'task' with 'type' and an integer 'index'",
     )
     workers = cluster.get(task["type"])
     require(
-        isinstance(workers, list) and 0 <= int(task["index"]) < len(workers),
+        isinstance(workers, list) and 0 <= task["index"] < len(workers),
         f"TF_CONFIG task {task['type']}:{task['index']} is not in its cluster",
     )
     return config
