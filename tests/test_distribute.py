@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from models import MODELS, PRESETS, ConfigError, get_family
 from pipelines import distribute, tracking
 from pipelines.settings import TrainConfig, load_params
-from pipelines.train import train_model
+from pipelines.train import compile_model, train_model
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipelines.settings import load_params
-from pipelines.train import train_model
+from pipelines.train import compile_model, train_model
 params = load_params("params.yaml")
 runs = {}
 for strategy in ("default", "mirrored"):
@@ -180,16 +180,29 @@ def test_a_bfloat16_head_is_refused_with_the_output_named():
         distribute.check_float32_outputs(model, train)
 
 
-def test_bfloat16_and_xla_train_and_are_recorded(project):
+def test_bfloat16_trains_saves_and_is_recorded(project):
     params = load_params(project / "params.yaml")
-    overrides = [*TRAIN, "mixed_precision=mixed_bfloat16", "jit_compile=true"]
+    overrides = [*TRAIN, "mixed_precision=mixed_bfloat16", "jit_compile=false"]
     result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
     assert result.metrics["test_accuracy"] > 0.85
     run = run_record(project, result.run_id)
     assert run.data.params["train.mixed_precision"] == "mixed_bfloat16"
-    assert run.data.params["train.jit_compile_effective"] == "True"
+    assert run.data.params["train.jit_compile_effective"] == "False"
     reloaded = keras.saving.load_model(result.run_dir / "model.keras")
     assert reloaded.get_layer("block0_conv0").dtype_policy.name == "mixed_bfloat16"
+    assert reloaded.get_layer("probabilities").dtype_policy.name == "float32"
+
+
+@pytest.mark.parametrize("name, effective", [("mlp", True), ("transformer", False)])
+def test_jit_compile_runs_xla_where_the_model_allows_it(name, effective):
+    train = TrainConfig(jit_compile=True, learning_rate=0.01)
+    model, example = build_any(name, train)
+    compile_model(model, "classification", train)
+    assert model.jit_compile is effective  # text vectorization cannot be XLA-compiled
+    labels = np.arange(len(example)) % 3
+    before = model.evaluate(example, labels, verbose=0)[0]
+    model.fit(example, labels, epochs=5, verbose=0)
+    assert model.evaluate(example, labels, verbose=0)[0] < before
 
 
 def test_mixed_float16_without_a_gpu_is_one_clear_error(project):
