@@ -18,6 +18,22 @@ BUILTIN_DATASETS: dict[str, dict] = {
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+    "bbc_news_lm": {
+        "source": "bbc_news_lm",
+        "window": 128,
+        "stride": 0,
+        "max_documents": 0,
+        "lowercase": False,
+        **_SPLIT,
+    },
+    "dates": {
+        "source": "generated_dates",
+        "examples": 20000,
+        "first_year": 1950,
+        "last_year": 2049,
+        "generation_seed": 7,
+        **_SPLIT,
+    },
 }
 
 

@@ -22,7 +22,7 @@ class Manifest:
     name: str
     source: str
     kind: Literal["image", "text", "timeseries", "tabular"]
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "language_modeling", "translation"]
     input_shape: tuple[int, ...]  # per example: (8, 8, 1), () for one string, (window, 1)
     input_dtype: Literal["float32", "string"]
     target_shape: tuple[int, ...]  # () for a class index, (horizon,) for a forecast

@@ -12,9 +12,11 @@ import keras
 
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
 from models.transformer import TransformerConfig, build_transformer
+from models.translation import TranslatorConfig, build_translator
 
 
 class ModelFamily(NamedTuple):
@@ -36,6 +38,18 @@ MODELS: dict[str, ModelFamily] = {
     "rnn": ModelFamily(RnnConfig, build_rnn, "SimpleRNN/LSTM/GRU text classifier or forecaster"),
     "transformer": ModelFamily(
         TransformerConfig, build_transformer, "Transformer encoder text classifier"
+    ),
+    "language_model": ModelFamily(
+        LanguageModelConfig,
+        build_language_model,
+        "decoder-only Transformer character language model; serves text generation",
+        recipe="language_model",
+    ),
+    "translator": ModelFamily(
+        TranslatorConfig,
+        build_translator,
+        "encoder-decoder Transformer translating character sequences, greedy decoding",
+        recipe="translation",
     ),
 }
 
@@ -62,6 +76,40 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_heads": 4,
         "ff_dim": 128,
         "num_layers": 2,
+    },
+    "language_model_tiny": {
+        "model": "language_model",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 2,
+        "dropout": 0.0,
+    },
+    "language_model_small": {
+        "model": "language_model",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 512,
+        "num_layers": 4,
+        "dropout": 0.1,
+    },
+    "translator_tiny": {
+        "model": "translator",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "dropout": 0.0,
+    },
+    "translator_small": {
+        "model": "translator",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 256,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "dropout": 0.1,
     },
 }
 

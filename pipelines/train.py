@@ -89,19 +89,24 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
     return InputSpec.from_dict(values, prefix="inputs.")
 
 
-def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
-    """Compile with the task's loss and metrics."""
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """A fresh optimizer as `train` names it."""
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(train.learning_rate),
         "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),
         "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9),
     }
+    return optimizers[train.optimizer]()
+
+
+def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
+    """Compile with the task's loss and metrics."""
     if task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", ["mae"]
     model.compile(
-        optimizer=optimizers[train.optimizer](),
+        optimizer=make_optimizer(train),
         loss=loss,
         metrics=metrics,
         jit_compile=train.jit_compile,
