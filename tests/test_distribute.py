@@ -25,6 +25,13 @@ from pipelines import distribute, tracking
 from pipelines.settings import TrainConfig, load_params
 from pipelines.train import compile_model, train_model
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
+from tests.test_sequence_models import (
+    LM_INPUTS,
+    PROMPTS,
+    SOURCES,
+    TARGETS,
+    TRANSLATION_INPUTS,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["epochs=3", "batch_size=32", "patience=3"]
@@ -143,7 +150,14 @@ def test_training_under_multi_worker_is_refused_with_the_reason(project, monkeyp
     assert not (project / "artifacts/runs").exists()
 
 
-SPECS = [(IMAGE, IMAGES), (TEXT, TEXTS), (SERIES, WINDOWS), (TABULAR, ROWS)]
+SPECS = [
+    (IMAGE, IMAGES),
+    (TEXT, TEXTS),
+    (SERIES, WINDOWS),
+    (TABULAR, ROWS),
+    (LM_INPUTS, PROMPTS),
+    (TRANSLATION_INPUTS, {"source": SOURCES, "target": TARGETS}),
+]
 
 
 def build_any(name: str, train: TrainConfig) -> tuple[keras.Model, np.ndarray]:
