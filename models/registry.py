@@ -15,6 +15,7 @@ from models.config import ConfigError, StrictConfig
 from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
+from models.transfer import TransferConfig, build_transfer
 from models.transformer import TransformerConfig, build_transformer
 from models.translation import TranslatorConfig, build_translator
 
@@ -38,6 +39,12 @@ MODELS: dict[str, ModelFamily] = {
     "rnn": ModelFamily(RnnConfig, build_rnn, "SimpleRNN/LSTM/GRU text classifier or forecaster"),
     "transformer": ModelFamily(
         TransformerConfig, build_transformer, "Transformer encoder text classifier"
+    ),
+    "transfer": ModelFamily(
+        TransferConfig,
+        build_transfer,
+        "ImageNet backbone (Keras Applications) + head, frozen then fine-tuned",
+        recipe="transfer",
     ),
     "language_model": ModelFamily(
         LanguageModelConfig,
@@ -76,6 +83,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_heads": 4,
         "ff_dim": 128,
         "num_layers": 2,
+    },
+    "transfer_mobilenet_small": {
+        "model": "transfer",
+        "backbone": "mobilenet_v2",
+        "image_size": 96,
+        "head_dropout": 0.2,
+        "fine_tune_layers": 30,
+    },
+    "transfer_efficientnet_base": {
+        "model": "transfer",
+        "backbone": "efficientnet_b0",
+        "image_size": 224,
+        "augmentation": ["rotation", "zoom"],
+        "head_dropout": 0.3,
+        "fine_tune_layers": 40,
+    },
+    "transfer_resnet_base": {
+        "model": "transfer",
+        "backbone": "resnet50",
+        "image_size": 224,
+        "head_dropout": 0.3,
+        "fine_tune_layers": 30,
+    },
+    "transfer_vgg_base": {
+        "model": "transfer",
+        "backbone": "vgg16",
+        "image_size": 224,
+        "head_units": 256,
+        "head_dropout": 0.5,
+        "fine_tune_layers": 4,
+    },
+    "transfer_inception_base": {
+        "model": "transfer",
+        "backbone": "inception_v3",
+        "image_size": 299,
+        "head_dropout": 0.3,
+        "fine_tune_layers": 60,
     },
     "language_model_tiny": {
         "model": "language_model",
