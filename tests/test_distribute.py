@@ -165,6 +165,8 @@ def build_any(name: str, train: TrainConfig) -> tuple[keras.Model, np.ndarray]:
     family = get_family(name)
     preset = next(({**v} for v in PRESETS.values() if v["model"] == name), {"model": name})
     preset.pop("model")
+    if "weights" in family.config.field_names():
+        preset["weights"] = "none"  # offline: a pretrained backbone's head is what is checked
     for spec, example in SPECS:
         try:
             with distribute.training_scope(train, tf.distribute.get_strategy()):
