@@ -26,7 +26,7 @@ from data import PreparedData, load_prepared, make_tf_dataset, prepare_dataset
 from data.catalog import resolve_dataset_config
 from data.errors import DataError
 from models import InputSpec, get_family
-from pipelines import reports, tracking
+from pipelines import distribute, reports, tracking
 from pipelines.evaluate import Evaluation, predict
 from pipelines.lineage import lineage_tags
 from pipelines.recipes import get_recipe
@@ -105,7 +105,12 @@ def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Mo
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=make_optimizer(train), loss=loss, metrics=metrics)
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss=loss,
+        metrics=metrics,
+        jit_compile=train.jit_compile,
+    )
     return model
 
 
@@ -220,13 +225,19 @@ def train_model(
     The MLflow run is marked FAILED when anything raises after it started.
     """
     config = resolve_run_config(params, model, dataset, preset, overrides)
+    strategy = distribute.fit_strategy(config.train)  # before any other TF op
     family = get_family(model)
     recipe = get_recipe(family.recipe)
     prepared = ensure_prepared(dataset, params)
     spec = recipe.input_spec(prepared, config.train)
     typed = family.config.from_dict({**config.model_values, "inputs": spec.to_dict()})
     keras.utils.set_random_seed(config.train.seed)
-    built = recipe.compile(family.build(typed), spec, config.train)
+    with distribute.training_scope(config.train, strategy):
+        built = recipe.compile(family.build(typed), spec, config.train)
+    distribute.check_float32_outputs(built, config.train)
+    fit_train = config.train.replace(
+        batch_size=distribute.global_batch_size(config.train, strategy)
+    )
 
     runs_root = params.path("artifacts") / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -251,12 +262,13 @@ def train_model(
         mlflow.log_params(tracking.flatten({"train": config.train.to_dict()}))
         mlflow.log_params(tracking.flatten({"data": prepared.manifest.config}))
         mlflow.log_param("trainable_params", trainable_count(built))
+        mlflow.log_params(distribute.run_params(built, config.train, strategy))
         started = time.monotonic()
         callbacks = [
             *standard_callbacks(config.train, stage / "best.keras"),
             tracking.MlflowMetrics(),
         ]
-        history = recipe.fit(built, prepared, config.train, callbacks, typed)
+        history = recipe.fit(built, prepared, fit_train, callbacks, typed)
         evaluation = recipe.evaluate(built, prepared)
         built = recipe.serving_model(built)
         metrics = {

@@ -57,7 +57,7 @@ def test_cpu_variant_has_no_gpu(compose: dict) -> None:
 def test_mlflow_uses_postgres_and_an_s3_store(compose: dict) -> None:
     services = compose["services"]
     command = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri=postgresql://" in command and "s3://" in command
+    assert "--backend-store-uri=postgresql+psycopg2://" in command and "s3://" in command
     assert "MLFLOW_S3_ENDPOINT_URL" in services["mlflow"]["environment"]
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "minio" in services
