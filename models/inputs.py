@@ -15,7 +15,7 @@ import keras
 from models.config import StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "reconstruction", "generation"]
 
 INPUT_NAMES: dict[str, str] = {
     "image": "image",
@@ -23,7 +23,12 @@ INPUT_NAMES: dict[str, str] = {
     "timeseries": "series",
     "tabular": "features",
 }
-OUTPUT_NAMES: dict[str, str] = {"classification": "probabilities", "regression": "forecast"}
+OUTPUT_NAMES: dict[str, str] = {
+    "classification": "probabilities",
+    "regression": "forecast",
+    "reconstruction": "reconstruction",
+    "generation": "image",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +37,10 @@ class InputSpec(StrictConfig):
 
     Args:
         kind: image, text, timeseries or tabular.
-        task: classification (softmax over `num_outputs` classes) or regression
-            (`num_outputs` values, e.g. the forecast horizon).
+        task: classification (softmax over `num_outputs` classes), regression
+            (`num_outputs` values, e.g. the forecast horizon), reconstruction (an autoencoder
+            gives back its input) or generation (a generator makes inputs from noise);
+            for the last two `num_outputs` is the number of values per example.
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.

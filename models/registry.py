@@ -10,11 +10,14 @@ from typing import Any, NamedTuple
 
 import keras
 
+from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
+from models.gan import GanConfig, build_gan
 from models.transformer import TransformerConfig, build_transformer
+from models.vit import VitConfig, build_vit
 
 
 class ModelFamily(NamedTuple):
@@ -37,6 +40,14 @@ MODELS: dict[str, ModelFamily] = {
     "transformer": ModelFamily(
         TransformerConfig, build_transformer, "Transformer encoder text classifier"
     ),
+    "vit": ModelFamily(VitConfig, build_vit, "Vision Transformer image classifier (patches)"),
+    "autoencoder": ModelFamily(
+        AutoencoderConfig,
+        build_autoencoder,
+        "dense/conv autoencoder; denoising and anomaly scoring",
+        recipe="autoencoder",
+    ),
+    "gan": ModelFamily(GanConfig, build_gan, "DCGAN image generator (noise -> image)", "gan"),
 }
 
 # Presets are plain data, named by role and size. `model` says which family they belong to.
@@ -62,6 +73,50 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_heads": 4,
         "ff_dim": 128,
         "num_layers": 2,
+    },
+    "vit_tiny": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "ff_dim": 64,
+        "num_layers": 2,
+    },
+    "vit_small": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 4,
+    },
+    "autoencoder_dense_small": {
+        "model": "autoencoder",
+        "architecture": "dense",
+        "hidden_units": [128, 64],
+        "bottleneck": 16,
+    },
+    "autoencoder_conv_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 16,
+    },
+    "autoencoder_denoise_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 32,
+        "mode": "denoise",
+        "noise_stddev": 0.2,
+    },
+    "gan_small": {
+        "model": "gan",
+        "latent_dim": 32,
+        "generator_filters": [64, 32],
+        "discriminator_filters": [32, 64],
+        "dropout": 0.0,
+        "label_smoothing": 0.0,
     },
 }
 
