@@ -165,6 +165,4 @@ def build_anomaly_scorer(
     reconstruction = autoencoder(image)  # (B, H, W, C)
     score = ReconstructionError(pixel_max, name="anomaly_score")([image, reconstruction])
     flag = AnomalyFlag(threshold, name="is_anomaly")(score)
-    return keras.Model(
-        image, {"anomaly_score": score, "is_anomaly": flag}, name="anomaly_scorer"
-    )
+    return keras.Model(image, {"anomaly_score": score, "is_anomaly": flag}, name="anomaly_scorer")

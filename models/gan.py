@@ -160,14 +160,14 @@ class AdversarialTrainer(keras.Model):
                 ops.zeros_like(fake_logits), fake_logits
             )
         weights = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights, strict=True))
 
         noise = keras.random.normal((batch, self.latent_dim), seed=self.noise_seed)
         with tf.GradientTape() as tape:
             fooled_logits = self.discriminator(self.generator(noise, training=True), training=True)
             g_loss = self._bce(ops.ones_like(fooled_logits), fooled_logits)  # non-saturating
         weights = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights, strict=True))
 
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)

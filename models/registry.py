@@ -13,9 +13,9 @@ import keras
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.gan import GanConfig, build_gan
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
-from models.gan import GanConfig, build_gan
 from models.transformer import TransformerConfig, build_transformer
 from models.vit import VitConfig, build_vit
 
