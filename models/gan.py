@@ -81,6 +81,23 @@ def build_gan(config: GanConfig) -> keras.Model:
     return keras.Model(noise, image, name="generator")
 
 
+@keras.saving.register_keras_serializable(package="kerasops")
+class MinibatchStdDev(keras.layers.Layer):
+    """Append the batch's mean feature standard deviation to every example (Karras et al., 2018).
+
+    A generator that collapses onto a few images gives batches of low spread, which the
+    discriminator can then tell from real batches: a cheap guard against mode collapse.
+    """
+
+    def call(self, x):
+        spread = ops.mean(ops.std(x, axis=0))  # ()
+        column = ops.ones_like(x[:, :1]) * spread  # (B, 1)
+        return ops.concatenate([x, column], axis=-1)  # (B, D + 1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 1)
+
+
 def build_discriminator(config: GanConfig) -> keras.Model:
     """Return the discriminator: raw image -> `logit` (real > 0 > generated)."""
     spec = image_spec(config)
@@ -89,7 +106,8 @@ def build_discriminator(config: GanConfig) -> keras.Model:
     for i, filters in enumerate(config.discriminator_filters):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"down{i}")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"down{i}_act")(x)  # (B, h/2, w/2, F)
-    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Flatten(name="flatten")(x)  # (B, D)
+    x = MinibatchStdDev(name="minibatch_std")(x)  # (B, D + 1): lets it see a collapsed batch
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     logit = keras.layers.Dense(1, name="logit")(x)  # (B, 1)
     return keras.Model(image, logit, name="discriminator")
