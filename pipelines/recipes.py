@@ -122,7 +122,10 @@ class AutoencoderRecipe(Recipe):
         )
 
     def evaluate(self, model, prepared, model_config=None) -> Evaluation:
+        """Score the autoencoder, or the one inside a saved anomaly scorer (re-evaluation)."""
         config: AutoencoderConfig = model_config
+        if "is_anomaly" in model.output_names:
+            model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
         return Evaluation(metrics=autoencoder_metrics(model, prepared, config))
 
     def serving_model(self, model, model_config=None, evaluation=None) -> keras.Model:

@@ -148,3 +148,15 @@ def test_exported_models_answer_rest_predicts(
         assert bad.status_code == 400  # images where noise is expected: a client error
     finally:
         server.stop()
+
+
+def test_dvc_evaluate_stage_rescores_the_saved_models(params, autoencoder_metrics, gan_metrics):
+    from pipelines.steps import evaluate_run
+
+    rescored = evaluate_run(params, "autoencoder", "digits")  # from the saved anomaly scorer
+    for key in ("anomaly_threshold", "anomaly_roc_auc", "test_reconstruction_mse"):
+        assert rescored[key] == pytest.approx(autoencoder_metrics[key], rel=1e-3)
+    rescored = evaluate_run(params, "gan", "digits")  # from the saved generator
+    assert rescored["test_frechet_distance"] == pytest.approx(
+        gan_metrics["test_frechet_distance"], rel=1e-3
+    )
