@@ -120,7 +120,11 @@ def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa:
     url = f"http://127.0.0.1:{server.rest_port}/v1/models/cnn-digits:predict"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, url, json={"instances": images.tolist()}, timeout=30)
-        time.sleep(0.2)  # the request now waits in the batcher for its 0.5 s timeout
+        batcher = server.manager.resolve("cnn-digits").signature(None).batcher
+        deadline = time.monotonic() + 20
+        while batcher.queued_rows == 0:  # wait until it waits in the batcher (0.5 s timeout)
+            assert time.monotonic() < deadline and not pending.done()
+            time.sleep(0.005)
         server.stop()
         response = pending.result()
     assert response.status_code == 200

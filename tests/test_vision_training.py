@@ -104,14 +104,13 @@ def test_gan_beats_noise_and_logs_a_sample_grid_every_epoch(params, gan_metrics)
 def test_exported_models_answer_rest_predicts(
     params, vit_metrics, autoencoder_metrics, gan_metrics, tmp_path
 ):
-    from serving.cli import main as serving_cli
     from serving.config import ServingConfig
     from serving.server import EmbeddedServer, model_entries
 
     repository, models_config = tmp_path / "models", tmp_path / "models.config"
     runs = params.path("artifacts") / "runs"
     for model in ("vit", "autoencoder", "gan"):
-        assert serving_cli([
+        assert kerasops([
             "export", str(runs / f"{model}-digits"), "--name", model,
             "--model-repository", str(repository), "--models-config", str(models_config),
             "--prepared-root", str(params.path("prepared_data")),

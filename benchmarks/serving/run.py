@@ -254,7 +254,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"Measured {results['when']} on this machine ({results['machine']}); "
         f"model: {results['model']}.",
         "",
-        "Command:",
+        "Command (after `kerasops prepare digits` and "
+        "`kerasops train cnn --dataset digits --preset cnn_small`):",
         "",
         "```",
         command,
@@ -280,6 +281,9 @@ def report(results: dict[str, Any], command: str) -> str:
             )
     lines += [
         "",
+        "In-process figures: the faster of two measurements, one before and one after the "
+        "servers ran (the ratios below use it, so they are the conservative ones).",
+        "",
         "| in-process `serving_default` call | calls/s | examples/s |",
         "|---|---:|---:|",
     ]
@@ -289,8 +293,8 @@ def report(results: dict[str, Any], command: str) -> str:
     mlflow_top = by_level["mlflow"][top]
     lines += [
         "",
-        f"At concurrency {top} (mean rows per batched call in the embedded server: "
-        f"{results['mean_batch']:.1f}):",
+        f"At concurrency {top} (rows per batched call in the embedded server, averaged over "
+        f"the whole run, all concurrencies: {results['mean_batch']:.1f}):",
         "",
         f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
         "(target ≥ 100×)",
@@ -300,6 +304,11 @@ def report(results: dict[str, Any], command: str) -> str:
         f"- REST p99: **{rest_top['p99_ms']:.1f} ms** (target ≤ 50 ms)",
         f"- in-process best batch ({inproc['best_batch']}): "
         f"{inproc['best']['rows_per_s']:.0f} examples/s, the ceiling for any server here",
+        "",
+        f"Load average {results['load_before']:.1f} when the run started: other jobs shared "
+        "the 2 CPUs, which slows single-example calls (each one waits for TensorFlow's threads "
+        "to be scheduled) more than batched ones, so the ratios to the batch-1 call rate are "
+        "higher than on an idle machine; all figures of a run are taken under the same load.",
         "",
     ]
     return "\n".join(lines)
@@ -333,6 +342,7 @@ def main() -> None:
     from serving.config import ServingConfig
     from serving.export import export_saved_model
 
+    load_before = os.getloadavg()[0]
     model, images, description = load_model(args)
     want = np.asarray(model(images, training=False))
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
@@ -350,6 +360,11 @@ def main() -> None:
         )
         rest, grpc_results, batch = embedded(workdir / "models", images, want, args)
         mlflow_results = mlflow_serve(model, images, want, workdir, args)
+        print("in-process signature calls, again (other jobs share this machine)", flush=True)
+        again = in_process(exported.path, images, args.seconds)
+        print(f"    batch 1: {again['batch_1']['calls_per_s']:.0f} calls/s", flush=True)
+        if again["batch_1"]["calls_per_s"] > inproc["batch_1"]["calls_per_s"]:
+            inproc = again  # compare against the faster of the two measurements
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {
@@ -364,6 +379,7 @@ def main() -> None:
         "grpc": [r.row() for r in grpc_results],
         "mlflow": [r.row() for r in mlflow_results],
         "mean_batch": batch,
+        "load_before": load_before,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
