@@ -15,7 +15,14 @@ import keras
 from models.config import StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression", "language_modeling", "translation"]
+Task = Literal[
+    "classification",
+    "regression",
+    "language_modeling",
+    "translation",
+    "reconstruction",
+    "generation",
+]
 
 INPUT_NAMES: dict[str, str] = {
     "image": "image",
@@ -28,6 +35,8 @@ OUTPUT_NAMES: dict[str, str] = {
     "regression": "forecast",
     "language_modeling": "logits",
     "translation": "logits",
+    "reconstruction": "reconstruction",
+    "generation": "image",
 }
 
 
@@ -39,7 +48,9 @@ class InputSpec(StrictConfig):
         kind: image, text, timeseries or tabular.
         task: classification (softmax over `num_outputs` classes), regression
             (`num_outputs` values, e.g. the forecast horizon), language_modeling or translation
-            (logits over `num_outputs` token ids at every position).
+            (logits over `num_outputs` token ids at every position), reconstruction (an
+            autoencoder gives back its input) or generation (a generator makes inputs from
+            noise); for the last two `num_outputs` is the number of values per example.
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.

@@ -280,3 +280,80 @@ class DropMask(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class PatchExtraction(keras.layers.Layer):
+    """Cut images into non-overlapping square patches, each flattened to a vector.
+
+    Args:
+        patch_size: side of a square patch; must divide the image's height and width.
+    """
+
+    def __init__(self, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def call(self, images):
+        _, height, width, channels = images.shape
+        p = self.patch_size
+        x = ops.reshape(images, (-1, height // p, p, width // p, p, channels))  # (B, h, p, w, p, C)
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, h, w, p, p, C)
+        return ops.reshape(x, (-1, (height // p) * (width // p), p * p * channels))  # (B, N, P)
+
+    def compute_output_shape(self, input_shape):
+        _, height, width, channels = input_shape
+        p = self.patch_size
+        return (input_shape[0], (height // p) * (width // p), p * p * channels)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@keras.saving.register_keras_serializable(package="kerasops")
+class PatchEmbedding(keras.layers.Layer):
+    """Linear patch projection plus a learned position embedding, with an optional class token.
+
+    Args:
+        num_patches: patches per image.
+        embed_dim: embedding width.
+        class_token: prepend a learned `[CLS]` vector (position 0) whose output feeds the head.
+    """
+
+    def __init__(self, num_patches: int, embed_dim: int, class_token: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_patches = num_patches
+        self.embed_dim = embed_dim
+        self.class_token = class_token
+        self.projection = keras.layers.Dense(embed_dim, name="projection")
+        self.position_embedding = keras.layers.Embedding(
+            num_patches + int(class_token), embed_dim, name="position"
+        )
+
+    def build(self, input_shape):
+        self.projection.build(input_shape)
+        self.position_embedding.build((self.num_patches + int(self.class_token),))
+        if self.class_token:
+            self.cls = self.add_weight(
+                shape=(1, 1, self.embed_dim), initializer="zeros", name="class_token"
+            )
+        super().build(input_shape)
+
+    def call(self, patches):
+        x = self.projection(patches)  # (B, N, C)
+        if self.class_token:
+            cls = ops.tile(ops.cast(self.cls, x.dtype), (ops.shape(x)[0], 1, 1))  # (B, 1, C)
+            x = ops.concatenate([cls, x], axis=1)  # (B, N+1, C)
+        positions = ops.arange(self.num_patches + int(self.class_token))
+        return x + self.position_embedding(positions)  # (B, T, C)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches + int(self.class_token), self.embed_dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_patches": self.num_patches,
+            "embed_dim": self.embed_dim,
+            "class_token": self.class_token,
+        }

@@ -10,14 +10,17 @@ from typing import Any, NamedTuple
 
 import keras
 
+from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.gan import GanConfig, build_gan
 from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
 from models.transfer import TransferConfig, build_transfer
 from models.transformer import TransformerConfig, build_transformer
 from models.translation import TranslatorConfig, build_translator
+from models.vit import VitConfig, build_vit
 
 
 class ModelFamily(NamedTuple):
@@ -58,6 +61,14 @@ MODELS: dict[str, ModelFamily] = {
         "encoder-decoder Transformer translating character sequences, greedy decoding",
         recipe="translation",
     ),
+    "vit": ModelFamily(VitConfig, build_vit, "Vision Transformer image classifier (patches)"),
+    "autoencoder": ModelFamily(
+        AutoencoderConfig,
+        build_autoencoder,
+        "dense/conv autoencoder; denoising and anomaly scoring",
+        recipe="autoencoder",
+    ),
+    "gan": ModelFamily(GanConfig, build_gan, "DCGAN image generator (noise -> image)", "gan"),
 }
 
 # Presets are plain data, named by role and size. `model` says which family they belong to.
@@ -154,6 +165,50 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder_layers": 2,
         "decoder_layers": 2,
         "dropout": 0.1,
+    },
+    "vit_tiny": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "ff_dim": 64,
+        "num_layers": 2,
+    },
+    "vit_small": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 4,
+    },
+    "autoencoder_dense_small": {
+        "model": "autoencoder",
+        "architecture": "dense",
+        "hidden_units": [128, 64],
+        "bottleneck": 16,
+    },
+    "autoencoder_conv_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 16,
+    },
+    "autoencoder_denoise_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 32,
+        "mode": "denoise",
+        "noise_stddev": 0.2,
+    },
+    "gan_small": {
+        "model": "gan",
+        "latent_dim": 32,
+        "generator_filters": [64, 32],
+        "discriminator_filters": [32, 64],
+        "dropout": 0.0,
+        "label_smoothing": 0.0,
     },
 }
 

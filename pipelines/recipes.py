@@ -8,17 +8,19 @@ loss) registers a subclass here under the name its `ModelFamily.recipe` gives.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import mlflow
+import numpy as np
 
-from data import PreparedData
+from data import PreparedData, Split, make_tf_dataset
 from models import InputSpec
+from models.autoencoder import AutoencoderConfig, build_anomaly_scorer
 from models.config import ConfigError
-from pipelines import sequence
+from models.gan import AdversarialTrainer, GanConfig, build_discriminator
+from pipelines import generative, sequence
 from pipelines.evaluate import Evaluation, evaluate_model
 from pipelines.settings import TrainConfig
 
@@ -49,20 +51,26 @@ class Recipe:
 
         return fit(model, prepared, train, callbacks)
 
-    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+    def evaluate(
+        self, model: keras.Model, prepared: PreparedData, model_config: Any = None
+    ) -> Evaluation:
         return evaluate_model(model, prepared)
 
-    def serving_model(self, model: keras.Model) -> keras.Model:
-        """The model that is saved, logged and exported (a GAN returns its generator)."""
+    def serving_model(
+        self, model: keras.Model, model_config: Any = None, evaluation: Evaluation | None = None
+    ) -> keras.Model:
+        """The model that is saved, logged and exported (an autoencoder returns its anomaly
+        scorer, which needs the threshold its evaluation chose)."""
         return model
+
+    def example_inputs(self, model: keras.Model, prepared: PreparedData) -> np.ndarray:
+        """A few inputs of the served model, for its logged signature."""
+        return np.asarray(prepared.splits["test"].x[:5])
 
 
 class LanguageModelRecipe(Recipe):
     """Character language model: next-character cross-entropy, perplexity against a unigram
     model; the saved, logged and exported model generates text (prompt in, continuation out)."""
-
-    def __init__(self) -> None:
-        self._max_new_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
         return sequence.language_model_spec(prepared, train)
@@ -71,18 +79,19 @@ class LanguageModelRecipe(Recipe):
         return sequence.compile_sequence_model(model, train)
 
     def fit(self, model, prepared, train, callbacks, model_config=None):
-        if model_config is not None:  # the generation length is a model setting
-            self._max_new_tokens[model] = model_config.max_new_tokens
         return sequence.fit_sequence_model(model, prepared, train, callbacks)
 
-    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+    def evaluate(self, model, prepared, model_config=None) -> Evaluation:
         return sequence.evaluate_language_model(model, prepared)
 
-    def serving_model(self, model: keras.Model) -> keras.Model:
+    def serving_model(self, model, model_config=None, evaluation=None) -> keras.Model:
         from models.language_model import LanguageModelConfig, build_text_generator
 
-        default = LanguageModelConfig.max_new_tokens
-        return build_text_generator(model, self._max_new_tokens.get(model, default))
+        length = (model_config or LanguageModelConfig).max_new_tokens  # a model setting
+        return build_text_generator(model, length)
+
+    def example_inputs(self, model, prepared) -> np.ndarray:
+        return np.asarray(prepared.splits["test"].x[:5])
 
 
 class TranslationRecipe(Recipe):
@@ -98,10 +107,10 @@ class TranslationRecipe(Recipe):
     def fit(self, model, prepared, train, callbacks, model_config=None):
         return sequence.fit_sequence_model(model, prepared, train, callbacks)
 
-    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+    def evaluate(self, model, prepared, model_config=None) -> Evaluation:
         return sequence.evaluate_translator(model, prepared)
 
-    def serving_model(self, model: keras.Model) -> keras.Model:
+    def serving_model(self, model, model_config=None, evaluation=None) -> keras.Model:
         from models.translation import build_greedy_translator
 
         return build_greedy_translator(model)
@@ -190,11 +199,164 @@ def start_fine_tuning(
     return unfrozen
 
 
+def fit_on(
+    model: keras.Model,
+    train_split: Split,
+    val_split: Split | None,
+    train: TrainConfig,
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """Fit on explicit (x, y) splits; return the per-epoch history."""
+    if train.epochs == 0:
+        return {}
+    data = make_tf_dataset(train_split, train.batch_size, True, train.seed)
+    val = make_tf_dataset(val_split, train.batch_size, False) if val_split else None
+    history = model.fit(
+        data, validation_data=val, epochs=train.epochs, callbacks=list(callbacks), verbose=2
+    )
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+class AutoencoderRecipe(Recipe):
+    """x -> x (pixels / pixel_max) on the normal classes; serves an anomaly scorer.
+
+    The class `anomaly_class` is withheld from training and validation; the threshold is a
+    percentile of the validation split's reconstruction errors; the test split's withheld
+    class is the anomaly set the detection metrics are computed on.
+    """
+
+    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
+        spec = super().input_spec(prepared, train)
+        return spec.replace(task="reconstruction", num_outputs=int(np.prod(spec.shape)))
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        from pipelines.train import compile_model
+
+        return compile_model(model, "regression", train)  # mse loss, mae metric
+
+    def fit(self, model, prepared, train, callbacks, model_config=None):
+        config: AutoencoderConfig = model_config
+        pixel_max = config.inputs.pixel_max
+
+        def clean_targets(split: Split) -> Split:
+            normal = generative.without_class(split, config.anomaly_class)
+            return Split(normal.x, (normal.x / pixel_max).astype("float32"))
+
+        splits = prepared.splits
+        return fit_on(
+            model, clean_targets(splits["train"]), clean_targets(splits["val"]), train, callbacks
+        )
+
+    def evaluate(self, model, prepared, model_config=None) -> Evaluation:
+        """Score the autoencoder, or the one inside a saved anomaly scorer (re-evaluation)."""
+        config: AutoencoderConfig = model_config
+        if "is_anomaly" in model.output_names:
+            model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        return Evaluation(metrics=autoencoder_metrics(model, prepared, config))
+
+    def serving_model(self, model, model_config=None, evaluation=None) -> keras.Model:
+        threshold = evaluation.metrics["anomaly_threshold"]
+        return build_anomaly_scorer(model, model_config.inputs.pixel_max, threshold)
+
+    def example_inputs(self, model, prepared) -> np.ndarray:
+        return np.asarray(prepared.splits["test"].x[:5], dtype="float32")
+
+
+def autoencoder_metrics(
+    model: keras.Model, prepared: PreparedData, config: AutoencoderConfig
+) -> dict[str, float]:
+    """Reconstruction (and denoising) MSE vs baselines; threshold; anomaly detection quality."""
+    pixel_max = config.inputs.pixel_max
+    label = config.anomaly_class
+    train_x = generative.without_class(prepared.splits["train"], label).x
+    val_x = generative.without_class(prepared.splits["val"], label).x
+    test = prepared.splits["test"]
+    is_anomaly = np.asarray(test.y).reshape(-1) == label
+    normal_x, anomaly_x = np.asarray(test.x)[~is_anomaly], np.asarray(test.x)[is_anomaly]
+
+    errors = generative.reconstruction_errors(model, normal_x, pixel_max)
+    threshold = float(
+        np.percentile(
+            generative.reconstruction_errors(model, val_x, pixel_max), config.threshold_percentile
+        )
+    )
+    metrics = {
+        "test_reconstruction_mse": float(errors.mean()),
+        "baseline_mean_image_mse": float(
+            generative.mean_image_errors(train_x, normal_x, pixel_max).mean()
+        ),
+        "anomaly_threshold": threshold,
+    }
+    if config.mode == "denoise":
+        noisy = generative.add_noise(normal_x, config.noise_stddev, pixel_max, seed=0)
+        denoised = np.asarray(model.predict(noisy, batch_size=256, verbose=0))
+        metrics["test_denoising_mse"] = float(np.mean((denoised - normal_x / pixel_max) ** 2))
+        metrics["baseline_noisy_input_mse"] = float(np.mean(((noisy - normal_x) / pixel_max) ** 2))
+    if len(anomaly_x):
+        anomaly_errors = generative.reconstruction_errors(model, anomaly_x, pixel_max)
+        metrics |= generative.anomaly_metrics(errors, anomaly_errors, threshold, "anomaly_")
+        mean_normal = generative.mean_image_errors(train_x, normal_x, pixel_max)
+        mean_anomaly = generative.mean_image_errors(train_x, anomaly_x, pixel_max)
+        metrics["baseline_mean_image_roc_auc"] = generative.anomaly_metrics(
+            mean_normal, mean_anomaly, 0.0, ""
+        )["roc_auc"]
+    return metrics
+
+
+class GanRecipe(Recipe):
+    """Adversarial training of the generator against a discriminator; the generator is served.
+
+    The GAN has no validation loss, so early stopping and best-checkpointing are not used: the
+    generator after the last epoch is kept. A grid of samples goes to MLflow every epoch.
+    """
+
+    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
+        spec = super().input_spec(prepared, train)
+        return spec.replace(task="generation", num_outputs=int(np.prod(spec.shape)))
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        return model  # the adversarial trainer is compiled in `fit`, with the discriminator
+
+    def fit(self, model, prepared, train, callbacks, model_config=None):
+        config: GanConfig = model_config
+        trainer = AdversarialTrainer(
+            model,
+            build_discriminator(config),
+            config.latent_dim,
+            label_smoothing=config.label_smoothing,
+            seed=train.seed,
+        )
+        trainer.compile(  # beta_1 = 0.5: the DCGAN paper's setting for stable adversarial steps
+            d_optimizer=keras.optimizers.Adam(train.learning_rate, beta_1=0.5),
+            g_optimizer=keras.optimizers.Adam(train.learning_rate, beta_1=0.5),
+        )
+        kept = [
+            c
+            for c in callbacks
+            if not isinstance(c, keras.callbacks.EarlyStopping | keras.callbacks.ModelCheckpoint)
+        ]
+        grid = generative.SampleGridLogger(model, config.inputs.pixel_max, seed=train.seed)
+        return fit_on(trainer, prepared.splits["train"], None, train, [*kept, grid])
+
+    def evaluate(self, model, prepared, model_config=None) -> Evaluation:
+        splits = prepared.splits
+        return Evaluation(
+            metrics=generative.gan_metrics(
+                model, splits["train"], splits["test"], model_config.inputs.pixel_max
+            )
+        )
+
+    def example_inputs(self, model, prepared) -> np.ndarray:
+        return np.random.default_rng(0).normal(size=(5, model.input_shape[-1])).astype("float32")
+
+
 RECIPES: dict[str, Recipe] = {
     "standard": Recipe(),
+    "transfer": TransferRecipe(),
     "language_model": LanguageModelRecipe(),
     "translation": TranslationRecipe(),
-    "transfer": TransferRecipe(),
+    "autoencoder": AutoencoderRecipe(),
+    "gan": GanRecipe(),
 }
 
 

@@ -197,13 +197,16 @@ def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def log_model(model: keras.Model, prepared: PreparedData) -> None:
-    """Log the Keras model in MLflow's format, with a signature inferred from real examples."""
-    test = prepared.splits["test"]
-    examples = np.asarray(test.x[:5])
+def log_model(model: keras.Model, examples: np.ndarray) -> None:
+    """Log the Keras model in MLflow's format, with a signature inferred from real examples.
+
+    A model with named outputs (a dict) gets a signature with one column per output.
+    """
     if examples.dtype.kind in "UO":
         examples = examples.astype(str)
-    outputs = predict(model, dataclasses.replace(test, x=test.x[:5], y=test.y[:5]))
+    outputs = model.predict(tf.constant(examples), verbose=0)
+    if isinstance(outputs, dict):
+        outputs = {name: np.asarray(values) for name, values in outputs.items()}
     mlflow.keras.log_model(
         model,
         name="model",
@@ -269,12 +272,12 @@ def train_model(
             tracking.MlflowMetrics(),
         ]
         history = recipe.fit(built, prepared, fit_train, callbacks, typed)
-        evaluation = recipe.evaluate(built, prepared)
-        built = recipe.serving_model(built)
+        evaluation = recipe.evaluate(built, prepared, typed)
+        built = recipe.serving_model(built, typed, evaluation)
         metrics = {
             **evaluation.metrics,
             "train_seconds": time.monotonic() - started,
-            "epochs_run": float(len(history.get("loss", []))),
+            "epochs_run": float(len(next(iter(history.values()), []))),
         }
         mlflow.log_metrics(metrics)
         full_config = {
@@ -288,6 +291,6 @@ def train_model(
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         mlflow.log_artifacts(str(stage), artifact_path="outputs")
         mlflow.log_dict(full_config, "config.json")
-        log_model(built, prepared)
+        log_model(built, recipe.example_inputs(built, prepared))
         publish(stage, run_dir)
     return TrainResult(run.info.run_id, run_dir, config, metrics)

@@ -50,13 +50,18 @@ class ExportError(KerasopsError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelIO:
-    """Names, shape and dtype of a model's single input and single output."""
+    """Names, shape and dtype of a model's single input and its output.
+
+    A model with named outputs (a dict, e.g. an anomaly scorer's `anomaly_score` and
+    `is_anomaly`) lists them in `output_names`; `output_name`/`output_shape` are its first.
+    """
 
     input_name: str
     input_shape: tuple[int | None, ...]  # (None, ...) with the batch axis first
     input_dtype: str
     output_name: str
     output_shape: tuple[int | None, ...]
+    output_names: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -75,11 +80,12 @@ class ExportResult:
 
 
 def describe_model(model: Any) -> ModelIO:
-    """Read the input role name and the output layer name of a single-input functional model."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    """Read the input role name and the output name(s) of a single-input functional model."""
+    named = isinstance(model.output, dict)
+    if len(model.inputs) != 1 or (len(model.outputs) != 1 and not named):
         raise ExportError(
             f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
-            "outputs; export expects one named input and one named output"
+            "outputs; export expects one named input and one output (or a dict of named outputs)"
         )
     tensor_in, tensor_out = model.inputs[0], model.outputs[0]
     output_layer = tensor_out._keras_history.operation  # the layer that produced the output
@@ -87,8 +93,9 @@ def describe_model(model: Any) -> ModelIO:
         input_name=tensor_in.name,
         input_shape=tuple(tensor_in.shape),
         input_dtype=str(tensor_in.dtype),
-        output_name=output_layer.name,
+        output_name=next(iter(model.output)) if named else output_layer.name,
         output_shape=tuple(tensor_out.shape),
+        output_names=tuple(model.output) if named else (),
     )
 
 
@@ -115,13 +122,14 @@ def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[
     spec = tf.TensorSpec(io.input_shape, tf.as_dtype(io.input_dtype), name=io.input_name)
 
     def predict(x: Any) -> dict[str, Any]:
-        return {io.output_name: model(x, training=False)}
+        outputs = model(x, training=False)
+        return dict(outputs) if io.output_names else {io.output_name: outputs}
 
     archive.add_endpoint(name="serving_default", fn=predict, input_signature=[spec])
     names = ["serving_default"]
     feature = _example_feature(io)
     examples = tf.TensorSpec([None], tf.string, name="inputs")
-    if feature is None or io.kind == "other":
+    if feature is None or io.kind == "other" or io.output_names:
         return names
 
     def parse(serialized: Any) -> Any:
@@ -235,7 +243,7 @@ def export_saved_model(
         signatures = _add_endpoints(archive, model, io, class_names_for(io, class_names))
         archive.write_out(str(staging), verbose=False)
         records = 0
-        if warmup_examples is not None and config.num_warmup_records:
+        if _fits_input(warmup_examples, io) and config.num_warmup_records:
             rows = np.asarray(warmup_examples)[: config.num_warmup_records]
             records = write_warmup_requests(staging, model_name, io, rows)
         _write_info(staging, model_name, version, io, signatures, info)
@@ -255,6 +263,20 @@ def export_saved_model(
     )
     log.info("exported %s version %d to %s", model_name, version, target)
     return ExportResult(model_name, version, target, tuple(signatures), records)
+
+
+def _fits_input(examples: np.ndarray | None, io: ModelIO) -> bool:
+    """Whether dataset examples can warm the model up (a GAN generator takes noise instead)."""
+    if examples is None:
+        return False
+    shape = tuple(np.asarray(examples).shape[1:])
+    expected = io.input_shape[1:]
+    fits = len(shape) == len(expected) and all(
+        e is None or e == s for s, e in zip(shape, expected, strict=True)
+    )
+    if not fits:
+        log.info("no warmup requests: examples of shape %s do not fit input %s", shape, expected)
+    return fits
 
 
 def _write_info(
