@@ -18,6 +18,7 @@ BUILTIN_DATASETS: dict[str, dict] = {
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+    "detection_digits": {"source": "digits_detection", **_SPLIT},
 }
 
 

@@ -15,7 +15,7 @@ import keras
 from models.config import StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "detection"]
 
 INPUT_NAMES: dict[str, str] = {
     "image": "image",
@@ -23,7 +23,11 @@ INPUT_NAMES: dict[str, str] = {
     "timeseries": "series",
     "tabular": "features",
 }
-OUTPUT_NAMES: dict[str, str] = {"classification": "probabilities", "regression": "forecast"}
+OUTPUT_NAMES: dict[str, str] = {
+    "classification": "probabilities",
+    "regression": "forecast",
+    "detection": "boxes",  # plus `classes`, `scores` and `num_detections`
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +36,9 @@ class InputSpec(StrictConfig):
 
     Args:
         kind: image, text, timeseries or tabular.
-        task: classification (softmax over `num_outputs` classes) or regression
-            (`num_outputs` values, e.g. the forecast horizon).
+        task: classification (softmax over `num_outputs` classes), regression
+            (`num_outputs` values, e.g. the forecast horizon) or detection (boxes of
+            `num_outputs` classes).
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.

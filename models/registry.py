@@ -12,6 +12,7 @@ import keras
 
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.detection import DetectorConfig, build_detector
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
 from models.transformer import TransformerConfig, build_transformer
@@ -36,6 +37,12 @@ MODELS: dict[str, ModelFamily] = {
     "rnn": ModelFamily(RnnConfig, build_rnn, "SimpleRNN/LSTM/GRU text classifier or forecaster"),
     "transformer": ModelFamily(
         TransformerConfig, build_transformer, "Transformer encoder text classifier"
+    ),
+    "detector": ModelFamily(
+        DetectorConfig,
+        build_detector,
+        "single-shot grid detector: boxes, classes and scores after non-max suppression",
+        recipe="detection",
     ),
 }
 
@@ -63,6 +70,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ff_dim": 128,
         "num_layers": 2,
     },
+    "detector_tiny": {"model": "detector", "filters": [8, 16, 32], "head_filters": 32},
+    "detector_small": {"model": "detector", "filters": [16, 32, 64], "head_filters": 64},
 }
 
 

@@ -7,12 +7,14 @@ loss) registers a subclass here under the name its `ModelFamily.recipe` gives.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
-from data import PreparedData
+from data import PreparedData, Split
 from models import InputSpec
 from models.config import ConfigError
 from pipelines.evaluate import Evaluation, evaluate_model
@@ -53,7 +55,40 @@ class Recipe:
         return model
 
 
-RECIPES: dict[str, Recipe] = {"standard": Recipe()}
+class DetectionRecipe(Recipe):
+    """Trains a detector through its `grid` output on encoded grid targets; the model keeps its
+    decoding and non-max suppression, so it is evaluated (mAP) and served as built."""
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        return model  # the training view is compiled in `fit`; the detector is not trained
+
+    def fit(
+        self,
+        model: keras.Model,
+        prepared: PreparedData,
+        train: TrainConfig,
+        callbacks: Sequence[keras.callbacks.Callback],
+        model_config: Any = None,
+    ) -> dict[str, list[float]]:
+        from models.detection import DetectionLoss, encode_targets, grid_shape, training_view
+        from pipelines.train import fit, make_optimizer
+
+        view = training_view(model)  # shares the detector's weights
+        view.compile(optimizer=make_optimizer(train), loss=DetectionLoss())
+        grid = grid_shape(model)
+        splits = {
+            name: Split(split.x, encode_targets(np.asarray(split.y), grid))  # (N, Sy, Sx, 6)
+            for name, split in prepared.splits.items()
+        }
+        return fit(view, dataclasses.replace(prepared, splits=splits), train, callbacks)
+
+    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+        from pipelines.detection import evaluate_detector
+
+        return evaluate_detector(model, prepared)
+
+
+RECIPES: dict[str, Recipe] = {"standard": Recipe(), "detection": DetectionRecipe()}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -71,7 +71,7 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
         "task": manifest.task,
         "shape": list(manifest.input_shape),
         "num_outputs": len(manifest.classes)
-        if manifest.task == "classification"
+        if manifest.task in ("classification", "detection")
         else int(np.prod(manifest.target_shape)),
     }
     if manifest.kind == "image":
@@ -88,18 +88,23 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
     return InputSpec.from_dict(values, prefix="inputs.")
 
 
-def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
-    """Compile with the task's loss and metrics."""
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """A fresh optimizer of the configured kind and learning rate."""
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(train.learning_rate),
         "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),
         "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9),
     }
+    return optimizers[train.optimizer]()
+
+
+def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
+    """Compile with the task's loss and metrics."""
     if task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=optimizers[train.optimizer](), loss=loss, metrics=metrics)
+    model.compile(optimizer=make_optimizer(train), loss=loss, metrics=metrics)
     return model
 
 
