@@ -119,8 +119,7 @@ def test_importing_data_loads_no_service_library():
     import sys
 
     code = (
-        "import sys, data; heavy = {'prefect', 'mlflow'}; "
-        "print(sorted(heavy & set(sys.modules)))"
+        "import sys, data; heavy = {'prefect', 'mlflow'}; print(sorted(heavy & set(sys.modules)))"
     )
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": repo}
