@@ -24,9 +24,18 @@ from pipelines.settings import TrainConfig
 class Recipe:
     """The standard recipe; subclasses override the steps that differ."""
 
+    tasks: tuple[str, ...] = ("classification", "regression")  # the dataset tasks it trains on
+
     def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
         from pipelines.train import input_spec
 
+        manifest = prepared.manifest
+        if manifest.task not in self.tasks:
+            raise ConfigError(
+                f"dataset {manifest.name!r} is a {manifest.task} dataset; this model trains on "
+                f"{' or '.join(self.tasks)} data"
+                + (" (train the detector on it)" if manifest.task == "detection" else "")
+            )
         return input_spec(prepared, train)
 
     def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
@@ -58,6 +67,8 @@ class Recipe:
 class DetectionRecipe(Recipe):
     """Trains a detector through its `grid` output on encoded grid targets; the model keeps its
     decoding and non-max suppression, so it is evaluated (mAP) and served as built."""
+
+    tasks = ("detection",)
 
     def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
         return model  # the training view is compiled in `fit`; the detector is not trained

@@ -4,6 +4,8 @@ Signatures written (names and keys as TF Serving expects them):
 
 * `serving_default` (Predict): `{<input role>: raw values}` -> `{<output layer name>: values}`,
   e.g. `image` -> `probabilities`. Preprocessing is inside the model, so clients send raw values.
+  A model with named (dict) outputs answers with those names, e.g. a detector's `boxes`,
+  `classes`, `scores` and `num_detections`.
 * `classify` (classifiers, last layer `probabilities`): `inputs` = serialized `tf.Example`s with
   one feature named like the model input -> `classes` (string labels) and `scores`.
 * `regress` (regressors with one value per example, last layer `forecast`): `inputs` =
@@ -45,17 +47,24 @@ class ExportError(KerasopsError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelIO:
-    """Names, shape and dtype of a model's single input and single output."""
+    """Names, shape and dtype of a model's single input and of its output(s).
+
+    A model with named outputs (a dict, e.g. a detector's boxes, classes and scores) lists them
+    in `output_names`; `output_name` and `output_shape` then describe the first of them.
+    """
 
     input_name: str
     input_shape: tuple[int | None, ...]  # (None, ...) with the batch axis first
     input_dtype: str
     output_name: str
     output_shape: tuple[int | None, ...]
+    output_names: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
         """'classifier', 'regressor' or 'other', from the output layer's name."""
+        if self.output_names:
+            return "other"
         kinds = {"probabilities": "classifier", "forecast": "regressor"}
         return kinds.get(self.output_name, "other")
 
@@ -70,11 +79,23 @@ class ExportResult:
 
 
 def describe_model(model: Any) -> ModelIO:
-    """Read the input role name and the output layer name of a single-input functional model."""
+    """Read the input role name and the output layer name (or the output names, for named
+    outputs) of a single-input functional model."""
+    named = model.output if isinstance(model.output, dict) else None
+    if len(model.inputs) == 1 and named:
+        tensor_in, first = model.inputs[0], next(iter(named))
+        return ModelIO(
+            input_name=tensor_in.name,
+            input_shape=tuple(tensor_in.shape),
+            input_dtype=str(tensor_in.dtype),
+            output_name=first,
+            output_shape=tuple(named[first].shape),
+            output_names=tuple(named),
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError(
             f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
-            "outputs; export expects one named input and one named output"
+            "outputs; export expects one named input and one named output (or a dict of them)"
         )
     tensor_in, tensor_out = model.inputs[0], model.outputs[0]
     output_layer = tensor_out._keras_history.operation  # the layer that produced the output
@@ -110,7 +131,8 @@ def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[
     spec = tf.TensorSpec(io.input_shape, tf.as_dtype(io.input_dtype), name=io.input_name)
 
     def predict(x: Any) -> dict[str, Any]:
-        return {io.output_name: model(x, training=False)}
+        outputs = model(x, training=False)
+        return dict(outputs) if io.output_names else {io.output_name: outputs}
 
     archive.add_endpoint(name="serving_default", fn=predict, input_signature=[spec])
     names = ["serving_default"]
