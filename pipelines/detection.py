@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from data import PreparedData
+from data import PreparedData, Split
 from pipelines.evaluate import Evaluation, predict
 
 
@@ -140,3 +141,20 @@ def evaluate_detector(
         if not np.isnan(ap):
             metrics[f"test_ap{tag}_{name}"] = ap
     return Evaluation(metrics=metrics, classes=tuple(classes))
+
+
+def plot_test_detections(
+    model: keras.Model, prepared: PreparedData, path: Path, count: int = 8, min_score: float = 0.25
+) -> Path:
+    """`detections.png`: the first `count` test images with their true boxes and the
+    detections scoring at least `min_score`."""
+    from pipelines import reports
+
+    test = prepared.splits["test"]
+    first = Split(np.asarray(test.x[:count]), np.asarray(test.y[:count]))
+    sample = dataclasses.replace(prepared, splits={**prepared.splits, "test": first})
+    found = []
+    for d in model_detections(model, sample, "test"):
+        keep = d.scores >= min_score
+        found.append((d.boxes[keep], d.classes[keep], d.scores[keep]))
+    return reports.detections_plot(first.x, first.y, found, prepared.manifest.classes, path)

@@ -159,6 +159,10 @@ def write_outputs(
         reports.confusion_matrix_plot(
             evaluation.confusion, evaluation.classes, stage / "confusion_matrix.png"
         )
+    if prepared.manifest.task == "detection":
+        from pipelines.detection import plot_test_detections
+
+        plot_test_detections(model, prepared, stage / "detections.png")
     if prepared.manifest.task == "regression":
         test = prepared.splits["test"]
         forecast = predict(model, test)

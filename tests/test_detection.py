@@ -224,6 +224,7 @@ def test_trained_detector_beats_random_boxes_and_is_tracked(trained):
     on_disk = json.loads((result.run_dir / "metrics.json").read_text())
     assert on_disk["test_map50"] == pytest.approx(metrics["test_map50"])
     assert (result.run_dir / "learning_curves.png").is_file()
+    assert (result.run_dir / "detections.png").is_file()
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["model_config"]["inputs"]["task"] == "detection"
 
