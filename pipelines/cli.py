@@ -7,8 +7,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from models.config import KerasopsError
-
 # Each area adds its own subcommands: `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ()
 
@@ -26,9 +24,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from data.catalog import resolve_dataset_config
-
     from data import prepare_dataset
+    from data.catalog import resolve_dataset_config
 
     params = load(args)
     config = resolve_dataset_config(args.dataset, params.datasets)
@@ -74,7 +71,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from data.catalog import BUILTIN_DATASETS
-
     from models import MODELS, PRESETS
 
     params = load(args)
@@ -140,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes print one `error:` line and exit with status 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from models.config import KerasopsError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

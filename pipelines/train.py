@@ -20,11 +20,11 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
-from data.catalog import resolve_dataset_config
-from data.errors import DataError
 from mlflow.models import infer_signature
 
 from data import PreparedData, load_prepared, make_tf_dataset, prepare_dataset
+from data.catalog import resolve_dataset_config
+from data.errors import DataError
 from models import InputSpec, get_family
 from pipelines import reports, tracking
 from pipelines.evaluate import Evaluation, predict
