@@ -28,6 +28,7 @@ from data.errors import DataError
 from models import InputSpec, get_family
 from pipelines import reports, tracking
 from pipelines.evaluate import Evaluation, predict
+from pipelines.lineage import lineage_tags
 from pipelines.recipes import get_recipe
 from pipelines.settings import Params, RunConfig, TrainConfig, resolve_run_config
 
@@ -241,6 +242,7 @@ def train_model(
         "preset": str(config.preset),
         "data.content_hash": prepared.manifest.content_hash,
         "params_hash": config.params_hash(),
+        **lineage_tags(params, [dataset]),
         **(tags or {}),
     }
     with (

@@ -1,0 +1,237 @@
+"""DVC in temporary git repositories: data versions, `dvc repro` of the project's dvc.yaml,
+re-running only what a param change touches, corrupted data, and failed stages not recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.lineage import dvc_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "kerasops tests",
+    "GIT_AUTHOR_EMAIL": "tests@kerasops.invalid",
+    "GIT_COMMITTER_NAME": "kerasops tests",
+    "GIT_COMMITTER_EMAIL": "tests@kerasops.invalid",
+}
+
+
+def environment(repo: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(IDENTITY)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(repo)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+def run(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        command, cwd=repo, env=environment(repo), capture_output=True, text=True, timeout=900
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(repo, "git", *args).stdout
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
+    """A git repository holding the project's code, dvc.yaml, .dvc/ and a tiny params.yaml."""
+    path.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "raw", "prepared", "reference")
+    for folder in ("models", "pipelines", "data"):
+        shutil.copytree(ROOT / folder, path / folder, ignore=ignore)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, path / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tracking"] = {"experiment": "tests", "tracking_uri": ""}
+    params["train"] = {**params["train"], **(train or {})}
+    params["pipeline"] = {**params["pipeline"], **pipeline}
+    params["models"]["mlp"] = {"preset": "mlp_small", "train": {"epochs": 1}}
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(path, "init", "-q")
+    git(path, "config", "user.name", IDENTITY["GIT_AUTHOR_NAME"])
+    git(path, "config", "user.email", IDENTITY["GIT_AUTHOR_EMAIL"])
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "project")
+    return path
+
+
+def test_data_add_versions_a_dataset_and_checkout_brings_the_old_bytes_back(tmp_path, capsys):
+    repo = new_repo(tmp_path / "repo", {"datasets": [], "runs": {}})
+    params = str(repo / "params.yaml")
+    remote = tmp_path / "remote"
+    assert main(["--params", params, "data", "setup", "--remote", str(remote)]) == 0
+    first, second = tmp_path / "v1" / "reviews.csv", tmp_path / "v2" / "reviews.csv"
+    first.parent.mkdir(), second.parent.mkdir()
+    first.write_text("text,label\ngreat film,pos\nawful,neg\n")
+    second.write_text("text,label\ngreat film,pos\nawful,neg\nso so,neg\n")
+
+    hashes = []
+    for version in (first, second):
+        capsys.readouterr()
+        assert main(["--params", params, "data", "add", str(version), "--name", "reviews"]) == 0
+        hashes.append(re.search(r"version (\S+)", capsys.readouterr().out).group(1))
+        assert hashes[-1] == dvc_hash(repo / "data" / "raw" / "reviews")  # computed the DVC way
+        git(repo, "commit", "-qm", f"reviews {len(hashes)}")
+    assert hashes[0] != hashes[1] and hashes[0].endswith(".dir")
+
+    git(repo, "checkout", "HEAD~1", "--", "data/raw/reviews.dvc")
+    dvc(repo, "checkout", "data/raw/reviews.dvc")
+    restored = repo / "data" / "raw" / "reviews" / "reviews.csv"
+    assert restored.read_bytes() == first.read_bytes()
+
+    shutil.rmtree(repo / ".dvc" / "cache")  # the local remote alone brings it back, offline
+    shutil.rmtree(repo / "data" / "raw" / "reviews")
+    dvc(repo, "pull", "data/raw/reviews.dvc")
+    assert restored.read_bytes() == first.read_bytes()
+
+    missing = tmp_path / "nowhere.csv"
+    assert main(["--params", params, "data", "add", str(missing), "--name", "reviews"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {missing} does not exist; pass the file or folder holding the dataset"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    """The project's pipeline reproduced once on digits with two small models."""
+    repo = new_repo(
+        tmp_path_factory.mktemp("dvc") / "repo",
+        {
+            "datasets": ["digits"],
+            "runs": {
+                "mlp-digits": {"model": "mlp", "dataset": "digits"},
+                "cnn-digits": {"model": "cnn", "dataset": "digits"},
+            },
+        },
+        train={"epochs": 1},
+    )
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["cnn"] = {"preset": "cnn_small", "filters": [8], "dense_units": 16}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    remote = repo.parent / "remote"
+    run(repo, "kerasops", "data", "setup", "--remote", str(remote))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "data")
+    first = dvc(repo, "repro")
+    second = dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "reproduced")
+    return repo, first.stdout, second.stdout
+
+
+def test_repro_runs_every_stage_once(pipeline_repo):
+    repo, first, second = pipeline_repo
+    assert stages_run(first) == {
+        "prepare@digits",
+        "validate@digits",
+        "train@mlp-digits",
+        "train@cnn-digits",
+        "evaluate@mlp-digits",
+        "evaluate@cnn-digits",
+    }
+    assert stages_run(second) == set() and "Data and pipelines are up to date" in second
+    metrics = yaml.safe_load(dvc(repo, "metrics", "show", "--json").stdout)
+    files = metrics["workspace"]["data"]
+    scores = files["artifacts/metrics/cnn-digits.json"]["data"]
+    assert 0.0 <= scores["test_accuracy"] <= 1.0 and "baseline_majority_accuracy" in scores
+    assert files["artifacts/validation/digits.json"]["data"]["passed"] is True
+    curve = (repo / "artifacts" / "plots" / "cnn-digits.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,") and "val_loss" in curve[0] and len(curve) == 2
+
+
+def test_train_stage_runs_carry_lineage(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    import mlflow
+
+    from pipelines import tracking
+    from pipelines.settings import load_params
+
+    params = load_params(repo / "params.yaml")
+    tracking.configure(params)
+    runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    prepared = lock["stages"]["prepare@digits"]["outs"][0]["md5"]
+    assert {r.data.tags["model"] for r in runs} == {"mlp", "cnn"}
+    for found in runs:
+        tags = found.data.tags
+        assert tags["dvc.prepared.digits"] == prepared
+        assert tags["dvc.prepared.digits.recorded"] == f"{prepared} (dvc.lock)"
+        assert tags["dvc.raw.digits"].endswith("(data/raw/digits.dvc)")
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"]) and tags["params_hash"]
+
+
+def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    done = dvc(repo, "exp", "run", "--set-param", "models.mlp.dropout=0.25")
+    assert stages_run(done.stdout) == {"train@mlp-digits", "evaluate@mlp-digits"}
+    assert yaml.safe_load((repo / "params.yaml").read_text())["models"]["mlp"]["dropout"] == 0.25
+    assert "cnn-digits" not in dvc(repo, "status").stdout
+
+
+def test_corrupted_data_is_detected_and_dvc_restores_it(pipeline_repo, capsys):
+    repo, _, _ = pipeline_repo
+    params = str(repo / "params.yaml")
+    target = repo / "data" / "prepared" / "digits" / "train.npz"
+    original = target.read_bytes()
+    target.write_bytes(original[:-64] + bytes(64))
+    try:
+        assert main(["--params", params, "data", "verify"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "data/prepared/digits has hash" in err[0]
+        assert "train.npz no longer matches its manifest hash" in err[0]
+        assert main(["--params", params, "validate", "digits"]) == 2
+        assert "no longer matches its manifest hash" in capsys.readouterr().err
+    finally:
+        dvc(repo, "checkout", "--force", "data/prepared/digits")
+    assert target.read_bytes() == original
+    assert main(["--params", params, "data", "verify"]) == 0
+
+
+def test_failing_stages_are_not_recorded_as_done(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    lock_before = (repo / "dvc.lock").read_text()
+    params_text = (repo / "params.yaml").read_text()
+    misspelled = params_text.replace("max_leakage_fraction: 0.0", "max_leakage_fraktion: 0.0", 1)
+    assert misspelled != params_text
+    (repo / "params.yaml").write_text(misspelled)
+    try:
+        failed = dvc(repo, "repro", "--force", "--single-item", "validate@digits", check=False)
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+    assert failed.returncode != 0
+    assert "unknown key pipeline.validation.max_leakage_fraktion" in failed.stderr + failed.stdout
+    assert (repo / "dvc.lock").read_text() == lock_before
+
+    dvc_yaml = (repo / "dvc.yaml").read_text()
+    (repo / "dvc.yaml").write_text(
+        dvc_yaml.replace("cmd: kerasops evaluate", "cmdd: kerasops evaluate")
+    )
+    try:
+        broken = dvc(repo, "repro", check=False)
+    finally:
+        (repo / "dvc.yaml").write_text(dvc_yaml)
+    assert broken.returncode != 0 and "cmdd" in broken.stderr + broken.stdout
+    assert (repo / "dvc.lock").read_text() == lock_before
