@@ -79,6 +79,11 @@ class Batcher:
                 self._cond.notify()
         return future
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch (not counting the batch running now)."""
+        return self._queued_rows
+
     def close(self) -> None:
         """Stop accepting requests; queued ones still run before the workers exit."""
         with self._cond:

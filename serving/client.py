@@ -59,7 +59,7 @@ class RestClient:
         import httpx
 
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
-        self._input_names: dict[ModelRef, list[str]] = {}
+        self._signatures: dict[ModelRef, dict] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -77,7 +77,10 @@ class RestClient:
             response = self._http.request(method, path, json=payload)
         except httpx.HTTPError as exc:
             raise ServingClientError(f"cannot reach {self._http.base_url}: {exc}") from None
-        body = response.json() if response.content else {}
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = {"error": response.text}
         if response.status_code != 200:
             raise ServingClientError(body.get("error", response.text), response.status_code)
         return body
@@ -137,12 +140,14 @@ class RestClient:
         return [float(v) for v in self._call("POST", ref.path() + ":regress", payload)["result"]]
 
     def _signature(self, ref: ModelRef) -> dict:
-        metadata = self.metadata(ref.name, ref.version, ref.label)
-        signatures = metadata["metadata"]["signature_def"]["signature_def"]
-        key = ref.signature_name or "serving_default"
-        if key not in signatures:
-            raise ServingClientError(f"model {ref.name} has no signature {key!r}", 400)
-        return signatures[key]
+        if ref not in self._signatures:
+            metadata = self.metadata(ref.name, ref.version, ref.label)
+            signatures = metadata["metadata"]["signature_def"]["signature_def"]
+            key = ref.signature_name or "serving_default"
+            if key not in signatures:
+                raise ServingClientError(f"model {ref.name} has no signature {key!r}", 400)
+            self._signatures[ref] = signatures[key]
+        return self._signatures[ref]
 
     def _single_input(self, ref: ModelRef) -> str:
         names = list(self._signature(ref)["inputs"])
@@ -166,6 +171,7 @@ class GrpcClient:
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout = timeout
         self._target = target
+        self._signatures: dict[ModelRef, Any] = {}
 
     def close(self) -> None:
         self._channel.close()
@@ -226,19 +232,29 @@ class GrpcClient:
         from tensorflow_serving.apis import predict_pb2
 
         ref = ModelRef(model, version, label, signature_name)
+        signature = self._signature(ref)
         if not isinstance(inputs, dict):
-            signature = self.metadata(model, version, label).signature_def[
-                signature_name or "serving_default"
-            ]
             if len(signature.inputs) != 1:
                 raise ServingClientError(f"model {model} takes several inputs: pass a dict", 400)
             inputs = {next(iter(signature.inputs)): inputs}
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, ref)
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(_as_array(value)))
+            array = _as_array(value)
+            if key in signature.inputs and array.dtype != object:  # gRPC tensors are typed
+                array = array.astype(tf.as_dtype(signature.inputs[key].dtype).as_numpy_dtype)
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
         response = self._call(self._predict.Predict, request)
         return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
+
+    def _signature(self, ref: ModelRef) -> Any:
+        if ref not in self._signatures:
+            signatures = self.metadata(ref.name, ref.version, ref.label).signature_def
+            key = ref.signature_name or "serving_default"
+            if key not in signatures:
+                raise ServingClientError(f"model {ref.name} has no signature {key!r}", 400)
+            self._signatures[ref] = signatures[key]
+        return self._signatures[ref]
 
     def classify(
         self,

@@ -20,7 +20,6 @@ class BatchingConfig(StrictConfig):
     batch_timeout_micros: int = 1000
     max_enqueued_batches: int = 100
     num_batch_threads: int = 1
-    pad_variable_length_inputs: bool = False
 
     def validate(self) -> None:
         for key in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
@@ -54,6 +53,7 @@ class ServingConfig(StrictConfig):
     grpc_port: int = 8500
     model_repository: str = DEFAULT_REPOSITORY
     models_config: str = DEFAULT_MODELS_CONFIG
+    models_config_base_path: str = "/serving/models"  # the repository, as TF Serving sees it
     poll_interval_s: float = 2.0
     max_body_bytes: int = 4 * 1024 * 1024
     allow_nan: bool = False
@@ -67,6 +67,10 @@ class ServingConfig(StrictConfig):
         for key in ("rest_port", "grpc_port"):
             port = getattr(self, key)
             require(0 <= port < 65536, f"serving.{key} must be between 0 and 65535, got {port}")
+        require(
+            not self.models_config_base_path or self.models_config_base_path.startswith("/"),
+            "serving.models_config_base_path must be an absolute path (TF Serving needs one)",
+        )
         require(self.poll_interval_s > 0, "serving.poll_interval_s must be > 0")
         require(self.max_body_bytes >= 1024, "serving.max_body_bytes must be >= 1024")
         require(self.num_warmup_records >= 0, "serving.num_warmup_records must be >= 0")

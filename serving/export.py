@@ -31,7 +31,12 @@ import numpy as np
 
 from models.config import KerasopsError
 from serving.config import ServingConfig
-from serving.repository import check_model_name, list_versions, update_models_config
+from serving.repository import (
+    check_model_name,
+    list_versions,
+    mapping_for,
+    update_models_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +273,7 @@ def export_saved_model(
         model_base,
         config.version_policy,
         {label: version for label in labels},
+        mapping_for(config),
     )
     log.info("exported %s version %d to %s", model_name, version, target)
     return ExportResult(model_name, version, target, tuple(signatures), records)

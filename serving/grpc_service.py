@@ -29,11 +29,38 @@ def _version_choice(model_spec: Any) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _tensor_to_array(proto: Any, spec: Any, allow_nan: bool) -> np.ndarray:
+def to_tensor_proto(array: np.ndarray) -> Any:
+    """A TensorProto for a numpy array; numeric arrays take the fast `tensor_content` path."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    if array.dtype == object:
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.as_dtype(array.dtype).as_datatype_enum,
+        tensor_content=np.ascontiguousarray(array).tobytes(),
+    )
+    proto.tensor_shape.dim.extend(
+        tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape
+    )
+    return proto
+
+
+def from_tensor_proto(proto: Any) -> np.ndarray:
+    """The numpy array of a TensorProto (`tensor_content` read without a copy when present)."""
     import tensorflow as tf
 
+    if proto.tensor_content:
+        dtype = tf.as_dtype(proto.dtype)
+        if dtype != tf.string:
+            shape = [dim.size for dim in proto.tensor_shape.dim]
+            return np.frombuffer(proto.tensor_content, dtype=dtype.as_numpy_dtype).reshape(shape)
+    return tf.make_ndarray(proto)
+
+
+def _tensor_to_array(proto: Any, spec: Any, allow_nan: bool) -> np.ndarray:
     try:
-        array = tf.make_ndarray(proto)
+        array = from_tensor_proto(proto)
     except Exception as exc:  # noqa: BLE001 - a malformed TensorProto is the caller's mistake
         raise invalid(f"input '{spec.name}' is not a valid TensorProto: {exc}") from None
     if spec.is_string != (array.dtype == object):
@@ -88,7 +115,6 @@ class TensorflowServing:
         return await self._answer("predict", request, context, lambda: self._predict(request))
 
     async def _predict(self, request: Any) -> Any:
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         servable = self._resolve(request.model_spec)
@@ -106,7 +132,7 @@ class TensorflowServing:
         response = predict_pb2.PredictResponse()
         self._fill_spec(response.model_spec, servable, signature.name)
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(to_tensor_proto(value))
         return response
 
     def _fill_spec(self, spec: Any, servable: Servable, signature_name: str) -> None:
@@ -201,11 +227,13 @@ class TensorflowServing:
 
         from tensorflow_serving.apis import model_management_pb2, status_pb2
 
-        from serving.repository import RepositoryError, entries_from_proto
+        from serving.repository import RepositoryError, entries_from_proto, mapping_for
 
         base = self.models_config_path.parent if self.models_config_path else Path.cwd()
         try:
-            entries = entries_from_proto(request.config, base, "ReloadConfigRequest")
+            entries = entries_from_proto(
+                request.config, base, mapping_for(self.config), "ReloadConfigRequest"
+            )
         except (RepositoryError, ValueError) as exc:
             raise invalid(str(exc)) from None
         await asyncio.to_thread(self.manager.reload_config, entries)

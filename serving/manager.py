@@ -16,7 +16,13 @@ from typing import Any
 
 from serving.config import ServingConfig
 from serving.errors import invalid, not_found
-from serving.repository import ModelEntry, list_versions, read_models_config, select_versions
+from serving.repository import (
+    ModelEntry,
+    list_versions,
+    mapping_for,
+    read_models_config,
+    select_versions,
+)
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,8 @@ class ModelManager:
         self._models_config_path = models_config_path
         self._models_config_stamp = _mtime(models_config_path) if models_config_path else 0.0
         self._metrics = metrics
-        self._lock = threading.RLock()
+        self._poll_lock = threading.RLock()  # one poll, reload or close at a time
+        self._state_lock = threading.Lock()  # brief: never held while a model loads
         self._entries = {entry.name: entry for entry in entries}
         self._states: dict[str, dict[int, VersionState]] = {e.name: {} for e in entries}
         self._routes: dict[str, Route] = {e.name: Route(e, {}) for e in entries}
@@ -92,7 +99,7 @@ class ModelManager:
         """Version states of a model (one version when `version` or `label` is given)."""
         if version is not None and label is not None:
             raise invalid("a request may name a version or a label, not both")
-        with self._lock:
+        with self._state_lock:
             if name not in self._entries:
                 raise not_found(f"Could not find any versions of model {name}")
             states = self._states[name]
@@ -122,21 +129,22 @@ class ModelManager:
     # -- configuration and polling ------------------------------------------------------------
     def reload_config(self, entries: list[ModelEntry]) -> None:
         """Replace the model list (HandleReloadConfigRequest); drop models no longer listed."""
-        with self._lock:
+        with self._poll_lock:
             new = {entry.name: entry for entry in entries}
             for name in list(self._entries):
                 if name not in new:
                     self._drop_model(name)
-            for name, entry in new.items():
-                self._entries[name] = entry
-                self._states.setdefault(name, {})
-                old = self._routes.get(name)
-                self._routes[name] = Route(entry, dict(old.servables) if old else {})
-        self.poll_once()
+            with self._state_lock:
+                for name, entry in new.items():
+                    self._entries[name] = entry
+                    self._states.setdefault(name, {})
+                    old = self._routes.get(name)
+                    self._routes[name] = Route(entry, dict(old.servables) if old else {})
+            self.poll_once()
 
     def poll_once(self) -> None:
         """Load the versions the policies want and unload the others."""
-        with self._lock:
+        with self._poll_lock:
             for name in list(self._entries):
                 self._sync_model(name)
 
@@ -148,7 +156,8 @@ class ModelManager:
         while not self._stop.wait(self._config.poll_interval_s):
             try:
                 if self._models_config_changed():
-                    self.reload_config(read_models_config(self._models_config_path))
+                    path, mapping = self._models_config_path, mapping_for(self._config)
+                    self.reload_config(read_models_config(path, mapping))
                 self.poll_once()
             except Exception:  # noqa: BLE001 - a bad poll must not stop the poller
                 log.exception("polling the model repository failed")
@@ -168,7 +177,7 @@ class ModelManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        with self._lock:
+        with self._poll_lock:
             for name in list(self._entries):
                 self._drop_model(name)
 
@@ -197,7 +206,8 @@ class ModelManager:
     def _load(self, entry: ModelEntry, version: int) -> None:
         path = entry.base_path / str(version)
         state = VersionState(version, "LOADING", stamp=_mtime(path))
-        self._states[entry.name][version] = state
+        with self._state_lock:
+            self._states[entry.name][version] = state
         try:
             observe = self._metrics.batch_observer(entry.name) if self._metrics else None
             servable = Servable(entry.name, version, path, self._config.batching, observe)
@@ -234,7 +244,8 @@ class ModelManager:
     def _drop_model(self, name: str) -> None:
         for version in list(self._routes[name].servables):
             self._unload(name, version)
-        del self._routes[name], self._entries[name], self._states[name]
+        with self._state_lock:
+            del self._routes[name], self._entries[name], self._states[name]
         if self._metrics is not None:
             self._metrics.set_loaded(name, [])
 

@@ -6,9 +6,12 @@
 <repository>/<model_name>/<version>/assets.extra/tf_serving_warmup_requests
 ```
 
-`models.config` is a `ModelServerConfig` text proto (`model_config_list`). Its `base_path`s are
-written relative to the file's own folder when the repository lies below it, so a TF Serving
-container started with that folder as its working directory reads the very same file.
+`models.config` is a `ModelServerConfig` text proto (`model_config_list`). TF Serving insists on
+absolute base paths, and a container sees the repository at its mount point, not where it lies
+here: base paths under `serving.models_config_base_path` (default `/serving/models`, where
+docker-compose mounts `artifacts/serving/models`) stand for folders of the local repository, so
+the embedded server and TF Serving read the very same file. With that setting empty, base paths
+are the repository's absolute local paths.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ConfigError, KerasopsError
-from serving.config import VersionPolicyConfig
+from serving.config import ServingConfig, VersionPolicyConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -103,7 +106,38 @@ def _policy_from_proto(proto: Any) -> VersionPolicyConfig:
     return VersionPolicyConfig()
 
 
-def entries_to_text(entries: list[ModelEntry], config_dir: Path) -> str:
+@dataclasses.dataclass(frozen=True)
+class PathMapping:
+    """Base paths under `served_root` (as TF Serving sees them) are folders of `local_root`."""
+
+    served_root: str
+    local_root: Path
+
+    def to_served(self, local: Path) -> str:
+        """The base path to write for a local model folder."""
+        local = local.resolve()
+        if self.served_root:
+            try:
+                relative = local.relative_to(self.local_root.resolve())
+                return f"{self.served_root.rstrip('/')}/{relative.as_posix()}"
+            except ValueError:
+                pass
+        return str(local)
+
+    def to_local(self, served: str, config_dir: Path) -> Path:
+        """The local folder a base path stands for."""
+        root = self.served_root.rstrip("/")
+        if root and (served == root or served.startswith(root + "/")):
+            return self.local_root / served[len(root) :].lstrip("/")
+        path = Path(served)
+        return path if path.is_absolute() else config_dir / path
+
+
+def mapping_for(config: ServingConfig) -> PathMapping:
+    return PathMapping(config.models_config_base_path, Path(config.model_repository))
+
+
+def entries_to_text(entries: list[ModelEntry], mapping: PathMapping) -> str:
     """Render entries as a `model_config_list` text proto for `models.config`."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -112,7 +146,7 @@ def entries_to_text(entries: list[ModelEntry], config_dir: Path) -> str:
     for entry in entries:
         proto = server_config.model_config_list.config.add()
         proto.name = entry.name
-        proto.base_path = _relative_base_path(entry.base_path, config_dir)
+        proto.base_path = mapping.to_served(entry.base_path)
         proto.model_platform = "tensorflow"
         _policy_to_proto(entry.policy, proto.model_version_policy)
         for label, version in entry.labels:
@@ -121,9 +155,9 @@ def entries_to_text(entries: list[ModelEntry], config_dir: Path) -> str:
 
 
 def entries_from_text(
-    text: str, config_dir: Path, source: str = "models.config"
+    text: str, config_dir: Path, mapping: PathMapping, source: str = "models.config"
 ) -> list[ModelEntry]:
-    """Parse a `model_config_list` text proto; relative base paths resolve against `config_dir`."""
+    """Parse a `model_config_list` text proto into entries with local base paths."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -132,10 +166,12 @@ def entries_from_text(
         text_format.Parse(text, server_config)
     except text_format.ParseError as exc:
         raise RepositoryError(f"{source} is not a valid models.config text proto: {exc}") from None
-    return entries_from_proto(server_config, config_dir, source)
+    return entries_from_proto(server_config, config_dir, mapping, source)
 
 
-def entries_from_proto(server_config: Any, config_dir: Path, source: str) -> list[ModelEntry]:
+def entries_from_proto(
+    server_config: Any, config_dir: Path, mapping: PathMapping, source: str
+) -> list[ModelEntry]:
     """Entries from a ModelServerConfig proto (the file's or a HandleReloadConfigRequest's)."""
     if server_config.WhichOneof("config") != "model_config_list":
         raise RepositoryError(f"{source}: only model_config_list is supported")
@@ -144,27 +180,18 @@ def entries_from_proto(server_config: Any, config_dir: Path, source: str) -> lis
         name = check_model_name(proto.name)
         if proto.model_platform not in ("", "tensorflow"):
             raise RepositoryError(f"{source}: model {name!r} has unsupported platform")
-        base = Path(proto.base_path)
-        base = base if base.is_absolute() else config_dir / base
+        base = mapping.to_local(proto.base_path, config_dir)
         labels = tuple(sorted(proto.version_labels.items()))
         policy = _policy_from_proto(proto.model_version_policy)
         entries.append(ModelEntry(name, base, policy, labels))
     return entries
 
 
-def _relative_base_path(base_path: Path, config_dir: Path) -> str:
-    base = base_path.resolve()
-    try:
-        return str(base.relative_to(config_dir.resolve()))
-    except ValueError:
-        return str(base)
-
-
-def read_models_config(path: Path) -> list[ModelEntry]:
+def read_models_config(path: Path, mapping: PathMapping) -> list[ModelEntry]:
     """Entries of a models.config file; raise RepositoryError when missing or malformed."""
     if not path.is_file():
         raise RepositoryError(f"models.config not found: {path}")
-    return entries_from_text(path.read_text(encoding="utf-8"), path.parent, str(path))
+    return entries_from_text(path.read_text(encoding="utf-8"), path.parent, mapping, str(path))
 
 
 def entries_for_repository(repository: Path, policy: VersionPolicyConfig) -> list[ModelEntry]:
@@ -180,10 +207,12 @@ def update_models_config(
     base_path: Path,
     policy: VersionPolicyConfig,
     labels: dict[str, int] | None = None,
+    mapping: PathMapping | None = None,
 ) -> list[ModelEntry]:
     """Add or update one model in `path` (created if absent), keeping the other models as they
     are and merging `labels` into the model's existing labels; write atomically."""
-    entries = read_models_config(path) if path.is_file() else []
+    mapping = mapping or PathMapping("", base_path.parent)
+    entries = read_models_config(path, mapping) if path.is_file() else []
     old = next((e for e in entries if e.name == name), None)
     merged = dict(old.labels) if old else {}
     merged.update(labels or {})
@@ -191,6 +220,6 @@ def update_models_config(
     entries = [e for e in entries if e.name != name] + [entry]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(entries_to_text(entries, path.parent), encoding="utf-8")
+    tmp.write_text(entries_to_text(entries, mapping), encoding="utf-8")
     os.replace(tmp, path)
     return entries

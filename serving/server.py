@@ -20,6 +20,7 @@ from serving.metrics import ServingMetrics
 from serving.repository import (
     ModelEntry,
     entries_for_repository,
+    mapping_for,
     read_models_config,
 )
 from serving.rest import RestApp
@@ -36,12 +37,14 @@ def model_entries(
 ) -> tuple[list[ModelEntry], Path | None]:
     """Entries to serve: an explicit models.config or repository, else the configured
     models.config when it exists, else every model folder of the configured repository."""
+    mapping = mapping_for(config)
     if models_config:
-        return read_models_config(Path(models_config)), Path(models_config)
+        return read_models_config(Path(models_config), mapping), Path(models_config)
     if repository:
         return entries_for_repository(Path(repository), config.version_policy), None
     if Path(config.models_config).is_file():
-        return read_models_config(Path(config.models_config)), Path(config.models_config)
+        path = Path(config.models_config)
+        return read_models_config(path, mapping), path
     return entries_for_repository(Path(config.model_repository), config.version_policy), None
 
 
@@ -73,8 +76,12 @@ class EmbeddedServer:
         """Load the models, then open the gRPC and REST ports; raise ServerError on failure."""
         self.manager.poll_once()
         self.manager.start_polling()
-        self._start_grpc(timeout)
-        self._start_rest(timeout)
+        try:
+            self._start_grpc(timeout)
+            self._start_rest(timeout)
+        except ServerError:
+            self.stop()
+            raise
         log.info(
             "serving %s: REST http://%s:%d, gRPC %s:%d",
             ", ".join(self.manager.model_names()),
@@ -124,6 +131,8 @@ class EmbeddedServer:
             lifespan="off",
             timeout_graceful_shutdown=int(self.config.shutdown_grace_s) or None,
             backlog=2048,
+            proxy_headers=False,  # bound to loopback or behind nothing: skip the middleware
+            server_header=False,
         )
         self._uvicorn = uvicorn.Server(server_config)
         thread = threading.Thread(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,7 @@ def test_client_predict_matches_in_process(served, use_grpc: bool) -> None:  # n
 def test_predict_command_prints_outputs(served, tmp_path: Path, capsys, use_grpc: bool) -> None:  # noqa: ANN001
     server, model, _ = served
     images = digit_images(2, seed=5)
-    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "images.npy", images.astype("float64"))  # cast to the signature's dtype
     url = f"127.0.0.1:{server.grpc_port}" if use_grpc else f"http://127.0.0.1:{server.rest_port}"
     argv = ["predict", "cnn-digits", "--input", str(tmp_path / "images.npy"), "--url", url]
     assert cli.main(argv + (["--grpc"] if use_grpc else [])) == 0
@@ -96,3 +98,72 @@ def test_cli_mistakes_are_one_line_errors(served, tmp_path: Path, capsys) -> Non
     assert capsys.readouterr().out.startswith("error: input file not found")
     assert cli.main(["--params", str(root / "none.yaml"), "export"]) == 1
     assert "exactly one of" in capsys.readouterr().out
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa: ANN001
+    import httpx
+
+    from serving.config import BatchingConfig
+
+    _, model, root = served
+    config = ServingConfig(
+        model_repository=str(root.parent / root.name / "models"),
+        models_config=str(root / "models.config"),
+        rest_port=0,
+        grpc_port=0,
+        batching=BatchingConfig(max_batch_size=64, batch_timeout_micros=500_000),
+    )
+    entries, path = model_entries(config)
+    server = EmbeddedServer(config, entries, path)
+    server.start()
+    images = digit_images(1, seed=7)
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/cnn-digits:predict"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, url, json={"instances": images.tolist()}, timeout=30)
+        batcher = server.manager.resolve("cnn-digits").signature(None).batcher
+        deadline = time.monotonic() + 20
+        while batcher.queued_rows == 0:  # wait until it waits in the batcher (0.5 s timeout)
+            assert time.monotonic() < deadline and not pending.done()
+            time.sleep(0.005)
+        server.stop()
+        response = pending.result()
+    assert response.status_code == 200
+    want = np.asarray(model(images, training=False))
+    np.testing.assert_allclose(response.json()["predictions"], want, atol=1e-5)
+
+
+@pytest.mark.slow  # MLflow's SQLite store setup and log_model take most of a minute here
+def test_export_from_an_mlflow_run(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    mlflow = pytest.importorskip("mlflow")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_experiment("serving-test")
+    model = regressor(seed=3)
+    with mlflow.start_run() as run:
+        mlflow.keras.log_model(model, name="model")
+        mlflow.log_dict({"model": "mlp", "dataset": "sunspots"}, "config.json")
+    repository = tmp_path / "models"
+    argv = [
+        "--params",
+        str(tmp_path / "none.yaml"),
+        "export",
+        "--run-id",
+        run.info.run_id,
+        "--tracking-uri",
+        tracking,
+        "--model-repository",
+        str(repository),
+        "--models-config",
+        str(tmp_path / "models.config"),
+    ]
+    assert cli.main(argv) == 0, capsys.readouterr().out
+    version_dir = repository / "mlp-sunspots" / "1"
+    info = json.loads((version_dir / "assets.extra" / "kerasops_export.json").read_text())
+    assert info["mlflow_run_id"] == run.info.run_id
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    x = np.ones((2, 4), "float32")
+    got = loaded.signatures["serving_default"](features=tf.constant(x))["forecast"]
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-5)
+    assert "regress" in loaded.signatures

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.config import BatchingConfig
+from serving.config import BatchingConfig, ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,10 @@ def test_tf_serving_ports_volumes_and_flags(compose: dict, name: str) -> None:
     assert mounts["/serving"] == "./artifacts/serving"  # models/ and models.config
     flags = dict(arg.lstrip("-").split("=", 1) for arg in service["command"])
     assert flags["model_config_file"] == "/serving/models.config"
-    assert service["working_dir"] == "/serving"  # base_paths in models.config are relative
+    repository = ServingConfig().models_config_base_path  # base paths written by export
+    assert repository == "/serving/models" and mounts["/serving"] + "/models" == (
+        "./" + ServingConfig().model_repository
+    )
     for flag in ("batching_parameters_file", "monitoring_config_file"):
         host_file = mounts[flags[flag]]
         assert (ROOT / host_file).is_file(), host_file

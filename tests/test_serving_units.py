@@ -15,7 +15,7 @@ from serving.config import BatchingConfig, ServingConfig, VersionPolicyConfig
 from serving.errors import ServingError
 from serving.export import ExportError, export_saved_model
 from serving.repository import (
-    ModelEntry,
+    PathMapping,
     check_model_name,
     entries_to_text,
     read_models_config,
@@ -52,17 +52,20 @@ def test_version_policies() -> None:
 
 def test_models_config_round_trip_and_update(tmp_path: Path) -> None:
     path = tmp_path / "models.config"
+    mapping = PathMapping("/serving/models", tmp_path / "models")
     policy = VersionPolicyConfig(policy="specific", versions=(1, 2))
-    update_models_config(path, "a", tmp_path / "models" / "a", policy, {"stable": 1})
-    update_models_config(path, "b", Path("/elsewhere/b"), VersionPolicyConfig())
-    update_models_config(path, "a", tmp_path / "models" / "a", policy, {"canary": 2})
+    update_models_config(path, "a", tmp_path / "models" / "a", policy, {"stable": 1}, mapping)
+    update_models_config(path, "b", Path("/elsewhere/b"), VersionPolicyConfig(), None, mapping)
+    update_models_config(path, "a", tmp_path / "models" / "a", policy, {"canary": 2}, mapping)
     text = path.read_text()
-    assert 'base_path: "models/a"' in text and 'base_path: "/elsewhere/b"' in text
-    entries = {e.name: e for e in read_models_config(path)}
+    assert 'base_path: "/serving/models/a"' in text and 'base_path: "/elsewhere/b"' in text
+    entries = {e.name: e for e in read_models_config(path, mapping)}
     assert entries["a"].label_map() == {"canary": 2, "stable": 1}
     assert entries["a"].base_path == tmp_path / "models" / "a"
+    assert entries["b"].base_path == Path("/elsewhere/b")
     assert entries["a"].policy == policy
-    assert "model_config_list" in entries_to_text([ModelEntry("b", Path("/b"))], tmp_path)
+    local = PathMapping("", tmp_path / "models")
+    assert f'base_path: "{tmp_path / "models" / "a"}"' in entries_to_text([entries["a"]], local)
 
 
 def test_export_layout_signatures_and_warmup(tmp_path: Path) -> None:
