@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Each area adds its own subcommands: `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands_data",)
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands_data", "serving.cli")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
