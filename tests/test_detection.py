@@ -3,13 +3,14 @@ baseline, and its export answering a REST predict on the embedded server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data import DataError, load_prepared, prepare_dataset
+from data import DataError, Split, load_prepared, prepare_dataset
 from data.detection import CanvasSpec, compose_canvases
 from models import ConfigError, build_model, preset_values
 from models.detection import encode_targets
@@ -75,6 +76,24 @@ def test_prepared_detection_digits_has_padded_box_targets(tmp_path):
     assert counted == int(real.sum())
     csv_rows = (tmp_path / "raw" / "boxes" / "annotations.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + int(real.sum())
+
+
+def test_detection_data_is_validated_by_its_box_labels(tmp_path):
+    from data.validation import feature_samples, validate_prepared
+
+    prepare_dataset("boxes", SMALL_SET, tmp_path / "raw", tmp_path / "prepared")
+    prepared = load_prepared("boxes", tmp_path / "prepared")
+    report = validate_prepared(prepared, prepared)
+    checks = {c.name: c for c in report.checks}
+    assert report.passed and {"label_set", "class_balance", "drift"} <= set(checks)
+    assert checks["label_set"].message.startswith("10 classes")
+    samples = feature_samples(prepared)
+    assert samples["labels"].min() >= 0 and len(samples["box heights"]) == len(samples["labels"])
+    wrong = prepared.splits["train"].y.copy()
+    wrong[0, 0, 4] = 12  # a box labelled with a class the dataset does not have
+    splits = {**prepared.splits, "train": Split(prepared.splits["train"].x, wrong)}
+    broken = validate_prepared(dataclasses.replace(prepared, splits=splits), None)
+    assert not broken.passed and "labels outside 0..9" in broken.summary()
 
 
 def write_annotations(folder: Path, rows: list[str], size: int = 16) -> Path:
