@@ -15,10 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+# The main job: DVC set up (git repository, `dvc init`, a local remote, raw data versioned), then
+# the Prefect pipeline (prepare -> validate -> train cnn/digits, rnn/sunspots,
+# transformer/bbc_news -> evaluate -> report), then the runs side by side.
+DEMO_MODELS := --model cnn --model rnn --model transformer
+
 demo: setup
-	$(BIN)/kerasops train cnn --dataset digits
-	$(BIN)/kerasops train rnn --dataset sunspots
-	$(BIN)/kerasops train transformer --dataset bbc_news
+	git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+	$(BIN)/kerasops data setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/kerasops run-pipeline $(DEMO_MODELS)
 	$(BIN)/kerasops compare
 
 test: setup

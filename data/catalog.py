@@ -28,6 +28,22 @@ BUILTIN_DATASETS: dict[str, dict] = {
         "canvas_seed": 0,
         **_SPLIT,
     },
+    "bbc_news_lm": {
+        "source": "bbc_news_lm",
+        "window": 128,
+        "stride": 0,
+        "max_documents": 0,
+        "lowercase": False,
+        **_SPLIT,
+    },
+    "dates": {
+        "source": "generated_dates",
+        "examples": 20000,
+        "first_year": 1950,
+        "last_year": 2049,
+        "generation_seed": 7,
+        **_SPLIT,
+    },
 }
 
 

@@ -13,9 +13,11 @@ import keras
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
 from models.detection import DetectorConfig, build_detector
+from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
 from models.transformer import TransformerConfig, build_transformer
+from models.translation import TranslatorConfig, build_translator
 
 
 class ModelFamily(NamedTuple):
@@ -43,6 +45,18 @@ MODELS: dict[str, ModelFamily] = {
         build_detector,
         "single-shot grid detector: boxes, classes and scores after non-max suppression",
         recipe="detection",
+    ),
+    "language_model": ModelFamily(
+        LanguageModelConfig,
+        build_language_model,
+        "decoder-only Transformer character language model; serves text generation",
+        recipe="language_model",
+    ),
+    "translator": ModelFamily(
+        TranslatorConfig,
+        build_translator,
+        "encoder-decoder Transformer translating character sequences, greedy decoding",
+        recipe="translation",
     ),
 }
 
@@ -72,6 +86,40 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "detector_tiny": {"model": "detector", "filters": [8, 16, 32], "head_filters": 32},
     "detector_small": {"model": "detector", "filters": [16, 32, 64], "head_filters": 64},
+    "language_model_tiny": {
+        "model": "language_model",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 2,
+        "dropout": 0.0,
+    },
+    "language_model_small": {
+        "model": "language_model",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 512,
+        "num_layers": 4,
+        "dropout": 0.1,
+    },
+    "translator_tiny": {
+        "model": "translator",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "dropout": 0.0,
+    },
+    "translator_small": {
+        "model": "translator",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 256,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "dropout": 0.1,
+    },
 }
 
 

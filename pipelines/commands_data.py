@@ -82,6 +82,7 @@ def local_prefect(params) -> None:
         os.environ.setdefault("PREFECT_HOME", str(params.path("artifacts") / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def cmd_run_pipeline(args: argparse.Namespace) -> int:

@@ -50,14 +50,17 @@ def dvc_hash(path: Path) -> str:
     return hashlib.md5(listing).hexdigest() + ".dir"
 
 
+def lock_outs(lock: dict) -> list[dict]:
+    """Every out of every stage in a parsed dvc.lock."""
+    return [o for stage in lock.get("stages", {}).values() for o in stage.get("outs", [])]
+
+
 def recorded_hash(root: Path, target: Path) -> tuple[str, str] | None:
     """(hash, where) DVC recorded for `target`: its `.dvc` file or an out in `dvc.lock`."""
     root, target = Path(root).resolve(), Path(target).resolve()
     dvc_file = target.with_name(target.name + ".dvc")
     relative = os.path.relpath(target, root)
-    sources = [(dvc_file, lambda d: d.get("outs", []))]
-    lock = root / "dvc.lock"
-    sources.append((lock, lambda d: [o for s in d.get("stages", {}).values() for o in s["outs"]]))
+    sources = [(dvc_file, lambda d: d.get("outs", [])), (root / "dvc.lock", lock_outs)]
     for file, outs_of in sources:
         if not file.is_file():
             continue

@@ -8,6 +8,7 @@ loss) registers a subclass here under the name its `ModelFamily.recipe` gives.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from data import PreparedData, Split
 from models import InputSpec
 from models.config import ConfigError
+from pipelines import sequence
 from pipelines.evaluate import Evaluation, evaluate_model
 from pipelines.settings import TrainConfig
 
@@ -99,7 +101,62 @@ class DetectionRecipe(Recipe):
         return evaluate_detector(model, prepared)
 
 
-RECIPES: dict[str, Recipe] = {"standard": Recipe(), "detection": DetectionRecipe()}
+class LanguageModelRecipe(Recipe):
+    """Character language model: next-character cross-entropy, perplexity against a unigram
+    model; the saved, logged and exported model generates text (prompt in, continuation out)."""
+
+    def __init__(self) -> None:
+        self._max_new_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
+        return sequence.language_model_spec(prepared, train)
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        return sequence.compile_sequence_model(model, train)
+
+    def fit(self, model, prepared, train, callbacks, model_config=None):
+        if model_config is not None:  # the generation length is a model setting
+            self._max_new_tokens[model] = model_config.max_new_tokens
+        return sequence.fit_sequence_model(model, prepared, train, callbacks)
+
+    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+        return sequence.evaluate_language_model(model, prepared)
+
+    def serving_model(self, model: keras.Model) -> keras.Model:
+        from models.language_model import LanguageModelConfig, build_text_generator
+
+        default = LanguageModelConfig.max_new_tokens
+        return build_text_generator(model, self._max_new_tokens.get(model, default))
+
+
+class TranslationRecipe(Recipe):
+    """Encoder-decoder translator: teacher-forced cross-entropy; exact match and character
+    BLEU of greedy decoding against copying the source; serves source in, translation out."""
+
+    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
+        return sequence.translation_spec(prepared, train)
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        return sequence.compile_sequence_model(model, train)
+
+    def fit(self, model, prepared, train, callbacks, model_config=None):
+        return sequence.fit_sequence_model(model, prepared, train, callbacks)
+
+    def evaluate(self, model: keras.Model, prepared: PreparedData) -> Evaluation:
+        return sequence.evaluate_translator(model, prepared)
+
+    def serving_model(self, model: keras.Model) -> keras.Model:
+        from models.translation import build_greedy_translator
+
+        return build_greedy_translator(model)
+
+
+RECIPES: dict[str, Recipe] = {
+    "standard": Recipe(),
+    "language_model": LanguageModelRecipe(),
+    "translation": TranslationRecipe(),
+    "detection": DetectionRecipe(),
+}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -18,6 +18,7 @@ import yaml
 
 from models import get_family, preset_values
 from models.config import ConfigError, StrictConfig, parse_override, require
+from pipelines.retraining_config import RetrainingConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -89,7 +90,7 @@ class Params(StrictConfig):
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
     serving: dict[str, Any] = dataclasses.field(default_factory=dict)
     pipeline: dict[str, Any] = dataclasses.field(default_factory=dict)
-    retraining: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retraining: RetrainingConfig = dataclasses.field(default_factory=RetrainingConfig)
     root: str = "."
 
     def path(self, name: str) -> Path:

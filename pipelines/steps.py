@@ -76,7 +76,6 @@ class PipelineConfig(StrictConfig):
         missing = sorted({r.dataset for r in self.run_specs} - set(self.datasets))
         require(not missing, f"pipeline.runs use datasets not in pipeline.datasets: {missing}")
 
-
     @property
     def run_specs(self) -> tuple[RunSpec, ...]:
         """The runs in order; each key must be `<model>-<dataset>` (the DVC stage's name)."""

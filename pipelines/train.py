@@ -90,7 +90,7 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """A fresh optimizer of the configured kind and learning rate."""
+    """A fresh optimizer as `train` names it."""
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(train.learning_rate),
         "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),

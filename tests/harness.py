@@ -15,7 +15,7 @@ from models import build_model, get_family
 def run_builder_test(
     name: str,
     config: dict[str, Any],
-    example: np.ndarray,
+    example: np.ndarray | dict[str, np.ndarray],
     expected_shape: tuple[int, ...] | dict[str, tuple[int, ...]],
     tmp_path: Path,
 ) -> keras.Model:
@@ -26,6 +26,8 @@ def run_builder_test(
     - the typed config survives to_dict/from_dict, and the Keras config rebuilds the model;
     - a `.keras` save and reload predicts the same values;
     - a SavedModel export serves the same values through its `serve` endpoint.
+
+    `example` is one array, or a dict of arrays by input name for a model with named inputs.
     """
     family = get_family(name)
     typed = family.config.from_dict(config)
@@ -49,7 +51,10 @@ def run_builder_test(
     export_dir = tmp_path / f"{name}_savedmodel"
     model.export(str(export_dir), verbose=False)
     loaded = tf.saved_model.load(str(export_dir))
-    served = loaded.serve(tf.constant(example))
+    if isinstance(example, dict):
+        served = loaded.serve({k: tf.constant(v) for k, v in example.items()})
+    else:
+        served = loaded.serve(tf.constant(example))
     assert_same(as_arrays(served), predictions)
     return model
 

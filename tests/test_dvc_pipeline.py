@@ -69,7 +69,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
     params["tracking"] = {"experiment": "tests", "tracking_uri": ""}
     params["train"] = {**params["train"], **(train or {})}
     params["pipeline"] = {**params["pipeline"], **pipeline}
-    params["models"]["mlp"] = {"preset": "mlp_small", "train": {"epochs": 1}}
+    params["models"]["mlp"] = {"preset": "mlp_small", "dropout": 0.1, "train": {"epochs": 1}}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(path, "init", "-q")
     git(path, "config", "user.name", IDENTITY["GIT_AUTHOR_NAME"])
@@ -154,7 +154,7 @@ def test_repro_runs_every_stage_once(pipeline_repo):
     }
     assert stages_run(second) == set() and "Data and pipelines are up to date" in second
     metrics = yaml.safe_load(dvc(repo, "metrics", "show", "--json").stdout)
-    files = metrics["workspace"]["data"]
+    files = metrics[""]["data"]  # "" is the workspace
     scores = files["artifacts/metrics/cnn-digits.json"]["data"]
     assert 0.0 <= scores["test_accuracy"] <= 1.0 and "baseline_majority_accuracy" in scores
     assert files["artifacts/validation/digits.json"]["data"]["passed"] is True
