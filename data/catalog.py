@@ -18,6 +18,16 @@ BUILTIN_DATASETS: dict[str, dict] = {
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+    "detection_digits": {
+        "source": "digits_detection",
+        "num_images": 1500,
+        "canvas_size": 48,
+        "min_object_size": 12,
+        "max_object_size": 20,
+        "max_objects": 3,
+        "canvas_seed": 0,
+        **_SPLIT,
+    },
     "bbc_news_lm": {
         "source": "bbc_news_lm",
         "window": 128,

@@ -14,14 +14,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data import materialize, readers
+from data import detection, materialize, readers
 from data.errors import DataError
 from data.readers import LabeledExamples
 from data.splits import random_split, series_periods, stratified_split, window_series
 from models.config import ConfigError, StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression", "language_modeling", "translation"]
+Task = Literal["classification", "regression", "language_modeling", "translation", "detection"]
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 
@@ -186,6 +186,47 @@ class GeneratedDatesConfig(SourceConfig):
     generation_seed: int = 7  # which pairs are drawn; `seed` only splits them
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectionCsvConfig(SourceConfig):
+    """Boxes listed in a CSV `image,label,ymin,xmin,ymax,xmax` (pixels, max exclusive)."""
+
+    source: Literal["detection_csv"] = "detection_csv"
+    path: str  # the annotations CSV; image paths in it are relative to its folder
+    image_size: tuple[int, ...]  # (height, width); boxes are kept as fractions of the image
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    max_objects: int = 3  # boxes per image; targets are padded to this many rows
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
+        require(self.max_objects >= 1, f"max_objects must be at least 1, got {self.max_objects}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DigitsDetectionConfig(SourceConfig):
+    """sklearn digits pasted at random non-overlapping places on blank square canvases."""
+
+    source: Literal["digits_detection"] = "digits_detection"
+    num_images: int = 1500
+    canvas_size: int = 48
+    min_object_size: int = 12  # digit side in pixels, drawn uniformly per object
+    max_object_size: int = 20
+    max_objects: int = 3  # each canvas holds 1..max_objects digits
+    canvas_seed: int = 0  # seeds the drawing; `seed` seeds the split
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.num_images >= 10, f"num_images must be at least 10, got {self.num_images}")
+        require(self.max_objects >= 1, f"max_objects must be at least 1, got {self.max_objects}")
+        require(
+            4 <= self.min_object_size <= self.max_object_size <= self.canvas_size,
+            "need 4 <= min_object_size <= max_object_size <= canvas_size",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedDataset:
     """A source's examples, already split: splits[name] = (x, y)."""
@@ -276,6 +317,17 @@ def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> Loa
     return LoadedDataset("tabular", "regression", "float32", (), splits, {})
 
 
+def load_detection_csv(config: DetectionCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    size = (int(config.image_size[0]), int(config.image_size[1]))
+    examples = detection.read_detection_csv(path, size, config.color_mode, config.max_objects)
+    indices = random_split(len(examples.y), config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (examples.x[i], examples.y[i]) for s, i in indices.items()}
+    stats = _image_stats(splits)
+    stats["objects_per_image"] = float((examples.y[..., 4] >= 0).sum(axis=1).mean())
+    return LoadedDataset("image", "detection", "float32", examples.classes, splits, stats)
+
+
 def _split_fields(config: SourceConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(SourceConfig)}
 
@@ -334,6 +386,27 @@ def load_sklearn_breast_cancer(
     path = materialize.materialize_breast_cancer(Path(raw_root) / name)
     user = TabularCsvConfig(path=str(path), **_split_fields(config))
     return load_tabular_csv(user, raw_root, name)
+
+
+def load_digits_detection(
+    config: DigitsDetectionConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    spec = detection.CanvasSpec(
+        num_images=config.num_images,
+        canvas_size=config.canvas_size,
+        min_object_size=config.min_object_size,
+        max_object_size=config.max_object_size,
+        max_objects=config.max_objects,
+        seed=config.canvas_seed,
+    )
+    path = detection.materialize_detection_digits(Path(raw_root) / name, spec)
+    user = DetectionCsvConfig(
+        path=str(path.resolve()),
+        image_size=(config.canvas_size, config.canvas_size),
+        max_objects=config.max_objects,
+        **_split_fields(config),
+    )
+    return load_detection_csv(user, raw_root, name)
 
 
 def language_model_windows(documents: list[str], config: LanguageModelingConfig) -> LoadedDataset:
@@ -412,6 +485,8 @@ SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "timeseries_csv": (TimeseriesCsvConfig, load_timeseries_csv),
     "sklearn_breast_cancer": (SklearnBreastCancerConfig, load_sklearn_breast_cancer),
     "tabular_csv": (TabularCsvConfig, load_tabular_csv),
+    "digits_detection": (DigitsDetectionConfig, load_digits_detection),
+    "detection_csv": (DetectionCsvConfig, load_detection_csv),
     "bbc_news_lm": (BbcNewsLmConfig, load_bbc_news_lm),
     "text_corpus": (TextCorpusConfig, load_text_corpus),
     "generated_dates": (GeneratedDatesConfig, load_generated_dates),

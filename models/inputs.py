@@ -22,6 +22,7 @@ Task = Literal[
     "translation",
     "reconstruction",
     "generation",
+    "detection",
 ]
 
 INPUT_NAMES: dict[str, str] = {
@@ -33,6 +34,7 @@ INPUT_NAMES: dict[str, str] = {
 OUTPUT_NAMES: dict[str, str] = {
     "classification": "probabilities",
     "regression": "forecast",
+    "detection": "boxes",  # plus `classes`, `scores` and `num_detections`
     "language_modeling": "logits",
     "translation": "logits",
     "reconstruction": "reconstruction",
@@ -49,8 +51,9 @@ class InputSpec(StrictConfig):
         task: classification (softmax over `num_outputs` classes), regression
             (`num_outputs` values, e.g. the forecast horizon), language_modeling or translation
             (logits over `num_outputs` token ids at every position), reconstruction (an
-            autoencoder gives back its input) or generation (a generator makes inputs from
-            noise); for the last two `num_outputs` is the number of values per example.
+            autoencoder gives back its input), generation (a generator makes inputs from
+            noise), for those two `num_outputs` is the number of values per example, or
+            detection (boxes of `num_outputs` classes).
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.

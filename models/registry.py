@@ -13,6 +13,7 @@ import keras
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.detection import DetectorConfig, build_detector
 from models.gan import GanConfig, build_gan
 from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
@@ -48,6 +49,12 @@ MODELS: dict[str, ModelFamily] = {
         build_transfer,
         "ImageNet backbone (Keras Applications) + head, frozen then fine-tuned",
         recipe="transfer",
+    ),
+    "detector": ModelFamily(
+        DetectorConfig,
+        build_detector,
+        "single-shot grid detector: boxes, classes and scores after non-max suppression",
+        recipe="detection",
     ),
     "language_model": ModelFamily(
         LanguageModelConfig,
@@ -132,6 +139,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_dropout": 0.3,
         "fine_tune_layers": 60,
     },
+    "detector_tiny": {"model": "detector", "filters": [8, 16, 32], "head_filters": 32},
+    "detector_small": {"model": "detector", "filters": [16, 32, 64], "head_filters": 64},
     "language_model_tiny": {
         "model": "language_model",
         "embed_dim": 64,

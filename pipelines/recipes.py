@@ -7,6 +7,7 @@ loss) registers a subclass here under the name its `ModelFamily.recipe` gives.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +29,18 @@ from pipelines.settings import TrainConfig
 class Recipe:
     """The standard recipe; subclasses override the steps that differ."""
 
+    tasks: tuple[str, ...] = ("classification", "regression")  # the dataset tasks it trains on
+
     def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
         from pipelines.train import input_spec
 
+        manifest = prepared.manifest
+        if manifest.task not in self.tasks:
+            raise ConfigError(
+                f"dataset {manifest.name!r} is a {manifest.task} dataset; this model trains on "
+                f"{' or '.join(self.tasks)} data"
+                + (" (train the detector on it)" if manifest.task == "detection" else "")
+            )
         return input_spec(prepared, train)
 
     def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
@@ -66,6 +76,41 @@ class Recipe:
     def example_inputs(self, model: keras.Model, prepared: PreparedData) -> np.ndarray:
         """A few inputs of the served model, for its logged signature."""
         return np.asarray(prepared.splits["test"].x[:5])
+
+
+class DetectionRecipe(Recipe):
+    """Trains a detector through its `grid` output on encoded grid targets; the model keeps its
+    decoding and non-max suppression, so it is evaluated (mAP) and served as built."""
+
+    tasks = ("detection",)
+
+    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        return model  # the training view is compiled in `fit`; the detector is not trained
+
+    def fit(
+        self,
+        model: keras.Model,
+        prepared: PreparedData,
+        train: TrainConfig,
+        callbacks: Sequence[keras.callbacks.Callback],
+        model_config: Any = None,
+    ) -> dict[str, list[float]]:
+        from models.detection import DetectionLoss, encode_targets, grid_shape, training_view
+        from pipelines.train import fit, make_optimizer
+
+        view = training_view(model)  # shares the detector's weights
+        view.compile(optimizer=make_optimizer(train), loss=DetectionLoss())
+        grid = grid_shape(model)
+        splits = {
+            name: Split(split.x, encode_targets(np.asarray(split.y), grid))  # (N, Sy, Sx, 6)
+            for name, split in prepared.splits.items()
+        }
+        return fit(view, dataclasses.replace(prepared, splits=splits), train, callbacks)
+
+    def evaluate(self, model, prepared, model_config=None) -> Evaluation:
+        from pipelines.detection import evaluate_detector
+
+        return evaluate_detector(model, prepared)
 
 
 class LanguageModelRecipe(Recipe):
@@ -357,6 +402,7 @@ RECIPES: dict[str, Recipe] = {
     "translation": TranslationRecipe(),
     "autoencoder": AutoencoderRecipe(),
     "gan": GanRecipe(),
+    "detection": DetectionRecipe(),
 }
 
 

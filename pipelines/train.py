@@ -72,7 +72,7 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
         "task": manifest.task,
         "shape": list(manifest.input_shape),
         "num_outputs": len(manifest.classes)
-        if manifest.task == "classification"
+        if manifest.task in ("classification", "detection")
         else int(np.prod(manifest.target_shape)),
     }
     if manifest.kind == "image":
@@ -165,6 +165,10 @@ def write_outputs(
         reports.confusion_matrix_plot(
             evaluation.confusion, evaluation.classes, stage / "confusion_matrix.png"
         )
+    if prepared.manifest.task == "detection":
+        from pipelines.detection import plot_test_detections
+
+        plot_test_detections(model, prepared, stage / "detections.png")
     if prepared.manifest.task == "regression":
         test = prepared.splits["test"]
         forecast = predict(model, test)

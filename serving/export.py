@@ -4,6 +4,8 @@ Signatures written (names and keys as TF Serving expects them):
 
 * `serving_default` (Predict): `{<input role>: raw values}` -> `{<output layer name>: values}`,
   e.g. `image` -> `probabilities`. Preprocessing is inside the model, so clients send raw values.
+  A model with named (dict) outputs answers with those names, e.g. a detector's `boxes`,
+  `classes`, `scores` and `num_detections`.
 * `classify` (classifiers, last layer `probabilities`): `inputs` = serialized `tf.Example`s with
   one feature named like the model input -> `classes` (string labels) and `scores`.
 * `regress` (regressors with one value per example, last layer `forecast`): `inputs` =
@@ -66,6 +68,8 @@ class ModelIO:
     @property
     def kind(self) -> str:
         """'classifier', 'regressor' or 'other', from the output layer's name."""
+        if self.output_names:
+            return "other"
         kinds = {"probabilities": "classifier", "forecast": "regressor"}
         return kinds.get(self.output_name, "other")
 
