@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 # The main job: DVC set up (git repository, `dvc init`, a local remote, raw data versioned), then
 # the Prefect pipeline (prepare -> validate -> train cnn/digits, rnn/sunspots,
 # transformer/bbc_news -> evaluate -> report), then the runs side by side.
+DEMO_MODELS := --model cnn --model rnn --model transformer
+
 demo: setup
 	git rev-parse --git-dir >/dev/null 2>&1 || git init -q
 	$(BIN)/kerasops data setup
-	$(BIN)/kerasops run-pipeline
+	$(BIN)/kerasops run-pipeline $(DEMO_MODELS)
 	$(BIN)/kerasops compare
 
 test: setup

@@ -18,6 +18,32 @@ BUILTIN_DATASETS: dict[str, dict] = {
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},
+    "detection_digits": {
+        "source": "digits_detection",
+        "num_images": 1500,
+        "canvas_size": 48,
+        "min_object_size": 12,
+        "max_object_size": 20,
+        "max_objects": 3,
+        "canvas_seed": 0,
+        **_SPLIT,
+    },
+    "bbc_news_lm": {
+        "source": "bbc_news_lm",
+        "window": 128,
+        "stride": 0,
+        "max_documents": 0,
+        "lowercase": False,
+        **_SPLIT,
+    },
+    "dates": {
+        "source": "generated_dates",
+        "examples": 20000,
+        "first_year": 1950,
+        "last_year": 2049,
+        "generation_seed": 7,
+        **_SPLIT,
+    },
 }
 
 

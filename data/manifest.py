@@ -22,10 +22,10 @@ class Manifest:
     name: str
     source: str
     kind: Literal["image", "text", "timeseries", "tabular"]
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "language_modeling", "translation", "detection"]
     input_shape: tuple[int, ...]  # per example: (8, 8, 1), () for one string, (window, 1)
     input_dtype: Literal["float32", "string"]
-    target_shape: tuple[int, ...]  # () for a class index, (horizon,) for a forecast
+    target_shape: tuple[int, ...]  # () class index, (horizon,) forecast, (objects, 5) boxes
     classes: tuple[str, ...]
     splits: dict[str, int]
     class_counts: dict[str, dict[str, int]]

@@ -204,3 +204,13 @@ def materialize_breast_cancer(raw_dir: Path) -> Path:
     names = [str(n) for n in table.target_names]
     rows = [[*map(float, x), names[t]] for x, t in zip(table.data, table.target, strict=True)]
     return write_csv(raw_dir / "breast_cancer.csv", [*table.feature_names, "label"], rows)
+
+
+def materialize_dates(
+    raw_dir: Path, examples: int, first_year: int, last_year: int, seed: int
+) -> Path:
+    """The generated date-format corpus (see data/dates.py) as `source,target,format` rows."""
+    from data.dates import generate_date_pairs
+
+    pairs = generate_date_pairs(examples, first_year, last_year, seed)
+    return write_csv(raw_dir / "dates.csv", ("source", "target", "format"), pairs)

@@ -114,10 +114,14 @@ def _manifest(
 
 
 def _class_counts(loaded: LoadedDataset) -> dict[str, dict[str, int]]:
-    if loaded.task != "classification":
+    """Examples per class; for detection, boxes per class (padding rows left out)."""
+    if loaded.task == "regression":
         return {}
     counts = {}
     for split in SPLITS:
-        per_class = np.bincount(loaded.splits[split][1], minlength=len(loaded.classes))
+        labels = loaded.splits[split][1]
+        if loaded.task == "detection":
+            labels = labels[..., 4][labels[..., 4] >= 0].astype(np.int64)  # (boxes,)
+        per_class = np.bincount(labels, minlength=len(loaded.classes))
         counts[split] = {c: int(n) for c, n in zip(loaded.classes, per_class, strict=True)}
     return counts

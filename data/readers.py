@@ -172,3 +172,38 @@ def read_tabular_csv(path: Path, label_column: str) -> tuple[LabeledExamples, li
     )  # (N, F)
     labels = np.array([row[label_column] for row in rows], dtype=str)
     return LabeledExamples(x=x, labels=labels), features
+
+
+def read_parallel_csv(
+    path: Path, source_column: str, target_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a parallel corpus CSV: sources (N,) and targets (N,), object arrays of str."""
+    _, rows = read_csv(path, (source_column, target_column))
+    for i, row in enumerate(rows):
+        if not row[source_column].strip() or not row[target_column].strip():
+            raise DataError(
+                f"{path} row {i + 2} has an empty {source_column} or {target_column}; "
+                "fill or drop it"
+            )
+    sources = np.empty(len(rows), dtype=object)  # (N,)
+    sources[:] = [row[source_column] for row in rows]
+    targets = np.empty(len(rows), dtype=object)  # (N,)
+    targets[:] = [row[target_column] for row in rows]
+    return sources, targets
+
+
+def read_text_documents(path: Path) -> list[str]:
+    """The documents of a plain-text corpus: one `.txt` file, or every `.txt` file under a
+    folder (sorted by path), each file one document. Raise DataError when there is no text."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
+    files = [f for f in files if not _hidden(f)]
+    if not files:
+        raise DataError(f"{path} holds no .txt files; point `path` at a text file or a folder")
+    documents = []
+    for file in files:
+        data = file.read_bytes()
+        try:
+            documents.append(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(f"{file} is not UTF-8 text; convert it or remove it") from None
+    return documents

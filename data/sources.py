@@ -14,14 +14,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data import materialize, readers
+from data import detection, materialize, readers
 from data.errors import DataError
 from data.readers import LabeledExamples
 from data.splits import random_split, series_periods, stratified_split, window_series
 from models.config import ConfigError, StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "language_modeling", "translation", "detection"]
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 
@@ -132,7 +132,99 @@ class TabularCsvConfig(SourceConfig):
     source: Literal["tabular_csv"] = "tabular_csv"
     path: str  # numeric feature columns and a label column; relative to raw_root unless absolute
     label_column: str = "label"
-    task: Task = "classification"
+    task: Literal["classification", "regression"] = "classification"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageModelingConfig(SourceConfig):
+    """Documents cut into next-character windows (x: `window` characters, y: the same window
+    one character later). Runs of whitespace become one space; exact duplicate documents are
+    kept once, and the split is by document, so no document's text is in two splits.
+    """
+
+    window: int = 128  # characters of context per example
+    stride: int = 0  # characters between window starts; 0: `window` (no overlap)
+    max_documents: int = 0  # 0: every document; fewer (a seeded sample) for quick runs
+    lowercase: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.window >= 2, f"window must be at least 2, got {self.window}")
+        require(self.stride >= 0, f"stride must be >= 0 (0: the window), got {self.stride}")
+        require(self.max_documents >= 0, f"max_documents must be >= 0, got {self.max_documents}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BbcNewsLmConfig(LanguageModelingConfig):
+    source: Literal["bbc_news_lm"] = "bbc_news_lm"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextCorpusConfig(LanguageModelingConfig):
+    source: Literal["text_corpus"] = "text_corpus"
+    path: (
+        str  # a .txt file or a folder of .txt files (one document each); under raw_root if relative
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TranslationCsvConfig(SourceConfig):
+    source: Literal["translation_csv"] = "translation_csv"
+    path: str  # a CSV of source and target text; relative to raw_root unless absolute
+    source_column: str = "source"
+    target_column: str = "target"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GeneratedDatesConfig(SourceConfig):
+    """Dates in eleven human formats translated to ISO 8601 (see data/dates.py)."""
+
+    source: Literal["generated_dates"] = "generated_dates"
+    examples: int = 20000
+    first_year: int = 1950
+    last_year: int = 2049
+    generation_seed: int = 7  # which pairs are drawn; `seed` only splits them
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectionCsvConfig(SourceConfig):
+    """Boxes listed in a CSV `image,label,ymin,xmin,ymax,xmax` (pixels, max exclusive)."""
+
+    source: Literal["detection_csv"] = "detection_csv"
+    path: str  # the annotations CSV; image paths in it are relative to its folder
+    image_size: tuple[int, ...]  # (height, width); boxes are kept as fractions of the image
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    max_objects: int = 3  # boxes per image; targets are padded to this many rows
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
+        require(self.max_objects >= 1, f"max_objects must be at least 1, got {self.max_objects}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DigitsDetectionConfig(SourceConfig):
+    """sklearn digits pasted at random non-overlapping places on blank square canvases."""
+
+    source: Literal["digits_detection"] = "digits_detection"
+    num_images: int = 1500
+    canvas_size: int = 48
+    min_object_size: int = 12  # digit side in pixels, drawn uniformly per object
+    max_object_size: int = 20
+    max_objects: int = 3  # each canvas holds 1..max_objects digits
+    canvas_seed: int = 0  # seeds the drawing; `seed` seeds the split
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.num_images >= 10, f"num_images must be at least 10, got {self.num_images}")
+        require(self.max_objects >= 1, f"max_objects must be at least 1, got {self.max_objects}")
+        require(
+            4 <= self.min_object_size <= self.max_object_size <= self.canvas_size,
+            "need 4 <= min_object_size <= max_object_size <= canvas_size",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +317,17 @@ def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> Loa
     return LoadedDataset("tabular", "regression", "float32", (), splits, {})
 
 
+def load_detection_csv(config: DetectionCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    size = (int(config.image_size[0]), int(config.image_size[1]))
+    examples = detection.read_detection_csv(path, size, config.color_mode, config.max_objects)
+    indices = random_split(len(examples.y), config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (examples.x[i], examples.y[i]) for s, i in indices.items()}
+    stats = _image_stats(splits)
+    stats["objects_per_image"] = float((examples.y[..., 4] >= 0).sum(axis=1).mean())
+    return LoadedDataset("image", "detection", "float32", examples.classes, splits, stats)
+
+
 def _split_fields(config: SourceConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(SourceConfig)}
 
@@ -285,6 +388,90 @@ def load_sklearn_breast_cancer(
     return load_tabular_csv(user, raw_root, name)
 
 
+def load_digits_detection(
+    config: DigitsDetectionConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    spec = detection.CanvasSpec(
+        num_images=config.num_images,
+        canvas_size=config.canvas_size,
+        min_object_size=config.min_object_size,
+        max_object_size=config.max_object_size,
+        max_objects=config.max_objects,
+        seed=config.canvas_seed,
+    )
+    path = detection.materialize_detection_digits(Path(raw_root) / name, spec)
+    user = DetectionCsvConfig(
+        path=str(path.resolve()),
+        image_size=(config.canvas_size, config.canvas_size),
+        max_objects=config.max_objects,
+        **_split_fields(config),
+    )
+    return load_detection_csv(user, raw_root, name)
+
+
+def language_model_windows(documents: list[str], config: LanguageModelingConfig) -> LoadedDataset:
+    """Split documents (seeded, by document) and cut each split's text into windows."""
+    texts = [" ".join(d.split()) for d in documents]
+    texts = [t.lower() if config.lowercase else t for t in texts if t]
+    texts = list(dict.fromkeys(texts))  # a duplicated document would leak across splits
+    if config.max_documents and config.max_documents < len(texts):
+        keep = np.random.default_rng(config.seed).permutation(len(texts))[: config.max_documents]
+        texts = [texts[i] for i in sorted(keep)]
+    indices = random_split(len(texts), config.val_fraction, config.test_fraction, config.seed)
+    stride = config.stride or config.window
+    splits, stats = {}, {"window": float(config.window), "documents": float(len(texts))}
+    for split, chosen in indices.items():
+        text = " ".join(texts[i] for i in chosen)  # (C,) characters
+        starts = range(0, len(text) - config.window, stride)
+        if len(chosen) and not starts:
+            raise DataError(
+                f"the {split} split has {len(text)} characters, too few for one window of "
+                f"{config.window}; use more documents or a smaller window"
+            )
+        x = np.empty(len(starts), dtype=object)  # (N,) context windows
+        x[:] = [text[s : s + config.window] for s in starts]
+        y = np.empty(len(starts), dtype=object)  # (N,) the windows one character later
+        y[:] = [text[s + 1 : s + config.window + 1] for s in starts]
+        splits[split] = (x, y)
+        stats[f"{split}_characters"] = float(len(text))
+    return LoadedDataset("text", "language_modeling", "string", (), splits, stats)
+
+
+def load_bbc_news_lm(config: BbcNewsLmConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = materialize.materialize_bbc_news(Path(raw_root) / name)
+    return language_model_windows(list(readers.read_text_csv(path).x), config)
+
+
+def load_text_corpus(config: TextCorpusConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    return language_model_windows(readers.read_text_documents(path), config)
+
+
+def load_translation_csv(config: TranslationCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = readers.resolve_path(config.path, raw_root)
+    sources, targets = readers.read_parallel_csv(path, config.source_column, config.target_column)
+    indices = random_split(len(sources), config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (sources[i], targets[i]) for s, i in indices.items()}
+    train_x, train_y = splits["train"]
+    stats = {
+        "source_characters_max": float(max(len(t) for t in train_x)),
+        "target_characters_max": float(max(len(t) for t in train_y)),
+    }
+    return LoadedDataset("text", "translation", "string", (), splits, stats)
+
+
+def load_generated_dates(config: GeneratedDatesConfig, raw_root: Path, name: str) -> LoadedDataset:
+    path = materialize.materialize_dates(
+        Path(raw_root) / name,
+        config.examples,
+        config.first_year,
+        config.last_year,
+        config.generation_seed,
+    )
+    user = TranslationCsvConfig(path=str(path), **_split_fields(config))
+    return load_translation_csv(user, raw_root, name)
+
+
 Loader = Callable[[Any, Path, str], LoadedDataset]
 
 SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
@@ -298,6 +485,12 @@ SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "timeseries_csv": (TimeseriesCsvConfig, load_timeseries_csv),
     "sklearn_breast_cancer": (SklearnBreastCancerConfig, load_sklearn_breast_cancer),
     "tabular_csv": (TabularCsvConfig, load_tabular_csv),
+    "digits_detection": (DigitsDetectionConfig, load_digits_detection),
+    "detection_csv": (DetectionCsvConfig, load_detection_csv),
+    "bbc_news_lm": (BbcNewsLmConfig, load_bbc_news_lm),
+    "text_corpus": (TextCorpusConfig, load_text_corpus),
+    "generated_dates": (GeneratedDatesConfig, load_generated_dates),
+    "translation_csv": (TranslationCsvConfig, load_translation_csv),
 }
 
 

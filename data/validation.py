@@ -183,17 +183,27 @@ def check_schema(current: PreparedData, reference: PreparedData | None) -> Check
     return _result("schema", problems, f"{shape} -> {tuple(manifest.target_shape)}")
 
 
+def target_labels(y: np.ndarray, task: str) -> np.ndarray:
+    """Class indices of a split's targets: one per example, or one per box for detection
+    (padding rows, class -1, left out)."""
+    y = np.asarray(y)
+    if task == "detection":
+        classes = y[..., 4].reshape(-1)
+        return classes[classes >= 0].astype(np.int64)
+    return y.reshape(-1)
+
+
 def check_label_set(current: PreparedData, reference: PreparedData | None) -> CheckResult | None:
     """Labels are valid class indices, every class is in train, classes match the reference."""
     manifest = current.manifest
-    if manifest.task != "classification":
+    if manifest.task not in ("classification", "detection"):
         return None
     problems, n = [], len(manifest.classes)
     for split, data in current.splits.items():
-        y = np.asarray(data.y).reshape(-1)
+        y = target_labels(data.y, manifest.task)
         if y.size and (y.min() < 0 or y.max() >= n):
             problems.append(f"{split} has labels outside 0..{n - 1}")
-    present = set(np.unique(current.splits["train"].y).tolist())
+    present = set(np.unique(target_labels(current.splits["train"].y, manifest.task)).tolist())
     absent = [c for i, c in enumerate(manifest.classes) if i not in present]
     if absent:
         problems.append(f"classes missing from train: {', '.join(absent)}")
@@ -226,11 +236,12 @@ def check_missing_values(current: PreparedData, config: ValidationConfig) -> Che
 def check_class_balance(current: PreparedData, config: ValidationConfig) -> CheckResult | None:
     """Warn when a class holds less than `min_class_fraction` of the training split."""
     manifest = current.manifest
-    if manifest.task != "classification":
+    if manifest.task not in ("classification", "detection"):
         return None
-    counts = np.bincount(
-        np.asarray(current.splits["train"].y).reshape(-1), minlength=len(manifest.classes)
-    )
+    n = len(manifest.classes)
+    labels = target_labels(current.splits["train"].y, manifest.task).astype(np.int64)
+    labels = labels[(labels >= 0) & (labels < n)]  # others fail the label_set check
+    counts = np.bincount(labels, minlength=n)
     shares = counts / max(1, counts.sum())
     rare = [
         f"{c} {s:.1%}"
@@ -284,8 +295,13 @@ def feature_samples(prepared: PreparedData) -> dict[str, np.ndarray]:
             samples[f"feature {i}"] = x[:, i].astype(float)
     else:
         samples["input values"] = x.reshape(-1).astype(float)
-    if manifest.task == "classification":
-        samples["labels"] = np.asarray(prepared.splits["train"].y).reshape(-1).astype(float)
+    if manifest.task in ("classification", "detection"):
+        labels = target_labels(prepared.splits["train"].y, manifest.task)
+        samples["labels"] = labels.astype(float)
+        if manifest.task == "detection":
+            boxes = np.asarray(prepared.splits["train"].y).reshape(-1, 5)
+            boxes = boxes[boxes[:, 4] >= 0]  # (boxes, 5)
+            samples["box heights"] = (boxes[:, 2] - boxes[:, 0]).astype(float)
     else:
         samples["targets"] = np.asarray(prepared.splits["train"].y).reshape(-1).astype(float)
     return samples

@@ -15,7 +15,15 @@ import keras
 from models.config import StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression"]
+Task = Literal[
+    "classification",
+    "regression",
+    "language_modeling",
+    "translation",
+    "reconstruction",
+    "generation",
+    "detection",
+]
 
 INPUT_NAMES: dict[str, str] = {
     "image": "image",
@@ -23,7 +31,15 @@ INPUT_NAMES: dict[str, str] = {
     "timeseries": "series",
     "tabular": "features",
 }
-OUTPUT_NAMES: dict[str, str] = {"classification": "probabilities", "regression": "forecast"}
+OUTPUT_NAMES: dict[str, str] = {
+    "classification": "probabilities",
+    "regression": "forecast",
+    "detection": "boxes",  # plus `classes`, `scores` and `num_detections`
+    "language_modeling": "logits",
+    "translation": "logits",
+    "reconstruction": "reconstruction",
+    "generation": "image",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +48,19 @@ class InputSpec(StrictConfig):
 
     Args:
         kind: image, text, timeseries or tabular.
-        task: classification (softmax over `num_outputs` classes) or regression
-            (`num_outputs` values, e.g. the forecast horizon).
+        task: classification (softmax over `num_outputs` classes), regression
+            (`num_outputs` values, e.g. the forecast horizon), language_modeling or translation
+            (logits over `num_outputs` token ids at every position), reconstruction (an
+            autoencoder gives back its input), generation (a generator makes inputs from
+            noise), for those two `num_outputs` is the number of values per example, or
+            detection (boxes of `num_outputs` classes).
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.
         mean, variance: per-feature statistics of the training split (series, tabular).
         vocabulary: text tokens of the training split, most frequent first.
-        sequence_length: tokens kept per text example.
+        sequence_length: tokens kept per text example (the source side of a translation).
+        target_length: token ids of a translation's target side, start token included.
     """
 
     kind: Kind
@@ -51,6 +72,7 @@ class InputSpec(StrictConfig):
     variance: tuple[float, ...] = ()
     vocabulary: tuple[str, ...] = ()
     sequence_length: int = 0
+    target_length: int = 0
 
     def validate(self) -> None:
         require(self.num_outputs >= 1, "inputs.num_outputs must be at least 1")

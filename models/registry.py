@@ -10,11 +10,18 @@ from typing import Any, NamedTuple
 
 import keras
 
+from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.cnn import CnnConfig, build_cnn
 from models.config import ConfigError, StrictConfig
+from models.detection import DetectorConfig, build_detector
+from models.gan import GanConfig, build_gan
+from models.language_model import LanguageModelConfig, build_language_model
 from models.mlp import MlpConfig, build_mlp
 from models.rnn import RnnConfig, build_rnn
+from models.transfer import TransferConfig, build_transfer
 from models.transformer import TransformerConfig, build_transformer
+from models.translation import TranslatorConfig, build_translator
+from models.vit import VitConfig, build_vit
 
 
 class ModelFamily(NamedTuple):
@@ -37,6 +44,38 @@ MODELS: dict[str, ModelFamily] = {
     "transformer": ModelFamily(
         TransformerConfig, build_transformer, "Transformer encoder text classifier"
     ),
+    "transfer": ModelFamily(
+        TransferConfig,
+        build_transfer,
+        "ImageNet backbone (Keras Applications) + head, frozen then fine-tuned",
+        recipe="transfer",
+    ),
+    "detector": ModelFamily(
+        DetectorConfig,
+        build_detector,
+        "single-shot grid detector: boxes, classes and scores after non-max suppression",
+        recipe="detection",
+    ),
+    "language_model": ModelFamily(
+        LanguageModelConfig,
+        build_language_model,
+        "decoder-only Transformer character language model; serves text generation",
+        recipe="language_model",
+    ),
+    "translator": ModelFamily(
+        TranslatorConfig,
+        build_translator,
+        "encoder-decoder Transformer translating character sequences, greedy decoding",
+        recipe="translation",
+    ),
+    "vit": ModelFamily(VitConfig, build_vit, "Vision Transformer image classifier (patches)"),
+    "autoencoder": ModelFamily(
+        AutoencoderConfig,
+        build_autoencoder,
+        "dense/conv autoencoder; denoising and anomaly scoring",
+        recipe="autoencoder",
+    ),
+    "gan": ModelFamily(GanConfig, build_gan, "DCGAN image generator (noise -> image)", "gan"),
 }
 
 # Presets are plain data, named by role and size. `model` says which family they belong to.
@@ -62,6 +101,123 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_heads": 4,
         "ff_dim": 128,
         "num_layers": 2,
+    },
+    "transfer_mobilenet_small": {
+        "model": "transfer",
+        "backbone": "mobilenet_v2",
+        "image_size": 96,
+        "head_dropout": 0.2,
+        "fine_tune_layers": 30,
+    },
+    "transfer_efficientnet_base": {
+        "model": "transfer",
+        "backbone": "efficientnet_b0",
+        "image_size": 224,
+        "augmentation": ["rotation", "zoom"],
+        "head_dropout": 0.3,
+        "fine_tune_layers": 40,
+    },
+    "transfer_resnet_base": {
+        "model": "transfer",
+        "backbone": "resnet50",
+        "image_size": 224,
+        "head_dropout": 0.3,
+        "fine_tune_layers": 30,
+    },
+    "transfer_vgg_base": {
+        "model": "transfer",
+        "backbone": "vgg16",
+        "image_size": 224,
+        "head_units": 256,
+        "head_dropout": 0.5,
+        "fine_tune_layers": 4,
+    },
+    "transfer_inception_base": {
+        "model": "transfer",
+        "backbone": "inception_v3",
+        "image_size": 299,
+        "head_dropout": 0.3,
+        "fine_tune_layers": 60,
+    },
+    "detector_tiny": {"model": "detector", "filters": [8, 16, 32], "head_filters": 32},
+    "detector_small": {"model": "detector", "filters": [16, 32, 64], "head_filters": 64},
+    "language_model_tiny": {
+        "model": "language_model",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 2,
+        "dropout": 0.0,
+    },
+    "language_model_small": {
+        "model": "language_model",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 512,
+        "num_layers": 4,
+        "dropout": 0.1,
+    },
+    "translator_tiny": {
+        "model": "translator",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "dropout": 0.0,
+    },
+    "translator_small": {
+        "model": "translator",
+        "embed_dim": 128,
+        "num_heads": 4,
+        "ff_dim": 256,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "dropout": 0.1,
+    },
+    "vit_tiny": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "ff_dim": 64,
+        "num_layers": 2,
+    },
+    "vit_small": {
+        "model": "vit",
+        "patch_size": 2,
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 4,
+    },
+    "autoencoder_dense_small": {
+        "model": "autoencoder",
+        "architecture": "dense",
+        "hidden_units": [128, 64],
+        "bottleneck": 16,
+    },
+    "autoencoder_conv_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 16,
+    },
+    "autoencoder_denoise_small": {
+        "model": "autoencoder",
+        "architecture": "conv",
+        "filters": [16, 32],
+        "bottleneck": 32,
+        "mode": "denoise",
+        "noise_stddev": 0.2,
+    },
+    "gan_small": {
+        "model": "gan",
+        "latent_dim": 32,
+        "generator_filters": [64, 32],
+        "discriminator_filters": [32, 64],
+        "dropout": 0.0,
+        "label_smoothing": 0.0,
     },
 }
 

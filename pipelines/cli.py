@@ -8,7 +8,11 @@ import sys
 from collections.abc import Sequence
 
 # Each area adds its own subcommands: `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands_data",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "serving.cli",
+    "pipelines.commands_data",
+    "pipelines.commands_retraining",
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

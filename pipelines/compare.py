@@ -16,6 +16,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mae", "test_mae"),
     ("rmse", "test_rmse"),
     ("naive_mae", "baseline_naive_mae"),
+    ("map50", "test_map50"),
+    ("random_map50", "baseline_random_map50"),
     ("seconds", "train_seconds"),
 )
 

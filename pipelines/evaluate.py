@@ -28,10 +28,15 @@ class Evaluation:
         }
 
 
-def predict(model: keras.Model, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for every example of `split`, in order."""
+def predict(
+    model: keras.Model, split: Split, batch_size: int = 256
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Model outputs for every example of `split`, in order; a dict for named outputs."""
     dataset = make_tf_dataset(split, batch_size=batch_size, shuffle=False, cache=False)
-    return np.asarray(model.predict(dataset.map(lambda x, y: x), verbose=0))
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    if isinstance(outputs, dict):
+        return {name: np.asarray(values) for name, values in outputs.items()}
+    return np.asarray(outputs)
 
 
 def classification_metrics(
@@ -81,7 +86,12 @@ def forecast_metrics(windows: np.ndarray, y_true: np.ndarray, forecast: np.ndarr
 
 
 def evaluate_model(model: keras.Model, prepared: PreparedData, split: str = "test") -> Evaluation:
-    """Score `model` on one split of `prepared`, choosing metrics by the dataset's task."""
+    """Score `model` on one split of `prepared`, choosing metrics by the dataset's task
+    (detection: mAP@0.5, see pipelines.detection)."""
+    if prepared.manifest.task == "detection":
+        from pipelines.detection import evaluate_detector
+
+        return evaluate_detector(model, prepared, split)
     data = prepared.splits[split]
     outputs = predict(model, data)
     if prepared.manifest.task == "classification":

@@ -61,3 +61,44 @@ def forecast_plot(y_true: np.ndarray, forecast: np.ndarray, naive: np.ndarray, p
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def detections_plot(
+    images: np.ndarray,
+    truths: np.ndarray,
+    found: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    classes: Sequence[str],
+    path: Path,
+):
+    """Test images (N, H, W, C) with their true boxes (green) and detections (red, class:score);
+    truths (N, M, 5) and found boxes are [ymin, xmin, ymax, xmax] image fractions."""
+    fig, axes = plt.subplots(1, len(images), figsize=(2.4 * len(images), 2.6), squeeze=False)
+    panels = zip(axes[0], images, truths, found, strict=True)
+    for ax, image, truth, (boxes, labels, scores) in panels:
+        height, width = image.shape[:2]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image / image.max(), cmap="gray")
+        for row in truth[truth[:, 4] >= 0]:
+            _box(ax, row[:4], height, width, "lime", None)
+        for box, label, score in zip(boxes, labels, scores, strict=True):
+            _box(ax, box, height, width, "red", f"{classes[int(label)]}:{score:.2f}")
+        ax.set_axis_off()
+    fig.suptitle("true boxes (green), detections (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _box(ax, box: np.ndarray, height: int, width: int, color: str, text: str | None) -> None:  # noqa: ANN001
+    top, left = box[0] * height, box[1] * width
+    rectangle = plt.Rectangle(
+        (left - 0.5, top - 0.5),
+        (box[3] - box[1]) * width,
+        (box[2] - box[0]) * height,
+        fill=False,
+        edgecolor=color,
+        linewidth=1.2,
+    )
+    ax.add_patch(rectangle)
+    if text:
+        ax.text(left, top - 1, text, color=color, fontsize=6, va="bottom")

@@ -18,6 +18,7 @@ import yaml
 
 from models import get_family, preset_values
 from models.config import ConfigError, StrictConfig, parse_override, require
+from pipelines.retraining_config import RetrainingConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -35,6 +36,13 @@ class TrainConfig(StrictConfig):
         seed: seeds Python, NumPy and TensorFlow.
         max_tokens: text vocabulary size, taken from the training split.
         sequence_length: tokens kept per text example.
+        strategy: `default` (one device), `mirrored` (every local GPU, else every logical
+            CPU device) or `multi_worker` (the cluster in `TF_CONFIG`); `batch_size` is per
+            replica, the global batch is `batch_size * replicas`.
+        mixed_precision: `none`, `mixed_float16` (GPU only) or `mixed_bfloat16`; outputs
+            stay float32.
+        jit_compile: XLA-compile the train step (`true`/`false`); `auto` is Keras's choice
+            (XLA on a GPU without a distribution strategy, off on CPU).
     """
 
     epochs: int = 30
@@ -45,6 +53,9 @@ class TrainConfig(StrictConfig):
     seed: int = 42
     max_tokens: int = 20000
     sequence_length: int = 256
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
+    jit_compile: bool | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         require(self.epochs >= 0, "train.epochs must be >= 0")
@@ -89,7 +100,7 @@ class Params(StrictConfig):
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
     serving: dict[str, Any] = dataclasses.field(default_factory=dict)
     pipeline: dict[str, Any] = dataclasses.field(default_factory=dict)
-    retraining: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retraining: RetrainingConfig = dataclasses.field(default_factory=RetrainingConfig)
     root: str = "."
 
     def path(self, name: str) -> Path:

@@ -156,7 +156,10 @@ def evaluate_run(params: Params, model: str, dataset: str) -> dict[str, float]:
         raise DataError(f"{run_dir / 'model.keras'} does not exist; train it first")
     prepared = load_prepared(dataset, params.path("prepared_data"))
     loaded = keras.saving.load_model(run_dir / "model.keras")
-    evaluation = get_recipe(get_family(model).recipe).evaluate(loaded, prepared)
+    family = get_family(model)
+    saved = json.loads((run_dir / "config.json").read_text()).get("model_config")
+    typed = family.config.from_dict(saved) if saved else None  # the run's config, as trained
+    evaluation = get_recipe(family.recipe).evaluate(loaded, prepared, typed)
     metrics = {k: round(float(v), 6) for k, v in evaluation.metrics.items()}
     for folder in ("metrics", "plots"):
         (params.path("artifacts") / folder).mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,10 @@ def configure(params: Params) -> str:
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if exported is None:  # set_tracking_uri exports the URI, which would then win over every
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # later project's params in this process
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

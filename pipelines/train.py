@@ -26,7 +26,7 @@ from data import PreparedData, load_prepared, make_tf_dataset, prepare_dataset
 from data.catalog import resolve_dataset_config
 from data.errors import DataError
 from models import InputSpec, get_family
-from pipelines import reports, tracking
+from pipelines import distribute, reports, tracking
 from pipelines.evaluate import Evaluation, predict
 from pipelines.lineage import lineage_tags
 from pipelines.recipes import get_recipe
@@ -72,7 +72,7 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
         "task": manifest.task,
         "shape": list(manifest.input_shape),
         "num_outputs": len(manifest.classes)
-        if manifest.task == "classification"
+        if manifest.task in ("classification", "detection")
         else int(np.prod(manifest.target_shape)),
     }
     if manifest.kind == "image":
@@ -89,18 +89,28 @@ def input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
     return InputSpec.from_dict(values, prefix="inputs.")
 
 
-def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
-    """Compile with the task's loss and metrics."""
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """A fresh optimizer as `train` names it."""
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(train.learning_rate),
         "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),
         "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9),
     }
+    return optimizers[train.optimizer]()
+
+
+def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Model:
+    """Compile with the task's loss and metrics."""
     if task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=optimizers[train.optimizer](), loss=loss, metrics=metrics)
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss=loss,
+        metrics=metrics,
+        jit_compile=train.jit_compile,
+    )
     return model
 
 
@@ -155,6 +165,10 @@ def write_outputs(
         reports.confusion_matrix_plot(
             evaluation.confusion, evaluation.classes, stage / "confusion_matrix.png"
         )
+    if prepared.manifest.task == "detection":
+        from pipelines.detection import plot_test_detections
+
+        plot_test_detections(model, prepared, stage / "detections.png")
     if prepared.manifest.task == "regression":
         test = prepared.splits["test"]
         forecast = predict(model, test)
@@ -187,13 +201,16 @@ def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def log_model(model: keras.Model, prepared: PreparedData) -> None:
-    """Log the Keras model in MLflow's format, with a signature inferred from real examples."""
-    test = prepared.splits["test"]
-    examples = np.asarray(test.x[:5])
+def log_model(model: keras.Model, examples: np.ndarray) -> None:
+    """Log the Keras model in MLflow's format, with a signature inferred from real examples.
+
+    A model with named outputs (a dict) gets a signature with one column per output.
+    """
     if examples.dtype.kind in "UO":
         examples = examples.astype(str)
-    outputs = predict(model, dataclasses.replace(test, x=test.x[:5], y=test.y[:5]))
+    outputs = model.predict(tf.constant(examples), verbose=0)
+    if isinstance(outputs, dict):
+        outputs = {name: np.asarray(values) for name, values in outputs.items()}
     mlflow.keras.log_model(
         model,
         name="model",
@@ -215,13 +232,19 @@ def train_model(
     The MLflow run is marked FAILED when anything raises after it started.
     """
     config = resolve_run_config(params, model, dataset, preset, overrides)
+    strategy = distribute.fit_strategy(config.train)  # before any other TF op
     family = get_family(model)
     recipe = get_recipe(family.recipe)
     prepared = ensure_prepared(dataset, params)
     spec = recipe.input_spec(prepared, config.train)
     typed = family.config.from_dict({**config.model_values, "inputs": spec.to_dict()})
     keras.utils.set_random_seed(config.train.seed)
-    built = recipe.compile(family.build(typed), spec, config.train)
+    with distribute.training_scope(config.train, strategy):
+        built = recipe.compile(family.build(typed), spec, config.train)
+    distribute.check_float32_outputs(built, config.train)
+    fit_train = config.train.replace(
+        batch_size=distribute.global_batch_size(config.train, strategy)
+    )
 
     runs_root = params.path("artifacts") / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -246,18 +269,19 @@ def train_model(
         mlflow.log_params(tracking.flatten({"train": config.train.to_dict()}))
         mlflow.log_params(tracking.flatten({"data": prepared.manifest.config}))
         mlflow.log_param("trainable_params", trainable_count(built))
+        mlflow.log_params(distribute.run_params(built, config.train, strategy))
         started = time.monotonic()
         callbacks = [
             *standard_callbacks(config.train, stage / "best.keras"),
             tracking.MlflowMetrics(),
         ]
-        history = recipe.fit(built, prepared, config.train, callbacks, typed)
-        evaluation = recipe.evaluate(built, prepared)
-        built = recipe.serving_model(built)
+        history = recipe.fit(built, prepared, fit_train, callbacks, typed)
+        evaluation = recipe.evaluate(built, prepared, typed)
+        built = recipe.serving_model(built, typed, evaluation)
         metrics = {
             **evaluation.metrics,
             "train_seconds": time.monotonic() - started,
-            "epochs_run": float(len(history.get("loss", []))),
+            "epochs_run": float(len(next(iter(history.values()), []))),
         }
         mlflow.log_metrics(metrics)
         full_config = {
@@ -271,6 +295,6 @@ def train_model(
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         mlflow.log_artifacts(str(stage), artifact_path="outputs")
         mlflow.log_dict(full_config, "config.json")
-        log_model(built, prepared)
+        log_model(built, recipe.example_inputs(built, prepared))
         publish(stage, run_dir)
     return TrainResult(run.info.run_id, run_dir, config, metrics)

@@ -27,7 +27,15 @@ from pipelines.settings import Params
 
 # Sources whose raw files kerasops writes itself (under data/raw/<name>/) from installed packages.
 BUILTIN_SOURCES = frozenset(
-    {"sklearn_digits", "statsmodels_sunspots", "bbc_news", "sklearn_breast_cancer"}
+    {
+        "sklearn_digits",
+        "statsmodels_sunspots",
+        "bbc_news",
+        "sklearn_breast_cancer",
+        "digits_detection",
+        "bbc_news_lm",
+        "generated_dates",
+    }
 )
 
 

@@ -1,0 +1,273 @@
+"""TF Serving's gRPC API (PredictionService, ModelService) on grpc.aio, from a ModelManager."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import api
+from serving.config import ServingConfig
+from serving.errors import ServingError, invalid
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.servable import Servable, to_array
+
+log = logging.getLogger(__name__)
+
+
+def _version_choice(model_spec: Any) -> tuple[int | None, str | None]:
+    choice = model_spec.WhichOneof("version_choice")
+    if choice == "version":
+        return model_spec.version.value, None
+    if choice == "version_label":
+        return None, model_spec.version_label or None
+    return None, None
+
+
+def to_tensor_proto(array: np.ndarray) -> Any:
+    """A TensorProto for a numpy array; numeric arrays take the fast `tensor_content` path."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    if array.dtype == object:
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.as_dtype(array.dtype).as_datatype_enum,
+        tensor_content=np.ascontiguousarray(array).tobytes(),
+    )
+    proto.tensor_shape.dim.extend(
+        tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape
+    )
+    return proto
+
+
+def from_tensor_proto(proto: Any) -> np.ndarray:
+    """The numpy array of a TensorProto (`tensor_content` read without a copy when present)."""
+    import tensorflow as tf
+
+    if proto.tensor_content:
+        dtype = tf.as_dtype(proto.dtype)
+        if dtype != tf.string:
+            shape = [dim.size for dim in proto.tensor_shape.dim]
+            return np.frombuffer(proto.tensor_content, dtype=dtype.as_numpy_dtype).reshape(shape)
+    return tf.make_ndarray(proto)
+
+
+def _tensor_to_array(proto: Any, spec: Any, allow_nan: bool) -> np.ndarray:
+    try:
+        array = from_tensor_proto(proto)
+    except Exception as exc:  # noqa: BLE001 - a malformed TensorProto is the caller's mistake
+        raise invalid(f"input '{spec.name}' is not a valid TensorProto: {exc}") from None
+    if spec.is_string != (array.dtype == object):
+        raise invalid(f"input '{spec.name}' expects {spec.dtype.name}, got {array.dtype.name}")
+    if not spec.is_string and array.dtype != spec.dtype:
+        raise invalid(
+            f"Expects arg[0] to be {spec.dtype.name} but {array.dtype.name} is provided "
+            f"(input '{spec.name}')"
+        )
+    return to_array(array, spec, allow_nan)
+
+
+class TensorflowServing:
+    """Servicer for PredictionService and ModelService; every error becomes a gRPC status."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServingMetrics,
+        config: ServingConfig,
+        models_config_path: Path | None = None,
+    ) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.config = config
+        self.models_config_path = models_config_path
+
+    async def _answer(
+        self, api_name: str, request: Any, context: Any, handler: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        started = time.perf_counter()
+        model = getattr(getattr(request, "model_spec", None), "name", "")
+        try:
+            response = await handler()
+        except ServingError as exc:
+            self.metrics.observe(model, api_name, "grpc", exc.code, time.perf_counter() - started)
+            await context.abort(exc.grpc_code(), exc.message)
+        except Exception as exc:  # noqa: BLE001 - answer INTERNAL, keep serving
+            log.exception("unexpected error answering %s", api_name)
+            import grpc
+
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.metrics.observe(model, api_name, "grpc", "OK", time.perf_counter() - started)
+        return response
+
+    def _resolve(self, model_spec: Any) -> Servable:
+        version, label = _version_choice(model_spec)
+        return self.manager.resolve(model_spec.name, version, label)
+
+    # -- PredictionService ------------------------------------------------------------------
+    async def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        return await self._answer("predict", request, context, lambda: self._predict(request))
+
+    async def _predict(self, request: Any) -> Any:
+        from tensorflow_serving.apis import predict_pb2
+
+        servable = self._resolve(request.model_spec)
+        signature = servable.signature(request.model_spec.signature_name or None)
+        inputs = {}
+        for key, proto in request.inputs.items():
+            spec = signature.inputs.get(key)
+            if spec is None:
+                expected = ", ".join(sorted(signature.inputs))
+                raise invalid(f"input '{key}' is not in signature; expected: {expected}")
+            inputs[key] = _tensor_to_array(proto, spec, self.config.allow_nan)
+        rows = api.check_inputs(signature, inputs)
+        outputs = await signature.run_async(inputs, rows)
+        outputs = api.filter_outputs(outputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        self._fill_spec(response.model_spec, servable, signature.name)
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(to_tensor_proto(value))
+        return response
+
+    def _fill_spec(self, spec: Any, servable: Servable, signature_name: str) -> None:
+        spec.name = servable.name
+        spec.version.value = servable.version
+        spec.signature_name = signature_name
+
+    async def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("metadata", request, context, lambda: self._metadata(request))
+
+    async def _metadata(self, request: Any) -> Any:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise invalid('Metadata field must be exactly "signature_def"')
+        servable = self._resolve(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        self._fill_spec(response.model_spec, servable, "")
+        response.model_spec.ClearField("signature_name")
+        response.metadata["signature_def"].Pack(servable.signature_defs)
+        return response
+
+    async def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("classify", request, context, lambda: self._classify(request))
+
+    async def _classify(self, request: Any) -> Any:
+        from tensorflow_serving.apis import classification_pb2
+
+        servable = self._resolve(request.model_spec)
+        signature = servable.signature(request.model_spec.signature_name or None)
+        api.check_classify_signature(signature)
+        inputs = api.examples_array(_serialized_examples(request.input))
+        outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
+        response = classification_pb2.ClassificationResponse()
+        self._fill_spec(response.model_spec, servable, signature.name)
+        for row in api.classifications(outputs):
+            result = response.result.classifications.add()
+            for label, score in row:
+                result.classes.add(label=label, score=score)
+        return response
+
+    async def Regress(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("regress", request, context, lambda: self._regress(request))
+
+    async def _regress(self, request: Any) -> Any:
+        from tensorflow_serving.apis import regression_pb2
+
+        servable = self._resolve(request.model_spec)
+        signature = servable.signature(request.model_spec.signature_name or None)
+        api.check_regress_signature(signature)
+        inputs = api.examples_array(_serialized_examples(request.input))
+        outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
+        response = regression_pb2.RegressionResponse()
+        self._fill_spec(response.model_spec, servable, signature.name)
+        for value in api.regressions(outputs):
+            response.result.regressions.add(value=value)
+        return response
+
+    async def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def unimplemented() -> Any:
+            raise ServingError("UNIMPLEMENTED", "MultiInference is not supported; use Predict")
+
+        return await self._answer("multi_inference", request, context, unimplemented)
+
+    # -- ModelService -----------------------------------------------------------------------
+    async def GetModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("status", request, context, lambda: self._status(request))
+
+    async def _status(self, request: Any) -> Any:
+        from tensorflow_serving.apis import get_model_status_pb2, status_pb2
+
+        version, label = _version_choice(request.model_spec)
+        states = self.manager.status(request.model_spec.name, version, label)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        state_enum = get_model_status_pb2.ModelVersionStatus.State
+        for state in states:
+            response.model_version_status.add(
+                version=state.version,
+                state=state_enum.Value(state.state),
+                status=status_pb2.StatusProto(
+                    error_code=_code_value(state.error_code), error_message=state.error_message
+                ),
+            )
+        return response
+
+    async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("reload", request, context, lambda: self._reload(request))
+
+    async def _reload(self, request: Any) -> Any:
+        import asyncio
+
+        from tensorflow_serving.apis import model_management_pb2, status_pb2
+
+        from serving.repository import RepositoryError, entries_from_proto, mapping_for
+
+        base = self.models_config_path.parent if self.models_config_path else Path.cwd()
+        try:
+            entries = entries_from_proto(
+                request.config, base, mapping_for(self.config), "ReloadConfigRequest"
+            )
+        except (RepositoryError, ValueError) as exc:
+            raise invalid(str(exc)) from None
+        await asyncio.to_thread(self.manager.reload_config, entries)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
+        return response
+
+
+def _code_value(name: str) -> int:
+    from tensorflow_serving.apis import status_pb2
+
+    codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
+    return codes.values_by_name[name].number
+
+
+def _serialized_examples(model_input: Any) -> list[bytes]:
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [example.SerializeToString() for example in model_input.example_list.examples]
+    if kind == "example_list_with_context":
+        with_context = model_input.example_list_with_context
+        merged = []
+        for example in with_context.examples:
+            combined = type(example)()
+            combined.CopyFrom(with_context.context)
+            for key, feature in example.features.feature.items():
+                combined.features.feature[key].CopyFrom(feature)
+            merged.append(combined.SerializeToString())
+        return merged
+    raise invalid("Input is empty: set example_list or example_list_with_context")
+
+
+def add_services(server: Any, servicer: TensorflowServing) -> None:
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

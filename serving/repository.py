@@ -1,0 +1,225 @@
+"""The model repository in TF Serving's layout and its `models.config`.
+
+```
+<repository>/<model_name>/<version>/saved_model.pb      numeric versions, one folder each
+<repository>/<model_name>/<version>/variables/
+<repository>/<model_name>/<version>/assets.extra/tf_serving_warmup_requests
+```
+
+`models.config` is a `ModelServerConfig` text proto (`model_config_list`). TF Serving insists on
+absolute base paths, and a container sees the repository at its mount point, not where it lies
+here: base paths under `serving.models_config_base_path` (default `/serving/models`, where
+docker-compose mounts `artifacts/serving/models`) stand for folders of the local repository, so
+the embedded server and TF Serving read the very same file. With that setting empty, base paths
+are the repository's absolute local paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from models.config import ConfigError, KerasopsError
+from serving.config import ServingConfig, VersionPolicyConfig
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RepositoryError(KerasopsError):
+    """A missing or malformed model repository or models.config."""
+
+
+def check_model_name(name: str) -> str:
+    """Return `name` if it is a safe model name (no path separators, no `..`), else raise."""
+    if not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def list_versions(model_base_path: Path) -> list[int]:
+    """Numeric version folders under a model's base path, ascending (others are ignored)."""
+    if not model_base_path.is_dir():
+        return []
+    versions = []
+    for child in model_base_path.iterdir():
+        if child.name.isdigit() and child.is_dir():
+            versions.append(int(child.name))
+    return sorted(versions)
+
+
+def list_models(repository: Path) -> list[str]:
+    """Model folders in a repository that hold at least one numeric version."""
+    if not repository.is_dir():
+        return []
+    names = []
+    for child in sorted(repository.iterdir()):
+        if child.is_dir() and _NAME.match(child.name) and list_versions(child):
+            names.append(child.name)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One model of a models.config: where its versions live and which of them to serve."""
+
+    name: str
+    base_path: Path
+    policy: VersionPolicyConfig = dataclasses.field(default_factory=VersionPolicyConfig)
+    labels: tuple[tuple[str, int], ...] = ()
+
+    def label_map(self) -> dict[str, int]:
+        return dict(self.labels)
+
+
+def select_versions(available: list[int], policy: VersionPolicyConfig) -> list[int]:
+    """The versions a policy wants served among those `available` (ascending)."""
+    if policy.policy == "all":
+        return sorted(available)
+    if policy.policy == "specific":
+        return sorted(v for v in available if v in set(policy.versions))
+    return sorted(available)[-policy.num_versions :]
+
+
+def _policy_to_proto(policy: VersionPolicyConfig, proto: Any) -> None:
+    if policy.policy == "all":
+        proto.all.SetInParent()
+    elif policy.policy == "specific":
+        proto.specific.versions.extend(policy.versions)
+    else:
+        proto.latest.num_versions = policy.num_versions
+
+
+def _policy_from_proto(proto: Any) -> VersionPolicyConfig:
+    kind = proto.WhichOneof("policy_choice")
+    if kind == "all":
+        return VersionPolicyConfig(policy="all")
+    if kind == "specific":
+        return VersionPolicyConfig(policy="specific", versions=tuple(proto.specific.versions))
+    if kind == "latest":
+        return VersionPolicyConfig(policy="latest", num_versions=proto.latest.num_versions or 1)
+    return VersionPolicyConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class PathMapping:
+    """Base paths under `served_root` (as TF Serving sees them) are folders of `local_root`."""
+
+    served_root: str
+    local_root: Path
+
+    def to_served(self, local: Path) -> str:
+        """The base path to write for a local model folder."""
+        local = local.resolve()
+        if self.served_root:
+            try:
+                relative = local.relative_to(self.local_root.resolve())
+                return f"{self.served_root.rstrip('/')}/{relative.as_posix()}"
+            except ValueError:
+                pass
+        return str(local)
+
+    def to_local(self, served: str, config_dir: Path) -> Path:
+        """The local folder a base path stands for."""
+        root = self.served_root.rstrip("/")
+        if root and (served == root or served.startswith(root + "/")):
+            return self.local_root / served[len(root) :].lstrip("/")
+        path = Path(served)
+        return path if path.is_absolute() else config_dir / path
+
+
+def mapping_for(config: ServingConfig) -> PathMapping:
+    return PathMapping(config.models_config_base_path, Path(config.model_repository))
+
+
+def entries_to_text(entries: list[ModelEntry], mapping: PathMapping) -> str:
+    """Render entries as a `model_config_list` text proto for `models.config`."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    server_config = model_server_config_pb2.ModelServerConfig()
+    for entry in entries:
+        proto = server_config.model_config_list.config.add()
+        proto.name = entry.name
+        proto.base_path = mapping.to_served(entry.base_path)
+        proto.model_platform = "tensorflow"
+        _policy_to_proto(entry.policy, proto.model_version_policy)
+        for label, version in entry.labels:
+            proto.version_labels[label] = version
+    return text_format.MessageToString(server_config)
+
+
+def entries_from_text(
+    text: str, config_dir: Path, mapping: PathMapping, source: str = "models.config"
+) -> list[ModelEntry]:
+    """Parse a `model_config_list` text proto into entries with local base paths."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    server_config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, server_config)
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{source} is not a valid models.config text proto: {exc}") from None
+    return entries_from_proto(server_config, config_dir, mapping, source)
+
+
+def entries_from_proto(
+    server_config: Any, config_dir: Path, mapping: PathMapping, source: str
+) -> list[ModelEntry]:
+    """Entries from a ModelServerConfig proto (the file's or a HandleReloadConfigRequest's)."""
+    if server_config.WhichOneof("config") != "model_config_list":
+        raise RepositoryError(f"{source}: only model_config_list is supported")
+    entries = []
+    for proto in server_config.model_config_list.config:
+        name = check_model_name(proto.name)
+        if proto.model_platform not in ("", "tensorflow"):
+            raise RepositoryError(f"{source}: model {name!r} has unsupported platform")
+        base = mapping.to_local(proto.base_path, config_dir)
+        labels = tuple(sorted(proto.version_labels.items()))
+        policy = _policy_from_proto(proto.model_version_policy)
+        entries.append(ModelEntry(name, base, policy, labels))
+    return entries
+
+
+def read_models_config(path: Path, mapping: PathMapping) -> list[ModelEntry]:
+    """Entries of a models.config file; raise RepositoryError when missing or malformed."""
+    if not path.is_file():
+        raise RepositoryError(f"models.config not found: {path}")
+    return entries_from_text(path.read_text(encoding="utf-8"), path.parent, mapping, str(path))
+
+
+def entries_for_repository(repository: Path, policy: VersionPolicyConfig) -> list[ModelEntry]:
+    """One entry per model folder of a repository, all with the same version policy."""
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository not found: {repository} (export a model first)")
+    return [ModelEntry(name, repository / name, policy) for name in list_models(repository)]
+
+
+def update_models_config(
+    path: Path,
+    name: str,
+    base_path: Path,
+    policy: VersionPolicyConfig,
+    labels: dict[str, int] | None = None,
+    mapping: PathMapping | None = None,
+) -> list[ModelEntry]:
+    """Add or update one model in `path` (created if absent), keeping the other models as they
+    are and merging `labels` into the model's existing labels; write atomically."""
+    mapping = mapping or PathMapping("", base_path.parent)
+    entries = read_models_config(path, mapping) if path.is_file() else []
+    old = next((e for e in entries if e.name == name), None)
+    merged = dict(old.labels) if old else {}
+    merged.update(labels or {})
+    entry = ModelEntry(name, base_path, policy, tuple(sorted(merged.items())))
+    entries = [e for e in entries if e.name != name] + [entry]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(entries_to_text(entries, mapping), encoding="utf-8")
+    os.replace(tmp, path)
+    return entries

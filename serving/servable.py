@@ -1,0 +1,182 @@
+"""One loaded SavedModel version: its signatures, input checks, batched execution and warmup."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.batching import Batcher
+from serving.config import BatchingConfig
+from serving.errors import ServingError, from_tf_error, invalid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpecInfo:
+    """Signature tensor: numpy dtype (object for strings) and shape (None for free dims)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == np.dtype(object)
+
+
+class Signature:
+    """A callable signature with its named inputs and outputs."""
+
+    def __init__(self, name: str, function: Any, batching: BatchingConfig, observe: Any) -> None:
+        self.name = name
+        self._function = function
+        _, kwargs = function.structured_input_signature
+        self.inputs = {key: _spec_info(key, spec) for key, spec in kwargs.items()}
+        self.outputs = {
+            key: _spec_info(key, spec) for key, spec in function.structured_outputs.items()
+        }
+        self.batcher = Batcher(self.run, batching, observe) if batching.enabled else None
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the signature on numpy inputs (batch axis first); raise ServingError."""
+        import tensorflow as tf
+
+        try:
+            tensors = {key: tf.constant(value) for key, value in inputs.items()}
+            outputs = self._function(**tensors)
+            return {key: value.numpy() for key, value in outputs.items()}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status for the caller
+            raise from_tf_error(exc) from None
+
+    async def run_async(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Run through the dynamic batcher (or in a worker thread when batching is off)."""
+        import asyncio
+
+        if self.batcher is None:
+            return await asyncio.to_thread(self.run, inputs)
+        return await self.batcher.submit(inputs, rows)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _spec_info(key: str, spec: Any) -> TensorSpecInfo:
+    dtype = np.dtype(object) if spec.dtype.name == "string" else np.dtype(spec.dtype.as_numpy_dtype)
+    shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
+    return TensorSpecInfo(key, dtype, shape)
+
+
+class Servable:
+    """A loaded model version; `signature_defs` is the SignatureDef map from saved_model.pb."""
+
+    def __init__(
+        self, name: str, version: int, path: Path, batching: BatchingConfig, observe: Any = None
+    ) -> None:
+        import tensorflow as tf
+
+        self.name = name
+        self.version = version
+        self.path = path
+        self._loaded = tf.saved_model.load(str(path), tags=["serve"])
+        self.signatures = {
+            key: Signature(key, fn, batching, observe)
+            for key, fn in self._loaded.signatures.items()
+        }
+        self.signature_defs = _read_signature_defs(path)
+
+    def signature(self, name: str | None) -> Signature:
+        key = name or DEFAULT_SIGNATURE
+        signature = self.signatures.get(key)
+        if signature is None:
+            raise ServingError(
+                "FAILED_PRECONDITION",
+                f'Serving signature key "{key}" not found. Signatures: '
+                + ", ".join(sorted(self.signatures)),
+            )
+        return signature
+
+    def warmup(self, max_records: int) -> int:
+        """Replay `assets.extra/tf_serving_warmup_requests`; return how many ran."""
+        path = self.path / "assets.extra" / "tf_serving_warmup_requests"
+        if not path.is_file() or max_records == 0:
+            return 0
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).take(max_records):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if entry.WhichOneof("log_type") != "predict_log":
+                continue
+            request = entry.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            self.signature(request.model_spec.signature_name).run(inputs)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        for signature in self.signatures.values():
+            signature.close()
+
+
+def _read_signature_defs(path: Path) -> Any:
+    """The SignatureDef map of the `serve` meta graph, exactly as TF Serving reports it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for graph in saved.meta_graphs:
+        if "serve" in graph.meta_info_def.tags:
+            for key, signature_def in graph.signature_def.items():
+                result.signature_def[key].CopyFrom(signature_def)
+    return result
+
+
+def to_array(value: Any, spec: TensorSpecInfo, allow_nan: bool) -> np.ndarray:
+    """Convert a decoded JSON value to an array of the signature's dtype, or raise 400."""
+    try:
+        raw = np.asarray(value)
+    except ValueError:
+        raise invalid(f"input '{spec.name}' is ragged: all rows must have the same shape") from None
+    if raw.dtype == object and not spec.is_string:
+        raise invalid(f"input '{spec.name}' is ragged or mixes types; expected {spec.dtype.name}")
+    return _cast(raw, spec, allow_nan)
+
+
+def _cast(raw: np.ndarray, spec: TensorSpecInfo, allow_nan: bool) -> np.ndarray:
+    kind = raw.dtype.kind
+    if spec.is_string:
+        if kind not in "USO":
+            raise invalid(f"input '{spec.name}' expects strings, got {raw.dtype.name} values")
+        return raw.astype(object)
+    allowed = "biuf" if spec.dtype.kind in "fc" else ("b" if spec.dtype.kind == "b" else "biu")
+    if kind not in allowed or (kind == "b" and spec.dtype.kind != "b"):
+        got = "strings" if kind in "USO" else f"{raw.dtype.name} values"
+        raise invalid(f"input '{spec.name}' expects {spec.dtype.name}, got {got}")
+    array = raw.astype(spec.dtype, copy=False)
+    if spec.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
+        raise invalid(f"input '{spec.name}' contains NaN or infinite values")
+    return array
+
+
+def check_shape(array: np.ndarray, spec: TensorSpecInfo) -> None:
+    """Raise 400 unless `array` fits the signature's shape (batch axis included)."""
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape) or any(
+        want is not None and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+    ):
+        want = "[" + ", ".join("-1" if d is None else str(d) for d in spec.shape) + "]"
+        raise invalid(
+            f"input '{spec.name}' has shape {list(array.shape)}, the signature expects {want}"
+        )

@@ -1,0 +1,211 @@
+"""The embedded TF-Serving-compatible server: REST (uvicorn) and gRPC (grpc.aio) over one
+ModelManager, each on its own thread and event loop, sharing the dynamic batchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from models.config import KerasopsError
+from serving.config import ServingConfig
+from serving.grpc_service import TensorflowServing, add_services
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.repository import (
+    ModelEntry,
+    entries_for_repository,
+    mapping_for,
+    read_models_config,
+)
+from serving.rest import RestApp
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(KerasopsError):
+    """The server cannot start (port taken, nothing to serve)."""
+
+
+def model_entries(
+    config: ServingConfig, models_config: str | None = None, repository: str | None = None
+) -> tuple[list[ModelEntry], Path | None]:
+    """Entries to serve: an explicit models.config or repository, else the configured
+    models.config when it exists, else every model folder of the configured repository."""
+    mapping = mapping_for(config)
+    if models_config:
+        return read_models_config(Path(models_config), mapping), Path(models_config)
+    if repository:
+        return entries_for_repository(Path(repository), config.version_policy), None
+    if Path(config.models_config).is_file():
+        path = Path(config.models_config)
+        return read_models_config(path, mapping), path
+    return entries_for_repository(Path(config.model_repository), config.version_policy), None
+
+
+class EmbeddedServer:
+    """Start with `start()`, stop with `stop()` (in-flight requests finish first)."""
+
+    def __init__(
+        self,
+        config: ServingConfig,
+        entries: list[ModelEntry],
+        models_config_path: Path | None = None,
+    ) -> None:
+        if not entries:
+            raise ServerError("no models to serve: export one with `kerasops export` first")
+        self.config = config
+        self.metrics = ServingMetrics()
+        self.manager = ModelManager(entries, config, self.metrics, models_config_path)
+        self.servicer = TensorflowServing(self.manager, self.metrics, config, models_config_path)
+        self.rest_port: int | None = None
+        self.grpc_port: int | None = None
+        self._uvicorn: Any = None
+        self._threads: list[threading.Thread] = []
+        self._grpc_loop: asyncio.AbstractEventLoop | None = None
+        self._grpc_stop: asyncio.Event | None = None
+        self._grpc_ready = threading.Event()
+        self._grpc_error: BaseException | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Load the models, then open the gRPC and REST ports; raise ServerError on failure."""
+        self.manager.poll_once()
+        self.manager.start_polling()
+        try:
+            self._start_grpc(timeout)
+            self._start_rest(timeout)
+        except ServerError:
+            self.stop()
+            raise
+        log.info(
+            "serving %s: REST http://%s:%d, gRPC %s:%d",
+            ", ".join(self.manager.model_names()),
+            self.config.host,
+            self.rest_port,
+            self.config.host,
+            self.grpc_port,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, then unload every model."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._grpc_loop is not None and self._grpc_stop is not None:
+            self._grpc_loop.call_soon_threadsafe(self._grpc_stop.set)
+        for thread in self._threads:
+            thread.join(self.config.shutdown_grace_s + 5)
+        self.manager.close()
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGINT or SIGTERM; shut down gracefully."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        self.start()
+        print(
+            f"serving {', '.join(self.manager.model_names())}: "
+            f"REST http://{self.config.host}:{self.rest_port}  "
+            f"gRPC {self.config.host}:{self.grpc_port}  (Ctrl-C stops)",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+        self.stop()
+
+    # -- REST ---------------------------------------------------------------------------------
+    def _start_rest(self, timeout: float) -> None:
+        import uvicorn
+
+        sock = _bind(self.config.host, self.config.rest_port, "REST")
+        self.rest_port = sock.getsockname()[1]
+        app = RestApp(self.manager, self.metrics, self.config)
+        server_config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(self.config.shutdown_grace_s) or None,
+            backlog=2048,
+            proxy_headers=False,  # bound to loopback or behind nothing: skip the middleware
+            server_header=False,
+        )
+        self._uvicorn = uvicorn.Server(server_config)
+        thread = threading.Thread(
+            target=self._uvicorn.run, kwargs={"sockets": [sock]}, name="rest", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+        deadline = time.monotonic() + timeout
+        while not self._uvicorn.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServerError(f"the REST server did not start on port {self.rest_port}")
+            time.sleep(0.01)
+
+    # -- gRPC ---------------------------------------------------------------------------------
+    def _start_grpc(self, timeout: float) -> None:
+        thread = threading.Thread(target=self._run_grpc, name="grpc", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        if not self._grpc_ready.wait(timeout) or self._grpc_error is not None:
+            raise ServerError(
+                f"the gRPC server did not start on {self.config.host}:{self.config.grpc_port}: "
+                f"{self._grpc_error or 'timed out'}"
+            )
+
+    def _run_grpc(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._grpc_loop = loop
+        try:
+            loop.run_until_complete(self._grpc_main())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._grpc_error = exc
+            self._grpc_ready.set()
+        finally:
+            loop.close()
+
+    async def _grpc_main(self) -> None:
+        import grpc
+
+        limit = self.config.max_body_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_services(server, self.servicer)
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServerError(f"cannot listen for gRPC on {address}: {exc}") from None
+        self._grpc_stop = asyncio.Event()
+        await server.start()
+        self._grpc_ready.set()
+        await self._grpc_stop.wait()
+        await server.stop(self.config.shutdown_grace_s)
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: ServingConfig, models_config: str | None, repository: str | None) -> None:
+    """Entry point of `kerasops serve`."""
+    entries, config_path = model_entries(config, models_config, repository)
+    EmbeddedServer(config, entries, config_path).serve_forever()

@@ -1,0 +1,278 @@
+"""Scale-out switches: strategies on two logical CPU devices and two loopback workers, mixed
+precision on every family's head, XLA, and the errors a user sees for a bad setting.
+
+Device layouts and multi-worker collectives must be set before TensorFlow initialises, so those
+runs happen in child processes; this process only reads their MLflow runs back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from mlflow.tracking import MlflowClient
+
+from models import MODELS, PRESETS, ConfigError, get_family
+from pipelines import distribute, tracking
+from pipelines.settings import TrainConfig, load_params
+from pipelines.train import compile_model, train_model
+from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
+from tests.test_sequence_models import (
+    LM_INPUTS,
+    PROMPTS,
+    SOURCES,
+    TARGETS,
+    TRANSLATION_INPUTS,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["epochs=3", "batch_size=32", "patience=3"]
+
+TWO_DEVICES = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipelines.settings import load_params
+from pipelines.train import compile_model, train_model
+params = load_params("params.yaml")
+runs = {}
+for strategy in ("default", "mirrored"):
+    overrides = [f"strategy={strategy}", *sys.argv[1:]]
+    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
+    runs[strategy] = result.run_id
+print("RUNS " + json.dumps(runs))
+"""
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_record(project: Path, run_id: str):
+    tracking.configure(load_params(project / "params.yaml"))
+    return MlflowClient().get_run(run_id)
+
+
+def test_mirrored_on_two_cpu_devices_matches_default_strategy(project):
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICES, *TRAIN],
+        cwd=project,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.split("RUNS ", 1)[1])
+    default, mirrored = (run_record(project, runs[k]) for k in ("default", "mirrored"))
+    assert default.data.params["train.replicas"] == "1"
+    assert mirrored.data.params["train.replicas"] == "2"
+    assert mirrored.data.params["train.global_batch_size"] == "64"  # 32 per replica
+    assert mirrored.data.params["train.strategy"] == "mirrored"
+    accuracy = [r.data.metrics["test_accuracy"] for r in (default, mirrored)]
+    assert min(accuracy) > 0.85, accuracy
+    assert abs(accuracy[0] - accuracy[1]) < 0.08, accuracy
+
+
+WORKER = """
+import json
+import tensorflow as tf
+from pipelines import distribute
+from pipelines.settings import TrainConfig
+strategy = distribute.make_strategy(TrainConfig(strategy="multi_worker"))
+task = json.loads(__import__("os").environ["TF_CONFIG"])["task"]["index"]
+value = strategy.run(lambda: tf.constant(float(task + 1)))  # worker 0 -> 1, worker 1 -> 2
+total = strategy.reduce("SUM", value, axis=None)
+print("WORKER " + json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "sum": float(total),
+    "chief": distribute.is_chief(strategy),
+    "global_batch": distribute.global_batch_size(TrainConfig(batch_size=32), strategy),
+}))
+"""
+
+
+def test_multi_worker_strategy_forms_from_tf_config_over_loopback():
+    ports = [free_port(), free_port()]
+    workers = []
+    for index in (0, 1):
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        env = child_env(TF_CONFIG=json.dumps(tf_config))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        outputs = [w.communicate(timeout=120)[0] for w in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-1500:] + outputs[1][-1500:]
+    results = [json.loads(out.split("WORKER ", 1)[1]) for out in outputs]
+    assert [r["chief"] for r in results] == [True, False]  # worker 0 leads without a chief
+    for result in results:
+        assert result["replicas"] == 2 and result["global_batch"] == 64
+        assert result["sum"] == 3.0  # a real all-reduce across both processes
+
+
+def test_training_under_multi_worker_is_refused_with_the_reason(project, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {}}')
+    params = load_params(project / "params.yaml")
+    with pytest.raises(ConfigError, match="multi_worker: Keras 3 Model.fit .*20585"):
+        train_model(params, "cnn", "digits", overrides=["strategy=multi_worker"])
+    assert not (project / "artifacts/runs").exists()
+
+
+SPECS = [
+    (IMAGE, IMAGES),
+    (TEXT, TEXTS),
+    (SERIES, WINDOWS),
+    (TABULAR, ROWS),
+    (LM_INPUTS, PROMPTS),
+    (TRANSLATION_INPUTS, {"source": SOURCES, "target": TARGETS}),
+]
+
+
+def build_any(name: str, train: TrainConfig) -> tuple[keras.Model, np.ndarray]:
+    """Build family `name` (its first preset) on the first standard input spec it accepts."""
+    family = get_family(name)
+    preset = next(({**v} for v in PRESETS.values() if v["model"] == name), {"model": name})
+    preset.pop("model")
+    if "weights" in family.config.field_names():
+        preset["weights"] = "none"  # offline: a pretrained backbone's head is what is checked
+    for spec, example in SPECS:
+        try:
+            with distribute.training_scope(train, tf.distribute.get_strategy()):
+                return family.build(family.config.from_dict({**preset, "inputs": spec})), example
+        except ConfigError:
+            continue  # the family takes another kind of input
+    raise AssertionError(f"family {name} accepts none of the standard input specs")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_family_keeps_float32_outputs_under_mixed_bfloat16(name):
+    train = TrainConfig(mixed_precision="mixed_bfloat16")
+    model, example = build_any(name, train)
+    assert keras.config.dtype_policy().name == "float32"  # restored after the scope
+    assert any(layer.compute_dtype == "bfloat16" for layer in model.layers)
+    distribute.check_float32_outputs(model, train)
+    outputs = model.predict(example, verbose=0)
+    assert outputs.dtype == np.float32 and np.all(np.isfinite(outputs))
+
+
+def test_a_bfloat16_head_is_refused_with_the_output_named():
+    train = TrainConfig(mixed_precision="mixed_bfloat16")
+    with distribute.training_scope(train, tf.distribute.get_strategy()):
+        inputs = keras.Input((3,))
+        model = keras.Model(inputs, keras.layers.Dense(2, name="head")(inputs))
+    with pytest.raises(ConfigError, match="output .*bfloat16.*dtype='float32'"):
+        distribute.check_float32_outputs(model, train)
+
+
+def test_bfloat16_trains_saves_and_is_recorded(project):
+    params = load_params(project / "params.yaml")
+    overrides = [*TRAIN, "mixed_precision=mixed_bfloat16", "jit_compile=false"]
+    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
+    assert result.metrics["test_accuracy"] > 0.85
+    run = run_record(project, result.run_id)
+    assert run.data.params["train.mixed_precision"] == "mixed_bfloat16"
+    assert run.data.params["train.jit_compile_effective"] == "False"
+    reloaded = keras.saving.load_model(result.run_dir / "model.keras")
+    assert reloaded.get_layer("block0_conv0").dtype_policy.name == "mixed_bfloat16"
+    assert reloaded.get_layer("probabilities").dtype_policy.name == "float32"
+
+
+@pytest.mark.parametrize("name, effective", [("mlp", True), ("transformer", False)])
+def test_jit_compile_runs_xla_where_the_model_allows_it(name, effective):
+    train = TrainConfig(jit_compile=True, learning_rate=0.01)
+    model, example = build_any(name, train)
+    compile_model(model, "classification", train)
+    assert model.jit_compile is effective  # text vectorization cannot be XLA-compiled
+    labels = np.arange(len(example)) % 3
+    before = model.evaluate(example, labels, verbose=0)[0]
+    model.fit(example, labels, epochs=5, verbose=0)
+    assert model.evaluate(example, labels, verbose=0)[0] < before
+
+
+def test_mixed_float16_without_a_gpu_is_one_clear_error(project):
+    assert not tf.config.list_physical_devices("GPU")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "cnn", "--dataset", "digits"]
+        + ["--set", "mixed_precision=mixed_float16"],
+        cwd=project,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: train.mixed_precision=mixed_float16 needs a GPU and none is visible; "
+        "use mixed_bfloat16 on CPU, or none"
+    )
+    assert not (project / "artifacts/runs").exists()
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "needs TF_CONFIG"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"cluster": {}}', "non-empty 'cluster'"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker"}}', "'task'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "worker:3"),
+    ],
+)
+def test_bad_tf_config_is_refused_by_name(monkeypatch, tf_config, message):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match=message):
+        distribute.make_strategy(TrainConfig(strategy="multi_worker"))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("strategy", "tpu", "train.strategy: 'tpu' is not one of"),
+        ("mixed_precision", "float16", "train.mixed_precision: 'float16' is not one of"),
+        ("jit_compile", "yes", "train.jit_compile: expected"),
+    ],
+)
+def test_bad_switch_values_name_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({key: value}, prefix="train.")
+
+
+def test_global_batch_scales_with_replicas():
+    train = TrainConfig(batch_size=48)
+    assert distribute.global_batch_size(train, tf.distribute.get_strategy()) == 48
+    assert distribute.is_chief(tf.distribute.get_strategy())

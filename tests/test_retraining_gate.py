@@ -1,0 +1,81 @@
+"""The champion/challenger gate and the `retraining:` config: pure functions, no training."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.config import ConfigError
+from pipelines.retraining import gate
+from pipelines.retraining_config import GateRule, RetrainingConfig
+from pipelines.settings import Params
+
+
+def rules(**values) -> dict[str, GateRule]:
+    return RetrainingConfig.from_dict({"gate": values}).rules()
+
+
+def test_first_model_is_judged_by_absolute_thresholds_alone():
+    config = rules(test_accuracy={"minimum": 0.8, "min_improvement": 0.05})
+    decision = gate({"test_accuracy": 0.81}, None, config)
+    assert decision.passed
+    assert [c.rule for c in decision.checks] == ["minimum"]
+    assert not gate({"test_accuracy": 0.79}, None, config).passed
+
+
+def test_change_thresholds_compare_with_the_champion_in_the_metric_direction():
+    higher = rules(test_accuracy={"minimum": 0.5, "max_regression": 0.01})
+    assert gate({"test_accuracy": 0.905}, {"test_accuracy": 0.91}, higher).passed
+    worse = gate({"test_accuracy": 0.89}, {"test_accuracy": 0.91}, higher)
+    assert not worse.passed
+    (failed,) = [c for c in worse.checks if not c.passed]
+    assert failed.rule == "max_regression" and failed.value == pytest.approx(-0.02)
+    assert "change in test_accuracy = -0.0200" in worse.reasons()[0]
+
+    lower = rules(test_mae={"maximum": 10.0, "min_improvement": 0.5})
+    assert not gate({"test_mae": 8.0}, {"test_mae": 9.0}, lower).passed  # higher is better
+    lower = rules(test_mae={"direction": "lower", "maximum": 10.0, "min_improvement": 0.5})
+    assert gate({"test_mae": 8.0}, {"test_mae": 9.0}, lower).passed
+    assert not gate({"test_mae": 8.8}, {"test_mae": 9.0}, lower).passed
+    assert not gate({"test_mae": 11.0}, None, lower).passed
+
+
+def test_every_rule_must_pass_and_a_missing_metric_fails():
+    config = rules(
+        test_accuracy={"minimum": 0.8}, test_macro_f1={"minimum": 0.8, "max_regression": 0.0}
+    )
+    decision = gate({"test_accuracy": 0.9, "test_macro_f1": 0.85}, {"test_macro_f1": 0.86}, config)
+    assert not decision.passed and len(decision.checks) == 3
+    missing = gate({"test_accuracy": 0.9}, None, config)
+    assert not missing.passed and "not computed" in missing.reasons()[0]
+    assert "| test_macro_f1 | minimum | 0.8 | n/a | **no** |" in missing.to_markdown()
+    assert not gate({"test_accuracy": 0.9}, None, {}).passed  # no rule: never blessed
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"gate": {"test_accuracy": {"minimun": 0.8}}}, "retraining.gate.test_accuracy.minimun"),
+        ({"gate": {"test_accuracy": {"direction": "up", "minimum": 1}}}, "direction"),
+        ({"gate": {"test_accuracy": {}}}, "retraining.gate.test_accuracy: the rule sets no"),
+        ({"gate": {"acc": {"max_regression": 0.1, "min_improvement": 0.1}}}, "not both"),
+        ({"gate": {"acc": {"max_regression": -0.1}}}, "max_regression must be >= 0"),
+        ({"gate": {"acc": 0.8}}, "retraining.gate.acc: expected a mapping"),
+        ({"registered_model": "{model}-{split}"}, "may only use {model} and {dataset}"),
+        ({"registered_model": "{model}/{dataset}"}, "letters, digits"),
+        ({"canary": "yes"}, "retraining.canary"),
+        ({"infra_validation": {"latency_ms": 5}}, "retraining.infra_validation.latency_ms"),
+        ({"split": "train"}, "retraining.split"),
+    ],
+)
+def test_bad_retraining_sections_name_the_key(section, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        Params.from_dict({"retraining": section})
+
+
+def test_params_section_is_typed():
+    params = Params.from_dict(
+        {"retraining": {"gate": {"test_accuracy": {"minimum": 0.8}}, "canary": True}}
+    )
+    assert params.retraining.canary is True
+    assert params.retraining.model_name("cnn", "digits") == "cnn-digits"
+    assert params.retraining.rules()["test_accuracy"].minimum == 0.8
