@@ -115,8 +115,8 @@ def _manifest(
 
 def _class_counts(loaded: LoadedDataset) -> dict[str, dict[str, int]]:
     """Examples per class; for detection, boxes per class (padding rows left out)."""
-    if loaded.task == "regression":
-        return {}
+    if loaded.task not in ("classification", "detection"):
+        return {}  # regression, language modeling and translation have no classes
     counts = {}
     for split in SPLITS:
         labels = loaded.splits[split][1]

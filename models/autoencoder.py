@@ -68,8 +68,10 @@ def dense_codec(x: keras.KerasTensor, config: AutoencoderConfig, shape: tuple[in
     x = keras.layers.Dense(config.bottleneck, activation="relu", name="bottleneck")(x)  # (B, Z)
     for i, units in enumerate(reversed(config.hidden_units)):
         x = keras.layers.Dense(units, activation="relu", name=f"decoder{i}")(x)
-    x = keras.layers.Dense(math.prod(shape), activation="sigmoid", name="pixels")(x)
-    return keras.layers.Reshape(shape, name="reconstruction")(x)  # (B, H, W, C)
+    x = keras.layers.Dense(math.prod(shape), activation="sigmoid", dtype="float32", name="pixels")(
+        x
+    )  # float32 even under mixed precision, like every served output
+    return keras.layers.Reshape(shape, dtype="float32", name="reconstruction")(x)  # (B, H, W, C)
 
 
 def conv_codec(x: keras.KerasTensor, config: AutoencoderConfig, shape: tuple[int, ...]):
@@ -94,8 +96,8 @@ def conv_codec(x: keras.KerasTensor, config: AutoencoderConfig, shape: tuple[int
             filters, 3, strides=2, padding="same", activation="relu", name=f"decoder{i}"
         )(x)  # (B, 2x, 2x, F)
     return keras.layers.Conv2D(
-        channels, 3, padding="same", activation="sigmoid", name="reconstruction"
-    )(x)  # (B, H, W, C)
+        channels, 3, padding="same", activation="sigmoid", dtype="float32", name="reconstruction"
+    )(x)  # (B, H, W, C), float32 even under mixed precision
 
 
 def build_autoencoder(config: AutoencoderConfig) -> keras.Model:

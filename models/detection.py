@@ -175,9 +175,14 @@ def build_detector(config: DetectorConfig) -> keras.Model:
         config.head_filters, 3, padding="same", activation="relu", name="head_conv"
     )(x)
     grid = keras.layers.Conv2D(5 + spec.num_outputs, 1, dtype="float32", name=GRID_LAYER)(x)
-    boxes, scores = DecodeGrid(name="decode")(grid)  # (B, N, 4), (B, N, K)
+    # Decoding and non-max suppression stay float32 under mixed precision (the NMS op needs it).
+    boxes, scores = DecodeGrid(dtype="float32", name="decode")(grid)  # (B, N, 4), (B, N, K)
     nms = ClassNonMaxSuppression(
-        config.max_detections, config.iou_threshold, config.score_threshold, name="nms"
+        config.max_detections,
+        config.iou_threshold,
+        config.score_threshold,
+        dtype="float32",
+        name="nms",
     )(boxes, scores)
     return keras.Model(inputs, dict(zip(OUTPUT_KEYS, nms, strict=True)), name="detector")
 

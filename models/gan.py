@@ -76,8 +76,10 @@ def build_gan(config: GanConfig) -> keras.Model:
         x = keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same", name=f"up{i}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"up{i}_bn")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"up{i}_act")(x)  # (B, 2h, 2w, F)
-    x = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="pixels")(x)
-    image = keras.layers.Rescaling(spec.pixel_max, name="image")(x)  # (B, H, W, C) raw pixels
+    x = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="sigmoid", dtype="float32", name="pixels"
+    )(x)  # float32 even under mixed precision
+    image = keras.layers.Rescaling(spec.pixel_max, dtype="float32", name="image")(x)  # raw pixels
     return keras.Model(noise, image, name="generator")
 
 

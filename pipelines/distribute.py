@@ -125,12 +125,15 @@ def training_scope(train: TrainConfig, strategy: tf.distribute.Strategy) -> Iter
 
 
 def check_float32_outputs(model: keras.Model, train: TrainConfig) -> None:
-    """Under mixed precision, raise ConfigError naming any output that is not float32."""
+    """Under mixed precision, raise ConfigError naming any reduced-precision output.
+
+    Integer outputs (a detector's counts and classes) are exact and left as they are.
+    """
     if train.mixed_precision == "none":
         return
     for tensor in model.outputs:
         require(
-            tensor.dtype == "float32",
+            tensor.dtype not in ("float16", "bfloat16"),
             f"model output {tensor.name!r} is {tensor.dtype} under mixed precision; "
             "its output layer needs dtype='float32'",
         )

@@ -24,6 +24,7 @@ from models import MODELS, PRESETS, ConfigError, get_family
 from pipelines import distribute, tracking
 from pipelines.settings import TrainConfig, load_params
 from pipelines.train import compile_model, train_model
+from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 from tests.test_sequence_models import (
     LM_INPUTS,
@@ -157,6 +158,7 @@ SPECS = [
     (TABULAR, ROWS),
     (LM_INPUTS, PROMPTS),
     (TRANSLATION_INPUTS, {"source": SOURCES, "target": TARGETS}),
+    (DETECTION, np.random.default_rng(0).uniform(0, 240, (2, 48, 48, 1)).astype("float32")),
 ]
 
 
@@ -170,7 +172,11 @@ def build_any(name: str, train: TrainConfig) -> tuple[keras.Model, np.ndarray]:
     for spec, example in SPECS:
         try:
             with distribute.training_scope(train, tf.distribute.get_strategy()):
-                return family.build(family.config.from_dict({**preset, "inputs": spec})), example
+                model = family.build(family.config.from_dict({**preset, "inputs": spec}))
+            if model.inputs[0].name == "noise":  # a generator: noise in, images out
+                shape = (3, model.input_shape[-1])
+                example = np.random.default_rng(0).normal(size=shape).astype("float32")
+            return model, example
         except ConfigError:
             continue  # the family takes another kind of input
     raise AssertionError(f"family {name} accepts none of the standard input specs")
@@ -184,7 +190,11 @@ def test_every_family_keeps_float32_outputs_under_mixed_bfloat16(name):
     assert any(layer.compute_dtype == "bfloat16" for layer in model.layers)
     distribute.check_float32_outputs(model, train)
     outputs = model.predict(example, verbose=0)
-    assert outputs.dtype == np.float32 and np.all(np.isfinite(outputs))
+    named = outputs if isinstance(outputs, dict) else {"output": outputs}
+    floating = [np.asarray(v) for v in named.values() if np.asarray(v).dtype.kind == "f"]
+    assert floating, "no floating output to check"
+    for values in floating:  # e.g. a detector's boxes and scores; its counts are integers
+        assert values.dtype == np.float32 and np.all(np.isfinite(values))
 
 
 def test_a_bfloat16_head_is_refused_with_the_output_named():

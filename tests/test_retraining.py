@@ -359,8 +359,17 @@ def test_prefect_yaml_targets_the_compose_worker_pool():
     assert deployment["entrypoint"] == "pipelines/retraining_flow.py:retraining_flow"
     assert (root / "pipelines" / "retraining_flow.py").is_file()
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
-    worker = compose["services"]["prefect-worker"]["entrypoint"]
-    assert deployment["work_pool"]["name"] == worker[worker.index("--pool") + 1]
+    pool = deployment["work_pool"]["name"]
+    workers = {
+        name: service
+        for name, service in compose["services"].items()
+        if "--pool" in (entry := service.get("entrypoint") or [])
+        and entry[entry.index("--pool") + 1] == pool
+    }
+    assert workers, f"no docker-compose worker polls the deployment's pool {pool!r}"
+    for service in workers.values():  # the flow reads params.yaml and the DVC-tracked data
+        mounts = [volume.split(":")[0] for volume in service["volumes"]]
+        assert "./" in mounts or {"./params.yaml", "./data/raw"} <= set(mounts)
     assert deployment["schedules"][0]["cron"] == "0 3 * * *"
     from prefect.client.schemas.schedules import CronSchedule
 
