@@ -113,18 +113,22 @@ class DetectionRecipe(Recipe):
         return evaluate_detector(model, prepared)
 
 
-class LanguageModelRecipe(Recipe):
-    """Character language model: next-character cross-entropy, perplexity against a unigram
-    model; the saved, logged and exported model generates text (prompt in, continuation out)."""
-
-    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
-        return sequence.language_model_spec(prepared, train)
+class SequenceRecipe(Recipe):
+    """Token-level cross-entropy over character sequences (language models, translators)."""
 
     def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
         return sequence.compile_sequence_model(model, train)
 
     def fit(self, model, prepared, train, callbacks, model_config=None):
         return sequence.fit_sequence_model(model, prepared, train, callbacks)
+
+
+class LanguageModelRecipe(SequenceRecipe):
+    """Character language model: next-character cross-entropy, perplexity against a unigram
+    model; the saved, logged and exported model generates text (prompt in, continuation out)."""
+
+    def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
+        return sequence.language_model_spec(prepared, train)
 
     def evaluate(self, model, prepared, model_config=None) -> Evaluation:
         return sequence.evaluate_language_model(model, prepared)
@@ -135,22 +139,13 @@ class LanguageModelRecipe(Recipe):
         length = (model_config or LanguageModelConfig).max_new_tokens  # a model setting
         return build_text_generator(model, length)
 
-    def example_inputs(self, model, prepared) -> np.ndarray:
-        return np.asarray(prepared.splits["test"].x[:5])
 
-
-class TranslationRecipe(Recipe):
+class TranslationRecipe(SequenceRecipe):
     """Encoder-decoder translator: teacher-forced cross-entropy; exact match and character
     BLEU of greedy decoding against copying the source; serves source in, translation out."""
 
     def input_spec(self, prepared: PreparedData, train: TrainConfig) -> InputSpec:
         return sequence.translation_spec(prepared, train)
-
-    def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
-        return sequence.compile_sequence_model(model, train)
-
-    def fit(self, model, prepared, train, callbacks, model_config=None):
-        return sequence.fit_sequence_model(model, prepared, train, callbacks)
 
     def evaluate(self, model, prepared, model_config=None) -> Evaluation:
         return sequence.evaluate_translator(model, prepared)
