@@ -100,3 +100,15 @@ def test_list_and_empty_compare(project, capsys):
     assert code == 0 and "cnn_small" in out and "bbc_news" in out and "sunspots" in out
     code, out, _ = run_cli(capsys, "compare")
     assert code == 0 and "no runs recorded yet" in out
+
+
+def test_local_prefect_creates_its_home_in_a_fresh_checkout(project, monkeypatch):
+    from pipelines.commands_data import local_prefect
+    from pipelines.settings import load_params
+
+    for key in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"):
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
+    assert not (project / "artifacts").exists()
+    local_prefect(load_params(project / "params.yaml"))
+    assert (project / "artifacts" / "prefect").is_dir()  # Prefect's SQLite database goes here
