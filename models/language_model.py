@@ -9,7 +9,11 @@ import keras
 from models.config import StrictConfig, require
 from models.decoding import TextGenerator
 from models.inputs import InputSpec, model_input, require_inputs, vocabulary_size
-from models.layers import TokenAndPositionEmbedding, TransformerEncoderBlock
+from models.layers import (
+    TokenAndPositionEmbedding,
+    TransformerEncoderBlock,
+    require_attention_sizes,
+)
 from models.text import CharTokenizer
 
 
@@ -37,13 +41,8 @@ class LanguageModelConfig(StrictConfig):
     max_new_tokens: int = 120
 
     def validate(self) -> None:
-        require(self.embed_dim > 0 and self.num_heads > 0, "embed_dim and num_heads must be > 0")
-        require(
-            self.embed_dim % self.num_heads == 0,
-            f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
-        )
+        require_attention_sizes(self.embed_dim, self.num_heads, self.dropout)
         require(self.ff_dim > 0 and self.num_layers > 0, "ff_dim and num_layers must be > 0")
-        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         require(1 <= self.max_new_tokens <= 10000, "max_new_tokens must be in 1..10000")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from models.config import require
+
 
 @keras.saving.register_keras_serializable(package="kerasops")
 class TokenAndPositionEmbedding(keras.layers.Layer):
@@ -64,6 +66,16 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             "embed_dim": self.embed_dim,
             "mask_zero": self.mask_zero,
         }
+
+
+def require_attention_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
+    """Raise ConfigError unless the widths fit multi-head attention and dropout is in [0, 1)."""
+    require(embed_dim > 0 and num_heads > 0, "embed_dim and num_heads must be > 0")
+    require(
+        embed_dim % num_heads == 0,
+        f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}",
+    )
+    require(0.0 <= dropout < 1.0, "dropout must be in [0, 1)")
 
 
 @keras.saving.register_keras_serializable(package="kerasops")

@@ -15,7 +15,12 @@ from models.inputs import (
     text_vectorizer,
     vocabulary_size,
 )
-from models.layers import MaskedMeanPooling, TokenAndPositionEmbedding, TransformerEncoderBlock
+from models.layers import (
+    MaskedMeanPooling,
+    TokenAndPositionEmbedding,
+    TransformerEncoderBlock,
+    require_attention_sizes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +44,8 @@ class TransformerConfig(StrictConfig):
     dropout: float = 0.1
 
     def validate(self) -> None:
-        require(self.embed_dim > 0 and self.num_heads > 0, "embed_dim and num_heads must be > 0")
-        require(
-            self.embed_dim % self.num_heads == 0,
-            f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
-        )
+        require_attention_sizes(self.embed_dim, self.num_heads, self.dropout)
         require(self.ff_dim > 0 and self.num_layers > 0, "ff_dim and num_layers must be > 0")
-        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
 
 def build_transformer(config: TransformerConfig) -> keras.Model:

@@ -14,6 +14,7 @@ from models.layers import (
     TokenAndPositionEmbedding,
     TransformerDecoderBlock,
     TransformerEncoderBlock,
+    require_attention_sizes,
 )
 from models.text import START_TOKEN, CharTokenizer, PaddingMask
 
@@ -43,17 +44,12 @@ class TranslatorConfig(StrictConfig):
     dropout: float = 0.1
 
     def validate(self) -> None:
-        require(self.embed_dim > 0 and self.num_heads > 0, "embed_dim and num_heads must be > 0")
-        require(
-            self.embed_dim % self.num_heads == 0,
-            f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
-        )
+        require_attention_sizes(self.embed_dim, self.num_heads, self.dropout)
         require(self.ff_dim > 0, "ff_dim must be > 0")
         require(
             self.encoder_layers > 0 and self.decoder_layers > 0,
             "encoder_layers and decoder_layers must be > 0",
         )
-        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
 
 def _encoder(config: TranslatorConfig, spec: InputSpec) -> keras.Model:
