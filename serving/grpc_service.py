@@ -162,11 +162,9 @@ class TensorflowServing:
     async def _classify(self, request: Any) -> Any:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = self._resolve(request.model_spec)
-        signature = servable.signature(request.model_spec.signature_name or None)
-        api.check_classify_signature(signature)
-        inputs = api.examples_array(_serialized_examples(request.input))
-        outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
+        servable, signature, outputs = await self._run_examples(
+            request, api.check_classify_signature
+        )
         response = classification_pb2.ClassificationResponse()
         self._fill_spec(response.model_spec, servable, signature.name)
         for row in api.classifications(outputs):
@@ -175,17 +173,25 @@ class TensorflowServing:
                 result.classes.add(label=label, score=score)
         return response
 
+    async def _run_examples(self, request: Any, check: Any) -> tuple[Any, Any, Any]:
+        """Resolve the servable and signature of a Classify/Regress request, check the
+        signature with `check`, and run it on the request's tf.Examples."""
+        servable = self._resolve(request.model_spec)
+        signature = servable.signature(request.model_spec.signature_name or None)
+        check(signature)
+        inputs = api.examples_array(_serialized_examples(request.input))
+        outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
+        return servable, signature, outputs
+
     async def Regress(self, request: Any, context: Any) -> Any:  # noqa: N802
         return await self._answer("regress", request, context, lambda: self._regress(request))
 
     async def _regress(self, request: Any) -> Any:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = self._resolve(request.model_spec)
-        signature = servable.signature(request.model_spec.signature_name or None)
-        api.check_regress_signature(signature)
-        inputs = api.examples_array(_serialized_examples(request.input))
-        outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
+        servable, signature, outputs = await self._run_examples(
+            request, api.check_regress_signature
+        )
         response = regression_pb2.RegressionResponse()
         self._fill_spec(response.model_spec, servable, signature.name)
         for value in api.regressions(outputs):
