@@ -21,7 +21,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_model(
         load(args), args.model, args.dataset, preset=args.preset, overrides=args.set or ()
     )
-    print(f"run {result.run_id} finished: {result.run_dir}")
+    if result.chief:
+        print(f"run {result.run_id} finished: {result.run_dir}")
+    else:
+        print("worker finished its share of the training; the chief records the run")
     for name, value in sorted(result.metrics.items()):
         print(f"  {name:28s} {value:.4f}")
     return 0

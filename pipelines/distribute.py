@@ -4,8 +4,9 @@
 its scope (`training_scope`) under the `train.mixed_precision` dtype policy, and Keras
 distributes the tf.data pipelines over the replicas. `train.batch_size` is per replica: the
 global batch is `global_batch_size`. `multi_worker` reads the cluster from `TF_CONFIG`, as
-TensorFlow documents it (`is_chief` names the worker that would record a run); `train_model`
-refuses it until Keras 3's `fit` runs under that strategy (`fit_strategy`).
+TensorFlow documents it: every worker runs the same `kerasops train`, and the one `is_chief`
+names records the run. Keras 3.15's `fit` needs two fixes for that strategy
+(`pipelines.keras_multi_worker`), installed when it is made.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from models.config import ConfigError, require
+from pipelines import keras_multi_worker
 from pipelines.settings import TrainConfig
 
 _STRATEGIES: dict[tuple[str, str], tf.distribute.Strategy] = {}
@@ -63,22 +65,18 @@ def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
             _STRATEGIES[key] = tf.distribute.MirroredStrategy([d.name for d in devices])
         else:
             read_tf_config()
+            keras_multi_worker.install()
             _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
     return _STRATEGIES[key]
 
 
-def fit_strategy(train: TrainConfig) -> tf.distribute.Strategy:
-    """The strategy `train_model` fits under; `multi_worker` is refused until Keras supports it.
-
-    Keras 3's `Model.fit` reduces scalar metrics with `axis=0` under
-    MultiWorkerMirroredStrategy and fails (keras-team/keras#20585).
-    """
+def require_one_process(train: TrainConfig) -> None:
+    """Refuse `multi_worker` where one process trains (flows, retraining): it needs every worker."""
     require(
         train.strategy != "multi_worker",
-        "train.strategy=multi_worker: Keras 3 Model.fit cannot run under "
-        "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); use mirrored on one machine",
+        "train.strategy=multi_worker needs `kerasops train` started on every worker with its "
+        "own TF_CONFIG; flows and retraining train in one process: use default or mirrored",
     )
-    return make_strategy(train)
 
 
 def global_batch_size(train: TrainConfig, strategy: tf.distribute.Strategy) -> int:

@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 
 from data.validation import ValidationError, ValidationReport
 from models.config import KerasopsError
-from pipelines import steps
+from pipelines import distribute, steps
 from pipelines.settings import Params, load_params, resolve_run_config
 from pipelines.train import TrainResult, train_model
 
@@ -52,7 +52,8 @@ def check_configs_task(params_path: str, runs: Sequence[steps.RunSpec], override
     """Resolve every run's config first, so a misspelled key fails before any work is done."""
     params = load_params(params_path)
     for run in runs:
-        resolve_run_config(params, run.model, run.dataset, None, overrides)
+        config = resolve_run_config(params, run.model, run.dataset, None, overrides)
+        distribute.require_one_process(config.train)
 
 
 @task(name="prepare", **TASK)
@@ -153,6 +154,7 @@ def training_flow(
 ) -> TrainResult:
     """Validate `dataset` (preparing it when needed), train `model` on it, publish the report."""
     params = load_params(params_path)
+    check_configs_task(params_path, [steps.RunSpec(model=model, dataset=dataset)], tuple(overrides))
     prepare, validate, train = with_retries(params, prepare_task, validate_task, train_task)
     if not (params.path("prepared_data") / dataset / "manifest.json").is_file():
         prepare(params_path, dataset)

@@ -134,7 +134,12 @@ class Challenger:
 def params_hash(
     params: Params, model: str, dataset: str, preset: str | None, overrides: Sequence[str]
 ) -> str:
-    return resolve_run_config(params, model, dataset, preset, overrides).params_hash()
+    """The resolved config's hash; raise ConfigError for a bad or multi-worker config."""
+    from pipelines.distribute import require_one_process
+
+    config = resolve_run_config(params, model, dataset, preset, overrides)
+    require_one_process(config.train)
+    return config.params_hash()
 
 
 def find_training_run(model: str, dataset: str, data_version: str, hash_: str) -> str | None:

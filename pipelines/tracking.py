@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,27 @@ def configure(params: Params) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def worker_store(folder: Path) -> Iterator[str]:
+    """MLflow pointed at a throwaway SQLite store in `folder`; yield its experiment id.
+
+    A non-chief multi-worker process runs the same steps as the chief (their collectives must
+    pair up) but records into this store, which goes with `folder`, never into the real one.
+    """
+    exported, previous = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'worker-mlflow.db'}")
+    try:
+        experiment_id = mlflow.create_experiment(
+            "worker", artifact_location=(folder / "worker-mlruns").as_uri()
+        )
+        mlflow.set_experiment(experiment_id=experiment_id)
+        yield experiment_id
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -7,6 +7,7 @@ metrics.json, history.csv, plots) atomically, so a failed run leaves the last go
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -37,10 +38,11 @@ from pipelines.settings import Params, RunConfig, TrainConfig, resolve_run_confi
 class TrainResult:
     """What a finished training run produced."""
 
-    run_id: str
+    run_id: str  # "" on a non-chief multi-worker process, which records nothing
     run_dir: Path
     config: RunConfig
     metrics: dict[str, float]
+    chief: bool = True
 
 
 def run_name(model: str, dataset: str) -> str:
@@ -229,10 +231,12 @@ def train_model(
 ) -> TrainResult:
     """Train `model` on `dataset` and track it; raise KerasopsError on a user mistake.
 
-    The MLflow run is marked FAILED when anything raises after it started.
+    The MLflow run is marked FAILED when anything raises after it started. Under
+    `multi_worker` every worker calls this alike; only the chief records and publishes the run.
     """
     config = resolve_run_config(params, model, dataset, preset, overrides)
-    strategy = distribute.fit_strategy(config.train)  # before any other TF op
+    strategy = distribute.make_strategy(config.train)  # before any other TF op
+    chief = distribute.is_chief(strategy)
     family = get_family(model)
     recipe = get_recipe(family.recipe)
     prepared = ensure_prepared(dataset, params)
@@ -249,7 +253,8 @@ def train_model(
     runs_root = params.path("artifacts") / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
     run_dir = runs_root / run_name(model, dataset)
-    tracking.configure(params)
+    if chief:
+        tracking.configure(params)
     run_tags = {
         "model": model,
         "dataset": dataset,
@@ -261,6 +266,7 @@ def train_model(
     }
     with (
         tempfile.TemporaryDirectory(dir=runs_root, prefix=".stage-") as staging,
+        contextlib.nullcontext() if chief else tracking.worker_store(Path(staging)),
         mlflow.start_run(run_name=run_name(model, dataset), tags=run_tags) as run,
     ):
         stage = Path(staging) / "run"
@@ -275,7 +281,8 @@ def train_model(
             *standard_callbacks(config.train, stage / "best.keras"),
             tracking.MlflowMetrics(),
         ]
-        history = recipe.fit(built, prepared, fit_train, callbacks, typed)
+        with distribute.training_scope(config.train, strategy):  # recipes build and compile too
+            history = recipe.fit(built, prepared, fit_train, callbacks, typed)
         evaluation = recipe.evaluate(built, prepared, typed)
         built = recipe.serving_model(built, typed, evaluation)
         metrics = {
@@ -296,5 +303,6 @@ def train_model(
         mlflow.log_artifacts(str(stage), artifact_path="outputs")
         mlflow.log_dict(full_config, "config.json")
         log_model(built, recipe.example_inputs(built, prepared))
-        publish(stage, run_dir)
-    return TrainResult(run.info.run_id, run_dir, config, metrics)
+        if chief:
+            publish(stage, run_dir)
+    return TrainResult(run.info.run_id if chief else "", run_dir, config, metrics, chief)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -21,9 +22,11 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from models import MODELS, PRESETS, ConfigError, get_family
-from pipelines import distribute, tracking
+from pipelines import distribute, retraining, tracking
+from pipelines.flows import check_configs_task
 from pipelines.settings import TrainConfig, load_params
-from pipelines.train import compile_model, train_model
+from pipelines.steps import RunSpec
+from pipelines.train import compile_model, ensure_prepared, train_model
 from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 from tests.test_sequence_models import (
@@ -43,7 +46,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipelines.settings import load_params
-from pipelines.train import compile_model, train_model
+from pipelines.train import train_model
 params = load_params("params.yaml")
 runs = {}
 for strategy in ("default", "mirrored"):
@@ -111,31 +114,8 @@ print("WORKER " + json.dumps({
 
 
 def test_multi_worker_strategy_forms_from_tf_config_over_loopback():
-    ports = [free_port(), free_port()]
-    workers = []
-    for index in (0, 1):
-        tf_config = {
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-            "task": {"type": "worker", "index": index},
-        }
-        env = child_env(TF_CONFIG=json.dumps(tf_config))
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [w.communicate(timeout=120)[0] for w in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    assert [w.returncode for w in workers] == [0, 0], outputs[0][-1500:] + outputs[1][-1500:]
+    outputs = finish(start_workers([sys.executable, "-c", WORKER], REPO), timeout=120)
+    assert all("WORKER " in o for o in outputs), outputs[0][-1500:] + outputs[1][-1500:]
     results = [json.loads(out.split("WORKER ", 1)[1]) for out in outputs]
     assert [r["chief"] for r in results] == [True, False]  # worker 0 leads without a chief
     for result in results:
@@ -143,12 +123,86 @@ def test_multi_worker_strategy_forms_from_tf_config_over_loopback():
         assert result["sum"] == 3.0  # a real all-reduce across both processes
 
 
-def test_training_under_multi_worker_is_refused_with_the_reason(project, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {}}')
+def start_workers(command: Sequence[str], cwd: Path) -> list[subprocess.Popen]:
+    """Start `command` once per worker of a two-worker loopback cluster (worker 0 leads)."""
+    ports = [free_port(), free_port()]
+    workers = []
+    for index in (0, 1):
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        workers.append(
+            subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=child_env(TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return workers
+
+
+def finish(workers: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each worker's output once all exited; kill any still running after `timeout`."""
+    try:
+        return [worker.communicate(timeout=timeout)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+
+def printed_metrics(output: str) -> dict[str, float]:
+    """The `name value` metric lines `kerasops train` prints last."""
+    lines = output.split("finished", 1)[1].splitlines()[1:]
+    return {name: float(value) for name, value in (line.split() for line in lines if line)}
+
+
+def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(project):
+    ensure_prepared("digits", load_params(project / "params.yaml"))  # both workers share it
+    command = [sys.executable, "-m", "pipelines.cli", "train", "cnn", "--dataset", "digits"]
+    command += ["--preset", "cnn_small", "--set", "strategy=multi_worker"]
+    command += [arg for setting in TRAIN for arg in ("--set", setting)]
+    workers = start_workers(command, project)
+    outputs = finish(workers, timeout=400)
+
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "run " in outputs[0] and "worker finished its share" in outputs[1]
+    chief, worker = (printed_metrics(o) for o in outputs)
+    assert chief["test_accuracy"] > 0.85, chief
+    for name in ("test_accuracy", "test_macro_f1", "epochs_run"):
+        assert chief[name] == worker[name]  # one model, trained in step on both workers
+    tracking.configure(load_params(project / "params.yaml"))
+    runs = MlflowClient().search_runs([mlflow_experiment_id()])
+    assert len(runs) == 1  # the non-chief recorded nothing in the project's store
+    params = runs[0].data.params
+    assert params["train.strategy"] == "multi_worker" and params["train.replicas"] == "2"
+    assert params["train.global_batch_size"] == "64"  # 32 per replica
+    assert runs[0].data.metrics["test_accuracy"] == pytest.approx(chief["test_accuracy"], 1e-4)
+    assert (project / "artifacts/runs/cnn-digits/model.keras").is_file()
+    assert not list((project / "artifacts/runs").glob(".stage-*"))  # worker scratch removed
+
+
+def mlflow_experiment_id() -> str:
+    from mlflow import get_experiment_by_name
+
+    params = load_params("params.yaml")
+    return get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
+def test_flows_and_retraining_refuse_multi_worker_naming_the_launch(project):
     params = load_params(project / "params.yaml")
-    with pytest.raises(ConfigError, match="multi_worker: Keras 3 Model.fit .*20585"):
-        train_model(params, "cnn", "digits", overrides=["strategy=multi_worker"])
-    assert not (project / "artifacts/runs").exists()
+    with pytest.raises(ConfigError, match="kerasops train. started on every worker"):
+        retraining.params_hash(params, "cnn", "digits", None, ["strategy=multi_worker"])
+    with pytest.raises(ConfigError, match="flows and retraining train in one process"):
+        check_configs_task.fn(
+            str(project / "params.yaml"),
+            [RunSpec(model="cnn", dataset="digits")],
+            ["strategy=multi_worker"],
+        )
 
 
 SPECS = [
