@@ -147,6 +147,9 @@ class AdversarialTrainer(keras.Model):
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.real_score_tracker = keras.metrics.Mean(name="d_real_accuracy")
         self.fake_score_tracker = keras.metrics.Mean(name="d_fake_accuracy")
+        # Both networks are built models, so the trainer is too: a distributed `fit` would
+        # otherwise build it symbolically by calling it on a batch of images, not noise.
+        self.built = True
 
     def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)

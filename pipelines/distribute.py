@@ -5,8 +5,8 @@ its scope (`training_scope`) under the `train.mixed_precision` dtype policy, and
 distributes the tf.data pipelines over the replicas. `train.batch_size` is per replica: the
 global batch is `global_batch_size`. `multi_worker` reads the cluster from `TF_CONFIG`, as
 TensorFlow documents it: every worker runs the same `kerasops train`, and the one `is_chief`
-names records the run. Keras 3.15's `fit` needs two fixes for that strategy
-(`pipelines.keras_multi_worker`), installed when it is made.
+names records the run. Keras 3.15's `fit` needs two fixes under these strategies
+(`pipelines.keras_fixes`), installed when one is made.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from models.config import ConfigError, require
-from pipelines import keras_multi_worker
+from pipelines import keras_fixes
 from pipelines.settings import TrainConfig
 
 _STRATEGIES: dict[tuple[str, str], tf.distribute.Strategy] = {}
@@ -61,11 +61,12 @@ def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
         if train.strategy == "default":
             _STRATEGIES[key] = tf.distribute.get_strategy()
         elif train.strategy == "mirrored":
+            keras_fixes.install()
             devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
             _STRATEGIES[key] = tf.distribute.MirroredStrategy([d.name for d in devices])
         else:
             read_tf_config()
-            keras_multi_worker.install()
+            keras_fixes.install()
             _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
     return _STRATEGIES[key]
 

@@ -159,7 +159,7 @@ def evaluate_language_model(
     model = trained_model(model)
     nll = correct = count = 0.0
     for x, ids, weights in sequence_dataset(model, prepared.splits["test"], batch_size, False):
-        logits = model.predict_on_batch(x)  # (B, T, V)
+        logits = model(x, training=False)  # (B, T, V); per process, whatever the strategy
         log_p = tf.nn.log_softmax(logits, axis=-1)  # (B, T, V)
         picked = tf.gather(log_p, ids, batch_dims=2).numpy()  # (B, T)
         w = weights.numpy()

@@ -27,6 +27,7 @@ from pipelines.flows import check_configs_task
 from pipelines.settings import TrainConfig, load_params
 from pipelines.steps import RunSpec
 from pipelines.train import compile_model, ensure_prepared, train_model
+from tests.conftest import write_params
 from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 from tests.test_sequence_models import (
@@ -93,6 +94,67 @@ def test_mirrored_on_two_cpu_devices_matches_default_strategy(project):
     accuracy = [r.data.metrics["test_accuracy"] for r in (default, mirrored)]
     assert min(accuracy) > 0.85, accuracy
     assert abs(accuracy[0] - accuracy[1]) < 0.08, accuracy
+
+
+EVERY_RECIPE = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipelines.settings import load_params
+from pipelines.train import train_model
+params = load_params("params.yaml")
+scores = {}
+for model, dataset, preset, extra in json.loads(sys.argv[1]):
+    overrides = ["strategy=mirrored", "epochs=1", *extra]
+    result = train_model(params, model, dataset, preset=preset, overrides=overrides)
+    scores[model] = result.metrics
+print("SCORES " + json.dumps(scores))
+"""
+# One run per recipe that builds or compiles in its own `fit`, or evaluates on its own terms.
+RECIPE_RUNS = [
+    [
+        "transfer",
+        "digits",
+        "transfer_mobilenet_small",
+        [
+            "weights=none",
+            "image_size=32",
+            "fine_tune_epochs=1",
+            "fine_tune_layers=20",
+            "calibration_images=64",
+        ],
+    ],
+    ["gan", "digits", "gan_small", []],
+    ["autoencoder", "digits", "autoencoder_dense_small", []],
+    ["detector", "detection_digits", "detector_tiny", []],
+    ["language_model", "bbc_news_lm", "language_model_tiny", []],
+    ["translator", "dates", "translator_tiny", []],
+]
+
+
+def test_every_recipe_trains_and_evaluates_under_mirrored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    datasets = {
+        "bbc_news_lm": {"max_documents": 40, "window": 48},
+        "dates": {"examples": 1000},
+        "detection_digits": {"source": "digits_detection", "num_images": 300},
+    }
+    write_params(tmp_path, datasets=datasets)
+    done = subprocess.run(
+        [sys.executable, "-c", EVERY_RECIPE, json.dumps(RECIPE_RUNS)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout.split("SCORES ", 1)[1])
+    assert sorted(scores) == sorted(run[0] for run in RECIPE_RUNS)
+    assert scores["language_model"]["test_perplexity"] > 1.0
+    assert scores["transfer"]["epochs_run"] == 2.0  # phase 2 recompiled in scope and ran
+    assert "test_map50" in scores["detector"]
 
 
 WORKER = """

@@ -1,18 +1,20 @@
-"""Two fixes that let Keras 3 `fit`, `evaluate` and `predict` run under MultiWorkerMirroredStrategy.
+"""Two fixes that let Keras 3 `fit`, `evaluate` and `predict` run under tf.distribute strategies.
 
-Keras 3.15's TensorFlow trainer fails in multi-worker mode in two places (keras-team/keras#20585,
-open upstream):
+Keras 3.15's TensorFlow trainer fails in two places (keras-team/keras#20585, open upstream):
 
-- `TensorFlowTrainer._maybe_symbolic_build` hands the whole `(x, y)` batch structure to one
-  `strategy.reduce`, which the collective strategy takes only for a single value:
-  "Attempt to convert a value (PerReplica:...) ... to a Tensor".
-- `reduce_per_replica` MEAN-reduces every step output over the replicas *and* `axis=0`, which a
-  scalar loss or metric does not have.
+- `TensorFlowTrainer._maybe_symbolic_build` MEAN-reduces the first distributed `(x, y)` batch
+  over the replicas before building the model on it symbolically. Under MirroredStrategy that
+  fails when the replicas' shares differ in size (a small last or only batch: "Inputs to
+  operation AddN ... must have the same size"); under MultiWorkerMirroredStrategy the collective
+  reduce takes no structure at all ("Attempt to convert a value (PerReplica:...)").
+- In multi-worker mode `reduce_per_replica` MEAN-reduces every step output over the replicas
+  *and* `axis=0`, which a scalar loss or metric does not have.
 
-`install` replaces both with versions that behave exactly as before outside multi-worker mode.
-In it, the symbolic build uses this worker's local batch (it only needs shapes), and step outputs
-are averaged over the replicas alone (`axis=None`), as the other strategies do. `predict`'s
-ordered concatenation is Keras' own and untouched. `make_strategy` installs them for `multi_worker`.
+`install` replaces both. The symbolic build only needs shapes and dtypes, so it now takes this
+process's first replica's share; step outputs are averaged over the replicas alone
+(`axis=None`), as Keras does under the other strategies. Anything else is Keras' own code,
+`predict`'s ordered concatenation included. `make_strategy` installs them for `mirrored` and
+`multi_worker`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _installed = False
 
 
 def install() -> None:
-    """Patch Keras' TensorFlow trainer for multi-worker mode (idempotent).
+    """Patch Keras' TensorFlow trainer as above (idempotent).
 
     Raise ConfigError when this Keras no longer has the functions the fixes replace.
     """
@@ -43,8 +45,8 @@ def install() -> None:
             for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker")
         )
         and hasattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build"),
-        f"train.strategy=multi_worker: Keras {keras.__version__}'s trainer differs from the "
-        "3.15 one kerasops fixes for MultiWorkerMirroredStrategy; pin keras==3.15.1",
+        f"train.strategy: Keras {keras.__version__}'s trainer differs from the 3.15 one "
+        "kerasops fixes for distribution strategies; pin keras==3.15.1",
     )
     in_multi_worker = trainer._collective_all_reduce_multi_worker
     keras_reduce = trainer.reduce_per_replica
@@ -57,7 +59,7 @@ def install() -> None:
 
     def maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
         strategy = self._distribute_strategy
-        if strategy is None or iterator is None or not in_multi_worker(strategy):
+        if strategy is None or iterator is None:
             return keras_build(self, iterator=iterator, data_batch=data_batch)
         for _, _, batches in iterator:
             data_batch = tf.nest.map_structure(local_value(strategy), next(batches))
@@ -71,7 +73,7 @@ def install() -> None:
 
 
 def local_value(strategy: tf.distribute.Strategy) -> Any:
-    """A function taking a distributed value to this worker's first replica's value."""
+    """A function taking a distributed value to this process's first replica's share."""
 
     def first(value: Any) -> Any:
         if isinstance(value, tf.distribute.DistributedValues):
