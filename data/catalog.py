@@ -14,7 +14,7 @@ _SPLIT = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42}
 BUILTIN_DATASETS: dict[str, dict] = {
     "digits": {"source": "sklearn_digits", **_SPLIT},
     "sunspots": {"source": "statsmodels_sunspots", "window": 20, "horizon": 1, **_SPLIT},
-    "bbc_news": {"source": "bbc_news", **_SPLIT},
+    "bbc_news": {"source": "bbc_news", "drop_duplicates": True, **_SPLIT},
     "breast_cancer": {"source": "sklearn_breast_cancer", **_SPLIT},
     "mnist": {"source": "keras_mnist", "path": None, **_SPLIT},
     "imdb": {"source": "keras_imdb", "path": None, "word_index_path": None, **_SPLIT},

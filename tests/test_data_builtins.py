@@ -18,7 +18,7 @@ EXPECTED = {
         (),
         "string",
         (),
-        2225,
+        2127,  # 2,225 articles, 98 of them repeated verbatim and kept once
         ("business", "entertainment", "politics", "sports", "tech"),
     ),
     "breast_cancer": ("tabular", (30,), "float32", (), 569, ("benign", "malignant")),
@@ -127,3 +127,13 @@ def test_importing_data_loads_no_service_library():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_bbc_news_has_no_text_in_two_splits(roots):
+    raw_root, prepared_root = roots
+    config = resolve_dataset_config("bbc_news", {})
+    manifest = prepare_dataset("bbc_news", config, raw_root, prepared_root)
+    splits = load_prepared("bbc_news", prepared_root).splits
+    train = set(splits["train"].x)
+    assert not train & set(splits["val"].x) and not train & set(splits["test"].x)
+    assert manifest.stats["duplicates_dropped"] == 98.0

@@ -64,6 +64,32 @@ def test_text_csv_prepares_strings_through_the_same_path(tmp_path):
     assert "ham example number 3,\nwith a comma" in texts
 
 
+def test_drop_duplicates_keeps_each_text_once_before_splitting(tmp_path):
+    rows = text_rows() + text_rows()[:7]  # seven texts twice, with the same labels
+    write_csv(tmp_path / "raw" / "mail.csv", ["text", "label"], rows)
+    config = {"source": "text_csv", "path": "mail.csv", "drop_duplicates": True}
+    manifest = prepare_dataset("mail", config, tmp_path / "raw", tmp_path / "prepared")
+    data = load_prepared("mail", tmp_path / "prepared")
+    texts = [t for split in data.splits.values() for t in split.x]
+    assert len(texts) == len(set(texts)) == 30 and sum(manifest.splits.values()) == 30
+    assert manifest.stats["duplicates_dropped"] == 7.0
+
+
+def test_duplicates_stay_unless_dropped(tmp_path):
+    write_csv(tmp_path / "raw" / "mail.csv", ["text", "label"], text_rows() + text_rows()[:7])
+    config = {"source": "text_csv", "path": "mail.csv"}
+    manifest = prepare_dataset("mail", config, tmp_path / "raw", tmp_path / "prepared")
+    assert sum(manifest.splits.values()) == 37 and "duplicates_dropped" not in manifest.stats
+
+
+def test_a_duplicated_text_with_two_labels_is_named(tmp_path):
+    rows = [*text_rows(), ["ham example number 3,\nwith a comma", "spam"]]
+    write_csv(tmp_path / "raw" / "mail.csv", ["text", "label"], rows)
+    config = {"source": "text_csv", "path": "mail.csv", "drop_duplicates": True}
+    message = prepare_expecting(tmp_path, config)
+    assert "appears with labels 'ham' and 'spam'" in message
+
+
 def test_series_csv_is_sorted_by_time_and_split_chronologically(tmp_path):
     times = np.random.default_rng(0).permutation(100)
     write_csv(tmp_path / "s.csv", ["t", "v"], [[int(t), float(t)] for t in times])
