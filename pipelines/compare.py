@@ -1,4 +1,7 @@
-"""Tracked runs side by side: model, dataset, status and test metrics."""
+"""Tracked runs side by side: model, dataset, status, and each run's headline test metric
+beside its baseline (accuracy for classifiers, MAE for forecasters, mAP for detectors,
+perplexity for language models, exact match for translators, ROC AUC for anomaly scoring,
+Fréchet distance for generators)."""
 
 from __future__ import annotations
 
@@ -9,16 +12,17 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.settings import Params
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "test_accuracy"),
-    ("macro_f1", "test_macro_f1"),
-    ("majority", "baseline_majority_accuracy"),
-    ("mae", "test_mae"),
-    ("rmse", "test_rmse"),
-    ("naive_mae", "baseline_naive_mae"),
-    ("map50", "test_map50"),
-    ("random_map50", "baseline_random_map50"),
-    ("seconds", "train_seconds"),
+# Each family's headline test metric and the baseline it must beat; a run shows the first it has.
+HEADLINES: tuple[tuple[str, str, str, str], ...] = (
+    # (label, metric, baseline label, baseline metric)
+    ("perplexity", "test_perplexity", "unigram", "baseline_unigram_perplexity"),
+    ("exact_match", "test_exact_match", "copy", "baseline_copy_exact_match"),
+    ("map50", "test_map50", "random boxes", "baseline_random_map50"),
+    ("anomaly_auc", "anomaly_roc_auc", "mean image", "baseline_mean_image_roc_auc"),
+    ("frechet", "test_frechet_distance", "noise", "baseline_noise_frechet_distance"),
+    ("mae", "test_mae", "naive", "baseline_naive_mae"),
+    ("accuracy", "test_accuracy", "majority", "baseline_majority_accuracy"),
+    ("reconstruction_mse", "test_reconstruction_mse", "mean image", "baseline_mean_image_mse"),
 )
 
 
@@ -42,14 +46,27 @@ def compare_runs(
         row: dict[str, Any] = {
             "run": run.info.run_id[:8],
             "model": run.data.tags.get("model", "?"),
-            "preset": run.data.tags.get("preset", ""),
+            "preset": run.data.tags.get("preset", "None").replace("None", "-"),
             "dataset": run.data.tags.get("dataset", "?"),
             "status": run.info.status,
         }
-        for label, key in COLUMNS:
-            row[label] = run.data.metrics.get(key)
-        rows.append(row)
+        rows.append({**row, **headline(run.data.metrics)})
     return rows
+
+
+def headline(metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's headline metric, its value, its baseline and the training seconds."""
+    found = next((h for h in HEADLINES if h[1] in metrics), None)
+    row: dict[str, Any] = {"metric": None, "score": None, "baseline": None}
+    if found is not None:
+        label, key, baseline_label, baseline_key = found
+        baseline = metrics.get(baseline_key)
+        row = {
+            "metric": label,
+            "score": metrics[key],
+            "baseline": None if baseline is None else f"{cell(baseline)} ({baseline_label})",
+        }
+    return {**row, "seconds": metrics.get("train_seconds")}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -32,3 +32,20 @@ def test_a_user_exported_uri_still_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracking.configure(project_params(tmp_path / "one"))
     assert mlflow.get_tracking_uri() == uri and os.environ["MLFLOW_TRACKING_URI"] == uri
+
+
+def test_compare_shows_each_familys_headline_metric_beside_its_baseline():
+    from pipelines.compare import headline
+
+    lm = {"test_perplexity": 3.2, "test_accuracy": 0.5, "baseline_unigram_perplexity": 27.0}
+    assert headline(lm) == {
+        "metric": "perplexity",
+        "score": 3.2,
+        "baseline": "27.0000 (unigram)",
+        "seconds": None,
+    }
+    classifier = {"test_accuracy": 0.96, "baseline_majority_accuracy": 0.23, "train_seconds": 9.0}
+    assert headline(classifier)["baseline"] == "0.2300 (majority)"
+    assert headline(classifier)["seconds"] == 9.0
+    assert headline({"anomaly_roc_auc": 0.9})["metric"] == "anomaly_auc"
+    assert headline({})["metric"] is None  # a failed run has no metrics
