@@ -125,7 +125,10 @@ def main() -> None:
     examples = args.steps * args.batch
     best = {v: examples / min(s) for v, s in seconds.items()}
     median = {v: examples / statistics.median(s) for v, s in seconds.items()}
+    import tensorflow as tf  # already loaded by prepare_digits
+
     report = {
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "model": "cnn_small on digits",
