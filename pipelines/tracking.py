@@ -33,10 +33,7 @@ def configure(params: Params) -> str:
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    exported = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if exported is None:  # set_tracking_uri exports the URI, which would then win over every
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # later project's params in this process
+    point_mlflow_at(uri)
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -55,8 +52,8 @@ def worker_store(folder: Path) -> Iterator[str]:
     A non-chief multi-worker process runs the same steps as the chief (their collectives must
     pair up) but records into this store, which goes with `folder`, never into the real one.
     """
-    exported, previous = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'worker-mlflow.db'}")
+    previous = mlflow.get_tracking_uri()
+    point_mlflow_at(f"sqlite:///{folder / 'worker-mlflow.db'}")
     try:
         experiment_id = mlflow.create_experiment(
             "worker", artifact_location=(folder / "worker-mlruns").as_uri()
@@ -64,9 +61,21 @@ def worker_store(folder: Path) -> Iterator[str]:
         mlflow.set_experiment(experiment_id=experiment_id)
         yield experiment_id
     finally:
-        mlflow.set_tracking_uri(previous)
-        if exported is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        point_mlflow_at(previous)
+
+
+def point_mlflow_at(uri: str) -> None:
+    """`mlflow.set_tracking_uri`, leaving `MLFLOW_TRACKING_URI` as it was.
+
+    MLflow exports the URI to the environment, where it would then win over every later
+    project's params in this process.
+    """
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
