@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 
 
@@ -48,9 +46,3 @@ def text_classifier(seed: int = 0):  # noqa: ANN201
 
 def digit_images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 17, (count, 8, 8, 1)).astype("float32")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from pipelines.settings import TrainConfig, load_params
 from pipelines.steps import RunSpec
 from pipelines.train import compile_model, ensure_prepared, train_model
 from tests.conftest import write_params
+from tests.services import free_port
 from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 from tests.test_sequence_models import (
@@ -62,12 +62,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_record(project: Path, run_id: str):
@@ -176,8 +170,9 @@ print("WORKER " + json.dumps({
 
 
 def test_multi_worker_strategy_forms_from_tf_config_over_loopback():
-    outputs = finish(start_workers([sys.executable, "-c", WORKER], REPO), timeout=120)
-    assert all("WORKER " in o for o in outputs), outputs[0][-1500:] + outputs[1][-1500:]
+    workers = start_workers([sys.executable, "-c", WORKER], REPO)
+    outputs = finish(workers, timeout=120)
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-1500:] + outputs[1][-1500:]
     results = [json.loads(out.split("WORKER ", 1)[1]) for out in outputs]
     assert [r["chief"] for r in results] == [True, False]  # worker 0 leads without a chief
     for result in results:
@@ -237,8 +232,8 @@ def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(pr
     assert chief["test_accuracy"] > 0.85, chief
     for name in ("test_accuracy", "test_macro_f1", "epochs_run"):
         assert chief[name] == worker[name]  # one model, trained in step on both workers
-    tracking.configure(load_params(project / "params.yaml"))
-    runs = MlflowClient().search_runs([mlflow_experiment_id()])
+    experiment_id = tracking.configure(load_params(project / "params.yaml"))
+    runs = MlflowClient().search_runs([experiment_id])
     assert len(runs) == 1  # the non-chief recorded nothing in the project's store
     params = runs[0].data.params
     assert params["train.strategy"] == "multi_worker" and params["train.replicas"] == "2"
@@ -246,13 +241,6 @@ def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(pr
     assert runs[0].data.metrics["test_accuracy"] == pytest.approx(chief["test_accuracy"], 1e-4)
     assert (project / "artifacts/runs/cnn-digits/model.keras").is_file()
     assert not list((project / "artifacts/runs").glob(".stage-*"))  # worker scratch removed
-
-
-def mlflow_experiment_id() -> str:
-    from mlflow import get_experiment_by_name
-
-    params = load_params("params.yaml")
-    return get_experiment_by_name(params.tracking.experiment).experiment_id
 
 
 def test_flows_and_retraining_refuse_multi_worker_naming_the_launch(project):
