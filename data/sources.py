@@ -301,17 +301,18 @@ def drop_duplicate_texts(examples: LabeledExamples) -> tuple[LabeledExamples, in
     A text given two different labels is an error naming it: which label is right is the
     user's call.
     """
-    seen: dict[str, str] = {}
+    first_label: dict[str, str] = {}
     keep = []
-    for index, (text, label) in enumerate(zip(examples.x, examples.labels, strict=True)):
-        first = seen.setdefault(str(text), str(label))
-        if first != str(label):
+    texts, labels = map(str, examples.x), map(str, examples.labels)
+    for index, (text, label) in enumerate(zip(texts, labels, strict=True)):
+        if text not in first_label:
+            first_label[text] = label
+            keep.append(index)
+        elif first_label[text] != label:
             raise DataError(
-                f"the text {str(text)[:60]!r} appears with labels {first!r} and {str(label)!r}; "
+                f"the text {text[:60]!r} appears with labels {first_label[text]!r} and {label!r}; "
                 "fix its label or set drop_duplicates: false"
             )
-        if len(seen) > len(keep):
-            keep.append(index)
     rows = np.asarray(keep, dtype=np.int64)
     return LabeledExamples(examples.x[rows], examples.labels[rows]), len(examples.x) - len(rows)
 

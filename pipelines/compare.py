@@ -46,10 +46,12 @@ def compare_runs(
         row: dict[str, Any] = {
             "run": run.info.run_id[:8],
             "model": run.data.tags.get("model", "?"),
-            "preset": run.data.tags.get("preset", "None").replace("None", "-"),
+            "preset": run.data.tags.get("preset", "None"),
             "dataset": run.data.tags.get("dataset", "?"),
             "status": run.info.status,
         }
+        if row["preset"] == "None":  # trained without a preset
+            row["preset"] = "-"
         rows.append({**row, **headline(run.data.metrics)})
     return rows
 
