@@ -3,13 +3,13 @@
 Importing this package has no side effects and does not import TensorFlow.
 """
 
-from data.catalog import BUILTIN_DATASETS, resolve_dataset_config
-from data.errors import DataError
-from data.manifest import Manifest
-from data.pipeline import make_tf_dataset
-from data.prepare import prepare_dataset
-from data.prepared import PreparedData, Split, load_prepared
-from data.sources import SOURCES, SourceConfig, parse_source_config
+from kerasops.data.catalog import BUILTIN_DATASETS, resolve_dataset_config
+from kerasops.data.errors import DataError
+from kerasops.data.manifest import Manifest
+from kerasops.data.pipeline import make_tf_dataset
+from kerasops.data.prepare import prepare_dataset
+from kerasops.data.prepared import PreparedData, Split, load_prepared
+from kerasops.data.sources import SOURCES, SourceConfig, parse_source_config
 
 __all__ = [
     "BUILTIN_DATASETS",

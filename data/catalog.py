@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from data.errors import DataError
-from data.prepare import as_source_config, check_dataset_name
-from models.config import StrictConfig
+from kerasops.config import StrictConfig
+from kerasops.data.errors import DataError
+from kerasops.data.prepare import as_source_config, check_dataset_name
 
 _SPLIT = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42}
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data.errors import DataError
+from kerasops.data.errors import DataError
 
 MONTHS = (
     "January",

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from data.errors import DataError
-from data.materialize import write_csv, write_if_changed
-from data.readers import ColorMode, _read_image, read_csv, to_number
+from kerasops.data.errors import DataError
+from kerasops.data.materialize import write_csv, write_if_changed
+from kerasops.data.readers import ColorMode, _read_image, read_csv, to_number
 
 ANNOTATION_COLUMNS = ("image", "label", "ymin", "xmin", "ymax", "xmax")
 PADDING_CLASS = -1
@@ -53,7 +54,6 @@ def compose_canvases(
 ) -> tuple[np.ndarray, list[list[object]]]:
     """Paste glyphs (G, h, w) uint8 at random non-overlapping places: canvases (N, S, S) uint8
     and annotation rows `[image index, label, ymin, xmin, ymax, xmax]` in pixels."""
-    from PIL import Image
 
     rng = np.random.default_rng(spec.seed)
     size = spec.canvas_size
@@ -94,7 +94,7 @@ def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
 
 def materialize_detection_digits(raw_dir: Path, spec: CanvasSpec) -> Path:
     """Write `raw_dir/images/<index>.png` and `raw_dir/annotations.csv`; return the CSV path."""
-    from PIL import Image
+    # deferred: scikit-learn loads slowly; only the built-in canvases need it
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -160,7 +160,6 @@ def _targets(
     name: str,
 ) -> np.ndarray:
     """Rows `[ymin, xmin, ymax, xmax, class]`, coordinates as fractions of the source image."""
-    from PIL import Image
 
     with Image.open(image_path) as image:
         width, height = image.size

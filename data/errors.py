@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.config import KerasopsError
+from kerasops.errors import KerasopsError
 
 
 class DataError(KerasopsError):

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from data.errors import DataError
-from models.config import ConfigError, coerce
+from kerasops.config import coerce
+from kerasops.data.errors import DataError
+from kerasops.errors import ConfigError
 
 SCHEMA_VERSION = 1
 

@@ -18,9 +18,11 @@ from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
-from data.errors import DataError
-from data.npz import read_npz
+from kerasops.data.dates import generate_date_pairs
+from kerasops.data.errors import DataError
+from kerasops.data.npz import read_npz
 
 IMDB_LABELS = ("negative", "positive")
 KERAS_SHUFFLE_SEED = 113  # keras.datasets.imdb.load_data's default `seed`
@@ -38,7 +40,6 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 def sync_image_folder(folder: Path, images: np.ndarray, labels: Sequence[str]) -> Path:
     """Write uint8 images (N, H, W) as `folder/<label>/<index>.png`; drop PNGs no longer listed."""
-    from PIL import Image
 
     wanted = set()
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
@@ -67,6 +68,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
 
 def materialize_digits(raw_dir: Path) -> Path:
     """sklearn's 8x8 digits as PNGs, the 0..16 intensities scaled by 15 to 0..240."""
+    # deferred: scikit-learn loads slowly; only this built-in source needs it
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -141,6 +143,7 @@ def load_imdb_word_index(path: Path | None, word_index_path: Path | None) -> dic
 
 
 def _from_keras(what: str, load: Callable[[ModuleType], T]) -> T:
+    # deferred: Keras loads TensorFlow; only the keras_* sources need it
     import keras
 
     try:
@@ -189,6 +192,7 @@ def _read_article(path: Path) -> str:
 
 def materialize_sunspots(raw_dir: Path) -> Path:
     """statsmodels' yearly sunspot numbers (1700-2008) as a `year,sunactivity` CSV."""
+    # deferred: statsmodels loads slowly; only the sunspots source needs it
     from statsmodels.datasets import sunspots
 
     frame = sunspots.load_pandas().data
@@ -198,6 +202,7 @@ def materialize_sunspots(raw_dir: Path) -> Path:
 
 def materialize_breast_cancer(raw_dir: Path) -> Path:
     """sklearn's breast cancer table: 30 numeric features and a `label` column of class names."""
+    # deferred: scikit-learn loads slowly; only this built-in source needs it
     from sklearn.datasets import load_breast_cancer
 
     table = load_breast_cancer()
@@ -210,7 +215,6 @@ def materialize_dates(
     raw_dir: Path, examples: int, first_year: int, last_year: int, seed: int
 ) -> Path:
     """The generated date-format corpus (see data/dates.py) as `source,target,format` rows."""
-    from data.dates import generate_date_pairs
 
     pairs = generate_date_pairs(examples, first_year, last_year, seed)
     return write_csv(raw_dir / "dates.csv", ("source", "target", "format"), pairs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from kerasops.data.errors import DataError
 
 # Text splits hold one Python string per example in an object array, which `.npy` stores as a
 # pickle stream. Rebuilding such an array needs exactly these globals; anything else is refused,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from data.errors import DataError
+from kerasops.data.errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from data.prepared import Split
+    from kerasops.data.prepared import Split
 
 
 def make_tf_dataset(
@@ -20,6 +20,7 @@ def make_tf_dataset(
     With `shuffle`, the whole split is the shuffle buffer, seeded and reshuffled every epoch.
     Raises DataError for a batch size below 1.
     """
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
     if batch_size < 1:

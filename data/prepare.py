@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from data.errors import DataError
-from data.manifest import Manifest, content_hash
-from data.npz import sha256_file, write_npz
-from data.sources import LoadedDataset, SourceConfig, load_source, parse_source_config
-from data.splits import SPLITS
-from models.config import StrictConfig
+from kerasops.config import StrictConfig
+from kerasops.data.errors import DataError
+from kerasops.data.manifest import Manifest, content_hash
+from kerasops.data.npz import sha256_file, write_npz
+from kerasops.data.sources import LoadedDataset, SourceConfig, load_source, parse_source_config
+from kerasops.data.splits import SPLITS
+from kerasops.data.tasks import class_labels, is_labelled
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -114,14 +115,12 @@ def _manifest(
 
 
 def _class_counts(loaded: LoadedDataset) -> dict[str, dict[str, int]]:
-    """Examples per class; for detection, boxes per class (padding rows left out)."""
-    if loaded.task not in ("classification", "detection"):
-        return {}  # regression, language modeling and translation have no classes
+    """Examples (for detection: boxes) per class of each split; {} for tasks without classes."""
+    if not is_labelled(loaded.task):
+        return {}
     counts = {}
     for split in SPLITS:
-        labels = loaded.splits[split][1]
-        if loaded.task == "detection":
-            labels = labels[..., 4][labels[..., 4] >= 0].astype(np.int64)  # (boxes,)
+        labels = class_labels(loaded.splits[split][1], loaded.task).astype(np.int64)
         per_class = np.bincount(labels, minlength=len(loaded.classes))
         counts[split] = {c: int(n) for c, n in zip(loaded.classes, per_class, strict=True)}
     return counts

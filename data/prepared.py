@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.manifest import Manifest
-from data.npz import read_npz, sha256_file
-from data.splits import SPLITS
+from kerasops.data.errors import DataError
+from kerasops.data.manifest import Manifest
+from kerasops.data.npz import read_npz, sha256_file
+from kerasops.data.splits import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from data.errors import DataError
+from kerasops.data.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ColorMode = Literal["grayscale", "rgb"]
@@ -81,7 +82,6 @@ def _hidden(path: Path) -> bool:
 
 
 def _read_image(path: Path, image_size: tuple[int, int], color_mode: ColorMode) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:

@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data import detection, materialize, readers
-from data.errors import DataError
-from data.readers import LabeledExamples
-from data.splits import random_split, series_periods, stratified_split, window_series
-from models.config import ConfigError, StrictConfig, require
+from kerasops.config import StrictConfig, require
+from kerasops.data import detection, materialize, readers
+from kerasops.data.errors import DataError
+from kerasops.data.readers import LabeledExamples
+from kerasops.data.splits import random_split, series_periods, stratified_split, window_series
+from kerasops.errors import ConfigError
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
 Task = Literal["classification", "regression", "language_modeling", "translation", "detection"]
@@ -524,6 +525,21 @@ SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "generated_dates": (GeneratedDatesConfig, load_generated_dates),
     "translation_csv": (TranslationCsvConfig, load_translation_csv),
 }
+
+
+# Sources whose raw files kerasops writes itself (under data/raw/<name>/) from installed
+# packages; `kerasops data setup` writes and versions them.
+BUILTIN_SOURCES = frozenset(
+    {
+        "sklearn_digits",
+        "statsmodels_sunspots",
+        "bbc_news",
+        "sklearn_breast_cancer",
+        "digits_detection",
+        "bbc_news_lm",
+        "generated_dates",
+    }
+)
 
 
 def parse_source_config(values: Mapping[str, Any], prefix: str = "") -> SourceConfig:

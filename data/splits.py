@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.errors import DataError
+from kerasops.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data.errors import DataError
-from data.prepared import PreparedData, load_prepared
-from data.splits import SPLITS
-from models.config import StrictConfig, require
+from kerasops.config import StrictConfig, require
+from kerasops.data.errors import DataError
+from kerasops.data.prepared import PreparedData, load_prepared
+from kerasops.data.splits import SPLITS
+from kerasops.data.tasks import class_labels, is_labelled, target_samples
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -184,19 +185,14 @@ def check_schema(current: PreparedData, reference: PreparedData | None) -> Check
 
 
 def target_labels(y: np.ndarray, task: str) -> np.ndarray:
-    """Class indices of a split's targets: one per example, or one per box for detection
-    (padding rows, class -1, left out)."""
-    y = np.asarray(y)
-    if task == "detection":
-        classes = y[..., 4].reshape(-1)
-        return classes[classes >= 0].astype(np.int64)
-    return y.reshape(-1)
+    """Class indices of a split's targets: one per example, or one per box for detection."""
+    return class_labels(y, task)
 
 
 def check_label_set(current: PreparedData, reference: PreparedData | None) -> CheckResult | None:
     """Labels are valid class indices, every class is in train, classes match the reference."""
     manifest = current.manifest
-    if manifest.task not in ("classification", "detection"):
+    if not is_labelled(manifest.task):
         return None
     problems, n = [], len(manifest.classes)
     for split, data in current.splits.items():
@@ -236,7 +232,7 @@ def check_missing_values(current: PreparedData, config: ValidationConfig) -> Che
 def check_class_balance(current: PreparedData, config: ValidationConfig) -> CheckResult | None:
     """Warn when a class holds less than `min_class_fraction` of the training split."""
     manifest = current.manifest
-    if manifest.task not in ("classification", "detection"):
+    if not is_labelled(manifest.task):
         return None
     n = len(manifest.classes)
     labels = target_labels(current.splits["train"].y, manifest.task).astype(np.int64)
@@ -295,15 +291,7 @@ def feature_samples(prepared: PreparedData) -> dict[str, np.ndarray]:
             samples[f"feature {i}"] = x[:, i].astype(float)
     else:
         samples["input values"] = x.reshape(-1).astype(float)
-    if manifest.task in ("classification", "detection"):
-        labels = target_labels(prepared.splits["train"].y, manifest.task)
-        samples["labels"] = labels.astype(float)
-        if manifest.task == "detection":
-            boxes = np.asarray(prepared.splits["train"].y).reshape(-1, 5)
-            boxes = boxes[boxes[:, 4] >= 0]  # (boxes, 5)
-            samples["box heights"] = (boxes[:, 2] - boxes[:, 0]).astype(float)
-    else:
-        samples["targets"] = np.asarray(prepared.splits["train"].y).reshape(-1).astype(float)
+    samples.update(target_samples(prepared.splits["train"].y, manifest.task))
     return samples
 
 

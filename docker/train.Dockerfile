@@ -20,7 +20,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/kerasops
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY kerasops/ kerasops/
 COPY models/ models/
 COPY data/ data/
 COPY pipelines/ pipelines/

@@ -7,8 +7,9 @@ from typing import Literal
 
 import keras
 
-from models.config import StrictConfig, require
-from models.inputs import (
+from kerasops.config import StrictConfig, require
+from kerasops.models.family import ModelFamily
+from kerasops.models.inputs import (
     InputSpec,
     classification_head,
     model_input,
@@ -84,3 +85,12 @@ def build_cnn(config: CnnConfig) -> keras.Model:
         x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     return keras.Model(inputs, classification_head(x, spec), name="cnn")
+
+
+# Presets by role and size.
+PRESETS = {
+    "cnn_small": {"filters": [32, 64], "dense_units": 64, "dropout": 0.3},
+    "cnn_base": {"filters": [32, 64, 128], "dense_units": 128, "dropout": 0.4},
+}
+
+FAMILY = ModelFamily(CnnConfig, build_cnn, "conv/batch-norm/pooling image classifier", PRESETS)

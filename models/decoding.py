@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from models.text import (
+from kerasops.models.text import (
     END_TOKEN,
     OOV_ID,
     PAD_ID,

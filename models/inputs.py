@@ -12,7 +12,7 @@ from typing import Literal
 
 import keras
 
-from models.config import StrictConfig, require
+from kerasops.config import StrictConfig, require
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
 Task = Literal[

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from models.config import require
+from kerasops.config import require
 
 
 @keras.saving.register_keras_serializable(package="kerasops")

@@ -7,8 +7,9 @@ from typing import Literal
 
 import keras
 
-from models.config import StrictConfig, require
-from models.inputs import (
+from kerasops.config import StrictConfig, require
+from kerasops.models.family import ModelFamily
+from kerasops.models.inputs import (
     InputSpec,
     classification_head,
     model_input,
@@ -53,3 +54,12 @@ def build_mlp(config: MlpConfig) -> keras.Model:
         x = keras.layers.Dense(units, activation=config.activation, name=f"dense_{i}")(x)
         x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     return keras.Model(inputs, classification_head(x, spec), name="mlp")
+
+
+# Presets by role and size.
+PRESETS = {
+    "mlp_small": {"hidden_units": [64, 32], "dropout": 0.1},
+    "mlp_base": {"hidden_units": [256, 128, 64], "dropout": 0.3},
+}
+
+FAMILY = ModelFamily(MlpConfig, build_mlp, "dense stack for tabular rows", PRESETS)

@@ -7,8 +7,9 @@ from typing import Literal
 
 import keras
 
-from models.config import StrictConfig, require
-from models.inputs import (
+from kerasops.config import StrictConfig, require
+from kerasops.models.family import ModelFamily
+from kerasops.models.inputs import (
     InputSpec,
     classification_head,
     model_input,
@@ -17,7 +18,7 @@ from models.inputs import (
     text_vectorizer,
     vocabulary_size,
 )
-from models.layers import LastValueResidual
+from kerasops.models.layers import LastValueResidual
 
 CELLS = {"simple": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
@@ -81,3 +82,16 @@ def build_rnn(config: RnnConfig) -> keras.Model:
             mean=spec.mean[0], std=spec.variance[0] ** 0.5, dtype="float32", name="forecast"
         )([inputs, change])  # (B, H)
     return keras.Model(inputs, outputs, name="rnn")
+
+
+# Presets by cell, role and size.
+PRESETS = {
+    "rnn_lstm_small": {"cell": "lstm", "units": [32]},
+    "rnn_gru_small": {"cell": "gru", "units": [32]},
+    "rnn_bilstm_base": {"cell": "lstm", "units": [64, 32], "bidirectional": True},
+    "rnn_simple_small": {"cell": "simple", "units": [32]},
+}
+
+FAMILY = ModelFamily(
+    RnnConfig, build_rnn, "SimpleRNN/LSTM/GRU text classifier or forecaster", PRESETS
+)

@@ -6,8 +6,9 @@ import dataclasses
 
 import keras
 
-from models.config import StrictConfig, require
-from models.inputs import (
+from kerasops.config import StrictConfig, require
+from kerasops.models.family import ModelFamily
+from kerasops.models.inputs import (
     InputSpec,
     classification_head,
     model_input,
@@ -15,7 +16,7 @@ from models.inputs import (
     text_vectorizer,
     vocabulary_size,
 )
-from models.layers import (
+from kerasops.models.layers import (
     MaskedMeanPooling,
     TokenAndPositionEmbedding,
     TransformerEncoderBlock,
@@ -64,3 +65,14 @@ def build_transformer(config: TransformerConfig) -> keras.Model:
     x = MaskedMeanPooling(name="pool")(x)  # (B, C), padding masked out
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     return keras.Model(inputs, classification_head(x, spec), name="transformer")
+
+
+# Presets by role and size.
+PRESETS = {
+    "transformer_tiny": {"embed_dim": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 1},
+    "transformer_small": {"embed_dim": 64, "num_heads": 4, "ff_dim": 128, "num_layers": 2},
+}
+
+FAMILY = ModelFamily(
+    TransformerConfig, build_transformer, "Transformer encoder text classifier", PRESETS
+)

@@ -7,15 +7,16 @@ from typing import Literal
 
 import keras
 
-from models.config import StrictConfig, require
-from models.inputs import (
+from kerasops.config import StrictConfig, require
+from kerasops.models.family import ModelFamily
+from kerasops.models.inputs import (
     InputSpec,
     classification_head,
     model_input,
     require_inputs,
     rescale_pixels,
 )
-from models.layers import PatchEmbedding, PatchExtraction, TransformerEncoderBlock
+from kerasops.models.layers import PatchEmbedding, PatchExtraction, TransformerEncoderBlock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +79,18 @@ def build_vit(config: VitConfig) -> keras.Model:
         x = keras.layers.GlobalAveragePooling1D(name="pool")(x)  # (B, C)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     return keras.Model(inputs, classification_head(x, spec), name="vit")
+
+
+# Presets by role and size.
+PRESETS = {
+    "vit_tiny": {"patch_size": 2, "embed_dim": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 2},
+    "vit_small": {
+        "patch_size": 2,
+        "embed_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 128,
+        "num_layers": 4,
+    },
+}
+
+FAMILY = ModelFamily(VitConfig, build_vit, "Vision Transformer image classifier (patches)", PRESETS)

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import invalid
-from serving.servable import Signature, check_shape
+from kerasops.serving.errors import invalid
+from kerasops.serving.servable import Signature, check_shape
 
 CLASSIFY_INPUTS = "inputs"
 

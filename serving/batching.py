@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.config import BatchingConfig
-from serving.errors import ServingError
+from kerasops.serving.config import BatchingConfig
+from kerasops.serving.errors import ServingError
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

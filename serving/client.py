@@ -1,7 +1,7 @@
 """Clients for TF Serving's REST and gRPC APIs: the same calls work against the embedded server
 and a TensorFlow Serving container.
 
-    from serving.client import connect
+    from kerasops.serving.client import connect
     client = connect("http://127.0.0.1:8501")          # or connect("127.0.0.1:8500", grpc=True)
     outputs = client.predict("cnn-digits", images)      # {"probabilities": array (B, 10)}
 """
@@ -12,9 +12,11 @@ import base64
 import dataclasses
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 
-from models.config import KerasopsError
+from kerasops.errors import KerasopsError
 
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
 DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
@@ -56,7 +58,6 @@ class RestClient:
     """TF Serving REST API client (columnar `inputs` format in, numpy arrays out)."""
 
     def __init__(self, url: str = DEFAULT_REST_URL, timeout: float = 30.0) -> None:
-        import httpx
 
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self._signatures: dict[ModelRef, dict] = {}
@@ -71,7 +72,6 @@ class RestClient:
         self.close()
 
     def _call(self, method: str, path: str, payload: dict | None = None) -> Any:
-        import httpx
 
         try:
             response = self._http.request(method, path, json=payload)
@@ -163,7 +163,7 @@ class GrpcClient:
     """TF Serving gRPC client on the official `tensorflow-serving-api` stubs."""
 
     def __init__(self, target: str = DEFAULT_GRPC_TARGET, timeout: float = 30.0) -> None:
-        import grpc
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self._channel = grpc.insecure_channel(target)
@@ -183,7 +183,6 @@ class GrpcClient:
         self.close()
 
     def _call(self, method: Any, request: Any) -> Any:
-        import grpc
 
         try:
             return method(request, timeout=self._timeout)
@@ -202,6 +201,7 @@ class GrpcClient:
             spec.signature_name = ref.signature_name
 
     def status(self, model: str, version: int | None = None, label: str | None = None) -> Any:
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -210,6 +210,7 @@ class GrpcClient:
 
     def metadata(self, model: str, version: int | None = None, label: str | None = None) -> Any:
         """The SignatureDefMap of a model version."""
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -228,6 +229,7 @@ class GrpcClient:
         label: str | None = None,
         signature_name: str | None = None,
     ) -> dict[str, np.ndarray]:
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -265,6 +267,7 @@ class GrpcClient:
         label: str | None = None,
         signature_name: str = "classify",
     ) -> list[list[tuple[str, float]]]:
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import classification_pb2
 
         request = classification_pb2.ClassificationRequest()
@@ -283,6 +286,7 @@ class GrpcClient:
         label: str | None = None,
         signature_name: str = "regress",
     ) -> list[float]:
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import regression_pb2
 
         request = regression_pb2.RegressionRequest()
@@ -336,6 +340,7 @@ def _example(features: dict[str, Any]) -> dict[str, Any]:
 
 def tf_example(features: dict[str, Any]) -> Any:
     """A tf.train.Example from a feature dict (floats, integers, strings or bytes)."""
+    # deferred: TensorFlow loads slowly; a REST-only client never needs it
     from tensorflow.core.example import example_pb2
 
     proto = example_pb2.Example()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
-from models.config import StrictConfig, require
+from kerasops.config import StrictConfig, require
 
 DEFAULT_REPOSITORY = "artifacts/serving/models"
 DEFAULT_MODELS_CONFIG = "artifacts/serving/models.config"
@@ -76,15 +77,11 @@ class ServingConfig(StrictConfig):
         require(self.num_warmup_records >= 0, "serving.num_warmup_records must be >= 0")
         require(self.shutdown_grace_s >= 0, "serving.shutdown_grace_s must be >= 0")
 
-
-def load_serving_config(params_path: str | None = "params.yaml") -> ServingConfig:
-    """Read the `serving:` section of params.yaml (defaults when the file or section is absent)."""
-    import os
-
-    import yaml
-
-    if not params_path or not os.path.exists(params_path):
-        return ServingConfig()
-    with open(params_path, encoding="utf-8") as handle:
-        params = yaml.safe_load(handle) or {}
-    return ServingConfig.from_dict(params.get("serving") or {}, prefix="serving.")
+    def at_root(self, root: Path) -> ServingConfig:
+        """This config with a relative repository and models.config resolved against `root`
+        (the project root: the folder of params.yaml)."""
+        return dataclasses.replace(
+            self,
+            model_repository=str((root / self.model_repository).resolve()),
+            models_config=str((root / self.models_config).resolve()),
+        )

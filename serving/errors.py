@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
+import tensorflow as tf
+
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS = {
     "OK": 200,
@@ -36,7 +39,6 @@ class ServingError(Exception):
         self.http_status = http_status or HTTP_STATUS.get(code, 500)
 
     def grpc_code(self) -> Any:
-        import grpc
 
         return getattr(grpc.StatusCode, self.code, grpc.StatusCode.UNKNOWN)
 
@@ -51,7 +53,6 @@ def not_found(message: str) -> ServingError:
 
 def from_tf_error(exc: Exception) -> ServingError:
     """Translate an exception raised while running a signature."""
-    import tensorflow as tf
 
     if isinstance(exc, ServingError):
         return exc

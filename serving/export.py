@@ -18,35 +18,36 @@ Classify/Regress with its default `--enable_signature_method_name_check=false`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from models.config import KerasopsError
-from serving.config import ServingConfig
-from serving.repository import (
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.repository import (
+    INFO_FILE,
+    RepositoryError,
     check_model_name,
     list_versions,
-    mapping_for,
-    update_models_config,
+    publish_version,
 )
 
 log = logging.getLogger(__name__)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
-EXPORT_INFO_FILE = "kerasops_export.json"
+EXPORT_INFO_FILE = INFO_FILE
 CLASSIFY_SIGNATURE = "classify"
 REGRESS_SIGNATURE = "regress"
 
 
-class ExportError(KerasopsError):
+class ExportError(RepositoryError):
     """The model cannot be exported as asked (layout, names, version clash)."""
 
 
@@ -105,7 +106,6 @@ def describe_model(model: Any) -> ModelIO:
 
 def _example_feature(io: ModelIO) -> Any:
     """A FixedLenFeature parsing one example's input, or None when the shape is not fixed."""
-    import tensorflow as tf
 
     shape = io.input_shape[1:]
     if any(dim is None for dim in shape):
@@ -121,7 +121,6 @@ def _example_feature(io: ModelIO) -> Any:
 
 
 def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[str]) -> list[str]:
-    import tensorflow as tf
 
     spec = tf.TensorSpec(io.input_shape, tf.as_dtype(io.input_dtype), name=io.input_name)
 
@@ -186,8 +185,6 @@ def write_warmup_requests(
     version_dir: Path, model_name: str, io: ModelIO, examples: np.ndarray
 ) -> int:
     """Write `assets.extra/tf_serving_warmup_requests`: one PredictionLog per example row."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     target = version_dir / "assets.extra"
     target.mkdir(parents=True, exist_ok=True)
@@ -206,17 +203,16 @@ def write_warmup_requests(
     return len(examples)
 
 
-def _next_version(model_base: Path, version: int | None) -> int:
-    existing = list_versions(model_base)
+def _check_version(model_base: Path, version: int | None) -> None:
+    """Refuse a version that exists or is not positive, before any export work."""
     if version is None:
-        return (existing[-1] + 1) if existing else 1
+        return
     if version < 1:
         raise ExportError(f"version must be a positive integer, got {version}")
-    if version in existing:
+    if version in list_versions(model_base):
         raise ExportError(
             f"version {version} already exists in {model_base}; pick another or omit --version"
         )
-    return version
 
 
 def export_saved_model(
@@ -230,41 +226,42 @@ def export_saved_model(
     labels: Sequence[str] = (),
     info: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Export `model` to `<repository>/<model_name>/<version>/`, publish it atomically and add it
-    to models.config (with `labels` pointing at the new version). Raise ExportError on a clash."""
-    import keras
+    """Export `model` as the next version (or `version`) of `<repository>/<model_name>/` and
+    publish it through the repository's one writer (`publish_version`: one rename, then
+    models.config with `labels` pointing at the new version). Raise ExportError on a clash."""
 
     config = config or ServingConfig()
     check_model_name(model_name)
     io = describe_model(model)
     model_base = Path(config.model_repository) / model_name
+    _check_version(model_base, version)
     model_base.mkdir(parents=True, exist_ok=True)
-    version = _next_version(model_base, version)
-    staging = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_base))
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_base))
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
         signatures = _add_endpoints(archive, model, io, class_names_for(io, class_names))
-        archive.write_out(str(staging), verbose=False)
+        archive.write_out(str(staging / "model"), verbose=False)
         records = 0
         if _fits_input(warmup_examples, io) and config.num_warmup_records:
             rows = np.asarray(warmup_examples)[: config.num_warmup_records]
-            records = write_warmup_requests(staging, model_name, io, rows)
-        _write_info(staging, model_name, version, io, signatures, info)
-        target = model_base / str(version)
-        if target.exists():
-            raise ExportError(f"version {version} appeared in {model_base} during export")
-        os.rename(staging, target)  # atomic on one filesystem: never half a version
+            records = write_warmup_requests(staging / "model", model_name, io, rows)
+        described = {"io": dataclasses.asdict(io), "signatures": signatures, **(info or {})}
+        try:
+            version = publish_version(
+                config,
+                model_name,
+                staging / "model",
+                version,
+                labels=dict.fromkeys(labels),
+                info=described,
+                move=True,
+            )
+        except RepositoryError as exc:
+            raise ExportError(str(exc)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    update_models_config(
-        Path(config.models_config),
-        model_name,
-        model_base,
-        config.version_policy,
-        {label: version for label in labels},
-        mapping_for(config),
-    )
+    target = model_base / str(version)
     log.info("exported %s version %d to %s", model_name, version, target)
     return ExportResult(model_name, version, target, tuple(signatures), records)
 
@@ -281,23 +278,3 @@ def _fits_input(examples: np.ndarray | None, io: ModelIO) -> bool:
     if not fits:
         log.info("no warmup requests: examples of shape %s do not fit input %s", shape, expected)
     return fits
-
-
-def _write_info(
-    version_dir: Path,
-    model_name: str,
-    version: int,
-    io: ModelIO,
-    signatures: list[str],
-    info: dict[str, Any] | None,
-) -> None:
-    target = version_dir / "assets.extra"
-    target.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model_name": model_name,
-        "version": version,
-        "io": dataclasses.asdict(io),
-        "signatures": signatures,
-        **(info or {}),
-    }
-    (target / EXPORT_INFO_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+    status_pb2,
+)
 
-from serving import api
-from serving.config import ServingConfig
-from serving.errors import ServingError, invalid
-from serving.manager import ModelManager
-from serving.metrics import ServingMetrics
-from serving.servable import Servable, to_array
+from kerasops.serving import api
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.errors import ServingError, invalid
+from kerasops.serving.manager import ModelManager
+from kerasops.serving.metrics import ServingMetrics
+from kerasops.serving.repository import RepositoryError, entries_from_proto, mapping_for
+from kerasops.serving.servable import Servable, to_array
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +47,6 @@ def _version_choice(model_spec: Any) -> tuple[int | None, str | None]:
 
 def to_tensor_proto(array: np.ndarray) -> Any:
     """A TensorProto for a numpy array; numeric arrays take the fast `tensor_content` path."""
-    import tensorflow as tf
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
     if array.dtype == object:
         return tf.make_tensor_proto(array)
@@ -48,7 +62,6 @@ def to_tensor_proto(array: np.ndarray) -> Any:
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
     """The numpy array of a TensorProto (`tensor_content` read without a copy when present)."""
-    import tensorflow as tf
 
     if proto.tensor_content:
         dtype = tf.as_dtype(proto.dtype)
@@ -100,7 +113,6 @@ class TensorflowServing:
             await context.abort(exc.grpc_code(), exc.message)
         except Exception as exc:  # noqa: BLE001 - answer INTERNAL, keep serving
             log.exception("unexpected error answering %s", api_name)
-            import grpc
 
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         self.metrics.observe(model, api_name, "grpc", "OK", time.perf_counter() - started)
@@ -115,7 +127,6 @@ class TensorflowServing:
         return await self._answer("predict", request, context, lambda: self._predict(request))
 
     async def _predict(self, request: Any) -> Any:
-        from tensorflow_serving.apis import predict_pb2
 
         servable = self._resolve(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name or None)
@@ -144,7 +155,6 @@ class TensorflowServing:
         return await self._answer("metadata", request, context, lambda: self._metadata(request))
 
     async def _metadata(self, request: Any) -> Any:
-        from tensorflow_serving.apis import get_model_metadata_pb2
 
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
@@ -160,7 +170,6 @@ class TensorflowServing:
         return await self._answer("classify", request, context, lambda: self._classify(request))
 
     async def _classify(self, request: Any) -> Any:
-        from tensorflow_serving.apis import classification_pb2
 
         servable, signature, outputs = await self._run_examples(
             request, api.check_classify_signature
@@ -187,7 +196,6 @@ class TensorflowServing:
         return await self._answer("regress", request, context, lambda: self._regress(request))
 
     async def _regress(self, request: Any) -> Any:
-        from tensorflow_serving.apis import regression_pb2
 
         servable, signature, outputs = await self._run_examples(
             request, api.check_regress_signature
@@ -209,7 +217,6 @@ class TensorflowServing:
         return await self._answer("status", request, context, lambda: self._status(request))
 
     async def _status(self, request: Any) -> Any:
-        from tensorflow_serving.apis import get_model_status_pb2, status_pb2
 
         version, label = _version_choice(request.model_spec)
         states = self.manager.status(request.model_spec.name, version, label)
@@ -229,11 +236,6 @@ class TensorflowServing:
         return await self._answer("reload", request, context, lambda: self._reload(request))
 
     async def _reload(self, request: Any) -> Any:
-        import asyncio
-
-        from tensorflow_serving.apis import model_management_pb2, status_pb2
-
-        from serving.repository import RepositoryError, entries_from_proto, mapping_for
 
         base = self.models_config_path.parent if self.models_config_path else Path.cwd()
         try:
@@ -249,7 +251,6 @@ class TensorflowServing:
 
 
 def _code_value(name: str) -> int:
-    from tensorflow_serving.apis import status_pb2
 
     codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
     return codes.values_by_name[name].number
@@ -273,7 +274,6 @@ def _serialized_examples(model_input: Any) -> list[bytes]:
 
 
 def add_services(server: Any, servicer: TensorflowServing) -> None:
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

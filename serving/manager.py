@@ -14,16 +14,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from serving.config import ServingConfig
-from serving.errors import invalid, not_found
-from serving.repository import (
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.errors import invalid, not_found
+from kerasops.serving.repository import (
     ModelEntry,
     list_versions,
     mapping_for,
     read_models_config,
     select_versions,
 )
-from serving.servable import Servable
+from kerasops.serving.servable import Servable
 
 log = logging.getLogger(__name__)
 

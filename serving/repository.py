@@ -17,15 +17,24 @@ are the repository's absolute local paths.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.config import ConfigError, KerasopsError
-from serving.config import ServingConfig, VersionPolicyConfig
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from kerasops.errors import ConfigError, KerasopsError
+from kerasops.serving.config import ServingConfig, VersionPolicyConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+INFO_FILE = "kerasops_export.json"  # a version's self-description, in its assets.extra/
 
 
 class RepositoryError(KerasopsError):
@@ -139,8 +148,6 @@ def mapping_for(config: ServingConfig) -> PathMapping:
 
 def entries_to_text(entries: list[ModelEntry], mapping: PathMapping) -> str:
     """Render entries as a `model_config_list` text proto for `models.config`."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
     server_config = model_server_config_pb2.ModelServerConfig()
     for entry in entries:
@@ -158,8 +165,6 @@ def entries_from_text(
     text: str, config_dir: Path, mapping: PathMapping, source: str = "models.config"
 ) -> list[ModelEntry]:
     """Parse a `model_config_list` text proto into entries with local base paths."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
     server_config = model_server_config_pb2.ModelServerConfig()
     try:
@@ -223,3 +228,96 @@ def update_models_config(
     tmp.write_text(entries_to_text(entries, mapping), encoding="utf-8")
     os.replace(tmp, path)
     return entries
+
+
+# -- the one writer of versions and models.config -------------------------------------------
+
+
+def version_info(version_dir: Path) -> dict[str, Any]:
+    """A version's self-description (`assets.extra/kerasops_export.json`), {} when absent."""
+    try:
+        return json.loads((version_dir / "assets.extra" / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def publish_version(
+    config: ServingConfig,
+    name: str,
+    source: Path,
+    version: int | None = None,
+    labels: Mapping[str, int | None] | None = None,
+    info: Mapping[str, Any] | None = None,
+    move: bool = False,
+) -> int:
+    """Publish the SavedModel folder `source` as version `version` (default: latest + 1) of
+    model `name`, in one rename, then add the model to models.config with `labels` (a label
+    mapped to None points at the new version). Return the version number.
+
+    `info` is merged into the version's self-description. With `move`, `source` (a folder of
+    the same filesystem) is renamed into place instead of copied. A poller never sees half a
+    version; a publisher killed mid-copy leaves only a `.publish-*` folder, removed next time.
+    Raises RepositoryError when `version` already exists.
+    """
+    check_model_name(name)
+    base = Path(config.model_repository) / name
+    base.mkdir(parents=True, exist_ok=True)
+    for leftover in [*base.glob(".publish-*"), *base.glob(".withdrawn-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    existing = list_versions(base)
+    number = version if version is not None else (existing[-1] + 1 if existing else 1)
+    if number < 1 or number in existing:
+        raise RepositoryError(
+            f"version {number} of {name} already exists in {base}; pick another or omit --version"
+            if number >= 1
+            else f"version must be a positive integer, got {number}"
+        )
+    staging = base / f".publish-{number}-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.move(source, staging) if move else shutil.copytree(source, staging)
+        described = {**version_info(staging), **(info or {})}
+        described.update(model_name=name, version=number, published_at=time.time())
+        (staging / "assets.extra").mkdir(exist_ok=True)
+        text = json.dumps(described, indent=2, default=str) + "\n"
+        (staging / "assets.extra" / INFO_FILE).write_text(text)
+        os.rename(staging, base / str(number))  # atomic: a poller never sees half a version
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    set_labels(config, name, {label: target or number for label, target in (labels or {}).items()})
+    return number
+
+
+def set_labels(config: ServingConfig, name: str, labels: Mapping[str, int]) -> None:
+    """Add or update model `name` in models.config (its policy from `config`) and point
+    `labels` at versions, keeping its other labels and the other models as they are."""
+    base = Path(config.model_repository) / name
+    update_models_config(
+        Path(config.models_config),
+        name,
+        base,
+        config.version_policy,
+        dict(labels),
+        mapping_for(config),
+    )
+
+
+def withdraw_version(config: ServingConfig, name: str, version: int) -> None:
+    """Take a version away (renamed aside, then deleted): a poller falls back to the others."""
+    target = Path(config.model_repository) / name / str(version)
+    if target.exists():
+        retired = target.with_name(f".withdrawn-{version}-{uuid.uuid4().hex[:8]}")
+        os.rename(target, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def restore_models_config(config: ServingConfig, text: str | None) -> None:
+    """Put models.config back as `text` (None: as absent), atomically."""
+    path = Path(config.models_config)
+    if text is None:
+        path.unlink(missing_ok=True)
+        return
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.restore")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -21,14 +21,16 @@ from typing import Any
 
 import numpy as np
 import orjson
+from google.protobuf import json_format
+from tensorflow.core.example import example_pb2
 
-from serving import api
-from serving.config import ServingConfig
-from serving.errors import ServingError, invalid
-from serving.manager import ModelManager
-from serving.metrics import ServingMetrics
-from serving.repository import check_model_name
-from serving.servable import Signature, to_array
+from kerasops.serving import api
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.errors import ServingError, invalid
+from kerasops.serving.manager import ModelManager
+from kerasops.serving.metrics import ServingMetrics
+from kerasops.serving.repository import check_model_name
+from kerasops.serving.servable import Signature, to_array
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,6 @@ class RestApp:
         )
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
-        from google.protobuf import json_format
 
         servable = self.manager.resolve(name, version, label)
         signature_def = json_format.MessageToDict(
@@ -357,7 +358,6 @@ async def _run_examples(signature: Signature, document: dict[str, Any]) -> dict[
 
 def _json_example(example: Any, context: dict[str, Any]) -> bytes:
     """A JSON example (feature name -> value or list of values) as a serialized tf.Example."""
-    from tensorflow.core.example import example_pb2
 
     if not isinstance(example, dict):
         raise invalid("each entry of 'examples' must be an object of features")

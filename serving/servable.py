@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
-from serving.batching import Batcher
-from serving.config import BatchingConfig
-from serving.errors import ServingError, from_tf_error, invalid
+from kerasops.serving.batching import Batcher
+from kerasops.serving.config import BatchingConfig
+from kerasops.serving.errors import ServingError, from_tf_error, invalid
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,6 @@ class Signature:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call the signature on numpy inputs (batch axis first); raise ServingError."""
-        import tensorflow as tf
 
         try:
             tensors = {key: tf.constant(value) for key, value in inputs.items()}
@@ -58,7 +61,6 @@ class Signature:
 
     async def run_async(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Run through the dynamic batcher (or in a worker thread when batching is off)."""
-        import asyncio
 
         if self.batcher is None:
             return await asyncio.to_thread(self.run, inputs)
@@ -81,7 +83,6 @@ class Servable:
     def __init__(
         self, name: str, version: int, path: Path, batching: BatchingConfig, observe: Any = None
     ) -> None:
-        import tensorflow as tf
 
         self.name = name
         self.version = version
@@ -109,8 +110,6 @@ class Servable:
         path = self.path / "assets.extra" / "tf_serving_warmup_requests"
         if not path.is_file() or max_records == 0:
             return 0
-        import tensorflow as tf
-        from tensorflow_serving.apis import prediction_log_pb2
 
         count = 0
         for record in tf.data.TFRecordDataset(str(path)).take(max_records):
@@ -130,8 +129,6 @@ class Servable:
 
 def _read_signature_defs(path: Path) -> Any:
     """The SignatureDef map of the `serve` meta graph, exactly as TF Serving reports it."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2
 
     saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
     result = get_model_metadata_pb2.SignatureDefMap()

@@ -12,18 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.config import KerasopsError
-from serving.config import ServingConfig
-from serving.grpc_service import TensorflowServing, add_services
-from serving.manager import ModelManager
-from serving.metrics import ServingMetrics
-from serving.repository import (
+import grpc
+import uvicorn
+
+from kerasops.errors import KerasopsError
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.grpc_service import TensorflowServing, add_services
+from kerasops.serving.manager import ModelManager
+from kerasops.serving.metrics import ServingMetrics
+from kerasops.serving.repository import (
     ModelEntry,
     entries_for_repository,
     mapping_for,
     read_models_config,
 )
-from serving.rest import RestApp
+from kerasops.serving.rest import RestApp
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,6 @@ class EmbeddedServer:
 
     # -- REST ---------------------------------------------------------------------------------
     def _start_rest(self, timeout: float) -> None:
-        import uvicorn
 
         sock = _bind(self.config.host, self.config.rest_port, "REST")
         self.rest_port = sock.getsockname()[1]
@@ -170,7 +172,6 @@ class EmbeddedServer:
             loop.close()
 
     async def _grpc_main(self) -> None:
-        import grpc
 
         limit = self.config.max_body_bytes
         server = grpc.aio.server(

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from models.config import KerasopsError
+from kerasops.data import load_prepared
+from kerasops.errors import KerasopsError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///artifacts/mlflow.db"
 
 
 class SourceError(KerasopsError):
@@ -45,11 +44,12 @@ class ModelSource:
 
 def _register_custom_layers() -> None:
     """Custom layers register themselves with Keras when `models` is imported."""
-    importlib.import_module("models")
+    importlib.import_module("kerasops.models")
 
 
 def load_from_folder(path: Path) -> ModelSource:
     """A training output folder (model.keras + config.json) or a single .keras file."""
+    # deferred: Keras loads TensorFlow; only loading a model needs it
     import keras
 
     _register_custom_layers()
@@ -62,12 +62,13 @@ def load_from_folder(path: Path) -> ModelSource:
     return ModelSource(model, run_config, {"source": str(model_file.resolve())})
 
 
-def load_from_mlflow(model_uri: str, tracking_uri: str | None = None) -> ModelSource:
-    """`runs:/<run_id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+def load_from_mlflow(model_uri: str) -> ModelSource:
+    """`runs:/<run_id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`, from the
+    store MLflow is pointed at (the caller points it: the project's, or a server)."""
+    # deferred: MLflow loads slowly; only an MLflow source needs it
     import mlflow
 
     _register_custom_layers()
-    mlflow.set_tracking_uri(tracking_uri or DEFAULT_TRACKING_URI)
     run_id = _run_id(model_uri)
     try:
         model = mlflow.keras.load_model(model_uri)
@@ -83,6 +84,7 @@ def load_from_mlflow(model_uri: str, tracking_uri: str | None = None) -> ModelSo
 
 
 def _run_id(model_uri: str) -> str:
+    # deferred: MLflow loads slowly; only an MLflow source needs it
     from mlflow.tracking import MlflowClient
 
     match = re.match(r"^runs:/([^/]+)/", model_uri)
@@ -108,7 +110,7 @@ def _run_id(model_uri: str) -> str:
 
 
 def dataset_examples(
-    run_config: dict[str, Any], prepared_root: str, count: int
+    run_config: dict[str, Any], prepared_root: Path, count: int
 ) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     """Real test examples of the model's dataset (for warmup) and its class names; (None, None)
     with a warning when the prepared dataset cannot be read."""
@@ -116,8 +118,6 @@ def dataset_examples(
     if not dataset:
         return None, None
     try:
-        from data import load_prepared
-
         prepared = load_prepared(dataset, Path(prepared_root))
     except Exception as exc:  # noqa: BLE001 - warmup is an optimisation, never a blocker
         log.warning("no warmup requests written: cannot read dataset %s (%s)", dataset, exc)

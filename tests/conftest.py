@@ -27,6 +27,15 @@ def write_params(root: Path, **sections) -> Path:
     return path
 
 
+def train_run(params, model: str, dataset: str, preset=None, overrides=(), tags=None):
+    """Resolve a run config the way the CLI does, then train it (the train step's one input)."""
+    from kerasops.pipelines.config import resolve_run_config
+    from kerasops.pipelines.steps.train import train_model
+
+    run = resolve_run_config(params, model, dataset, preset, overrides)
+    return train_model(params, run, tags=tags)
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no tracking server configured."""

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import build_model, get_family
+from kerasops.models import build_model, get_family
 
 
 def run_builder_test(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from kerasops.pipelines.cli import main
 from tests.conftest import write_params
 
 IMAGES = {"source": "image_folder", "image_size": [8, 8]}
@@ -103,8 +103,8 @@ def test_list_and_empty_compare(project, capsys):
 
 
 def test_local_prefect_creates_its_home_in_a_fresh_checkout(project, monkeypatch):
-    from pipelines.commands_data import local_prefect
-    from pipelines.settings import load_params
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.flows.local import local_prefect
 
     for key in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"):
         monkeypatch.setenv(key, "placeholder")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import load_prepared, prepare_dataset, resolve_dataset_config
+from kerasops.data import load_prepared, prepare_dataset, resolve_dataset_config
 
 EXPECTED = {
     # name: (kind, input_shape, input_dtype, target_shape, total examples, classes)
@@ -107,7 +107,7 @@ def test_sunspot_windows_are_chronological(roots):
 
 
 def test_builtin_defaults_are_complete_source_configs():
-    from data import BUILTIN_DATASETS, parse_source_config
+    from kerasops.data import BUILTIN_DATASETS, parse_source_config
 
     for name, defaults in BUILTIN_DATASETS.items():
         assert parse_source_config(defaults).to_dict() == defaults, name

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import DataError, load_prepared, prepare_dataset
-from data.materialize import load_imdb_sequences, load_mnist_arrays
+from kerasops.data import DataError, load_prepared, prepare_dataset
+from kerasops.data.materialize import load_imdb_sequences, load_mnist_arrays
 
 WORDS = {"the": 1, "movie": 2, "was": 3, "great": 4, "awful": 5, "plot": 6}
 

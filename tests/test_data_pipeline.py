@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data import DataError, Split, make_tf_dataset
+from kerasops.data import DataError, Split, make_tf_dataset
 
 
 @pytest.fixture(scope="module")

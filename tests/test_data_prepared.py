@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data.prepare
-from data import DataError, Manifest, load_prepared, prepare_dataset
-from data.manifest import content_hash
+import kerasops.data.prepare
+from kerasops.data import DataError, Manifest, load_prepared, prepare_dataset
+from kerasops.data.manifest import content_hash
 
 
 def write_text_csv(path: Path, n_per_class: int = 6) -> Path:
@@ -58,7 +58,7 @@ def test_a_failed_prepare_keeps_the_previous_version(prepared, tmp_path, monkeyp
             raise OSError("disk full")
         path.write_bytes(b"partial")
 
-    monkeypatch.setattr(data.prepare, "write_npz", fail_midway)
+    monkeypatch.setattr(kerasops.data.prepare, "write_npz", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset("notes", dict(manifest.config), tmp_path / "raw", root)
     assert load_prepared("notes", root).manifest == manifest

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import DataError, load_prepared, prepare_dataset, resolve_dataset_config
-from models.config import ConfigError
+from kerasops.data import DataError, load_prepared, prepare_dataset, resolve_dataset_config
+from kerasops.errors import ConfigError
 
 
 def make_image_folder(root: Path, classes=("cat", "dog"), per_class=10, size=(12, 10)) -> Path:

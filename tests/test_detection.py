@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import DataError, Split, load_prepared, prepare_dataset
-from data.detection import CanvasSpec, compose_canvases
-from models import ConfigError, build_model, preset_values
-from models.detection import encode_targets
-from pipelines.detection import (
+from kerasops.data import DataError, Split, load_prepared, prepare_dataset
+from kerasops.data.detection import CanvasSpec, compose_canvases
+from kerasops.errors import ConfigError
+from kerasops.models import build_model, preset_values
+from kerasops.models.detector.builder import encode_targets
+from kerasops.models.detector.metrics import (
     Detections,
     average_precision,
     box_iou,
@@ -79,7 +80,7 @@ def test_prepared_detection_digits_has_padded_box_targets(tmp_path):
 
 
 def test_detection_data_is_validated_by_its_box_labels(tmp_path):
-    from data.validation import feature_samples, validate_prepared
+    from kerasops.data.validation import feature_samples, validate_prepared
 
     prepare_dataset("boxes", SMALL_SET, tmp_path / "raw", tmp_path / "prepared")
     prepared = load_prepared("boxes", tmp_path / "prepared")
@@ -217,8 +218,8 @@ def test_random_boxes_score_near_zero():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipelines.settings import load_params
-    from pipelines.train import train_model
+    from kerasops.pipelines.config import load_params
+    from tests.conftest import train_run
 
     root = tmp_path_factory.mktemp("detector_project")
     models = {"detector": {"preset": "detector_small", "train": {"epochs": 5, "batch_size": 16}}}
@@ -227,13 +228,13 @@ def trained(tmp_path_factory):
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.chdir(root)
         params = load_params(root / "params.yaml")
-        yield root, params, train_model(params, "detector", "detection_digits")
+        yield root, params, train_run(params, "detector", "detection_digits")
 
 
 def test_trained_detector_beats_random_boxes_and_is_tracked(trained):
     from mlflow.tracking import MlflowClient
 
-    from pipelines import tracking
+    from kerasops.pipelines.tracking import store as tracking
 
     root, params, result = trained
     metrics = result.metrics
@@ -260,10 +261,10 @@ def test_trained_detector_beats_random_boxes_and_is_tracked(trained):
 
 def test_exported_detector_answers_rest_predict(trained):
     httpx = pytest.importorskip("httpx")
-    from serving.config import ServingConfig
-    from serving.export import export_saved_model
-    from serving.server import EmbeddedServer, model_entries
-    from serving.sources import load_from_folder
+    from kerasops.serving.config import ServingConfig
+    from kerasops.serving.export import export_saved_model
+    from kerasops.serving.server import EmbeddedServer, model_entries
+    from kerasops.serving.sources import load_from_folder
 
     root, params, result = trained
     source = load_from_folder(result.run_dir)  # what `kerasops export` reads
@@ -300,7 +301,7 @@ def test_exported_detector_answers_rest_predict(trained):
 
 
 def test_classifier_on_detection_data_is_a_one_line_error(trained, capsys):
-    from pipelines.cli import main
+    from kerasops.pipelines.cli import main
 
     root, _, _ = trained
     code = main(

@@ -20,13 +20,17 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from models import MODELS, PRESETS, ConfigError, get_family
-from pipelines import distribute, retraining, tracking
-from pipelines.flows import check_configs_task
-from pipelines.settings import TrainConfig, load_params
-from pipelines.steps import RunSpec
-from pipelines.train import compile_model, ensure_prepared, train_model
-from tests.conftest import write_params
+from kerasops.errors import ConfigError
+from kerasops.models import MODELS, PRESETS, get_family
+from kerasops.models.training import TrainConfig, compile_model
+from kerasops.pipelines.config import load_params, resolve_run_config
+from kerasops.pipelines.config.pipeline import RunSpec
+from kerasops.pipelines.steps.pipeline import check_runs
+from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.steps.retrain import start_cycle
+from kerasops.pipelines.tracking import store as tracking
+from kerasops.pipelines.training import distribute
+from tests.conftest import train_run, write_params
 from tests.services import free_port
 from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
@@ -46,14 +50,14 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from pipelines.settings import load_params
-from pipelines.train import train_model
+from kerasops.pipelines.config import load_params, resolve_run_config
+from kerasops.pipelines.steps.train import train_model
 params = load_params("params.yaml")
 runs = {}
 for strategy in ("default", "mirrored"):
     overrides = [f"strategy={strategy}", *sys.argv[1:]]
-    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
-    runs[strategy] = result.run_id
+    run = resolve_run_config(params, "cnn", "digits", "cnn_small", overrides)
+    runs[strategy] = train_model(params, run).run_id
 print("RUNS " + json.dumps(runs))
 """
 
@@ -95,14 +99,14 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from pipelines.settings import load_params
-from pipelines.train import train_model
+from kerasops.pipelines.config import load_params, resolve_run_config
+from kerasops.pipelines.steps.train import train_model
 params = load_params("params.yaml")
 scores = {}
 for model, dataset, preset, extra in json.loads(sys.argv[1]):
     overrides = ["strategy=mirrored", "epochs=1", *extra]
-    result = train_model(params, model, dataset, preset=preset, overrides=overrides)
-    scores[model] = result.metrics
+    run = resolve_run_config(params, model, dataset, preset, overrides)
+    scores[model] = train_model(params, run).metrics
 print("SCORES " + json.dumps(scores))
 """
 # One run per recipe that builds or compiles in its own `fit`, or evaluates on its own terms.
@@ -154,8 +158,8 @@ def test_every_recipe_trains_and_evaluates_under_mirrored(tmp_path, monkeypatch)
 WORKER = """
 import json
 import tensorflow as tf
-from pipelines import distribute
-from pipelines.settings import TrainConfig
+from kerasops.pipelines.training import distribute
+from kerasops.models.training import TrainConfig
 strategy = distribute.make_strategy(TrainConfig(strategy="multi_worker"))
 task = json.loads(__import__("os").environ["TF_CONFIG"])["task"]["index"]
 value = strategy.run(lambda: tf.constant(float(task + 1)))  # worker 0 -> 1, worker 1 -> 2
@@ -219,8 +223,8 @@ def printed_metrics(output: str) -> dict[str, float]:
 
 
 def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(project):
-    ensure_prepared("digits", load_params(project / "params.yaml"))  # both workers share it
-    command = [sys.executable, "-m", "pipelines.cli", "train", "cnn", "--dataset", "digits"]
+    ensure_prepared(load_params(project / "params.yaml"), "digits")  # both workers share it
+    command = [sys.executable, "-m", "kerasops", "train", "cnn", "--dataset", "digits"]
     command += ["--preset", "cnn_small", "--set", "strategy=multi_worker"]
     command += [arg for setting in TRAIN for arg in ("--set", setting)]
     workers = start_workers(command, project)
@@ -245,14 +249,11 @@ def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(pr
 
 def test_flows_and_retraining_refuse_multi_worker_naming_the_launch(project):
     params = load_params(project / "params.yaml")
+    run = resolve_run_config(params, "cnn", "digits", None, ["strategy=multi_worker"])
     with pytest.raises(ConfigError, match="kerasops train. started on every worker"):
-        retraining.params_hash(params, "cnn", "digits", None, ["strategy=multi_worker"])
+        start_cycle(params, run)
     with pytest.raises(ConfigError, match="flows and retraining train in one process"):
-        check_configs_task.fn(
-            str(project / "params.yaml"),
-            [RunSpec(model="cnn", dataset="digits")],
-            ["strategy=multi_worker"],
-        )
+        check_runs(params, [RunSpec(model="cnn", dataset="digits")], ["strategy=multi_worker"])
 
 
 SPECS = [
@@ -313,7 +314,7 @@ def test_a_bfloat16_head_is_refused_with_the_output_named():
 def test_bfloat16_trains_saves_and_is_recorded(project):
     params = load_params(project / "params.yaml")
     overrides = [*TRAIN, "mixed_precision=mixed_bfloat16", "jit_compile=false"]
-    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
+    result = train_run(params, "cnn", "digits", preset="cnn_small", overrides=overrides)
     assert result.metrics["test_accuracy"] > 0.85
     run = run_record(project, result.run_id)
     assert run.data.params["train.mixed_precision"] == "mixed_bfloat16"
@@ -338,7 +339,7 @@ def test_jit_compile_runs_xla_where_the_model_allows_it(name, effective):
 def test_mixed_float16_without_a_gpu_is_one_clear_error(project):
     assert not tf.config.list_physical_devices("GPU")
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "train", "cnn", "--dataset", "digits"]
+        [sys.executable, "-m", "kerasops", "train", "cnn", "--dataset", "digits"]
         + ["--set", "mixed_precision=mixed_float16"],
         cwd=project,
         env=child_env(),

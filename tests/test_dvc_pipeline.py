@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.lineage import dvc_hash
+from kerasops.pipelines.cli import main
+from kerasops.pipelines.tracking.lineage import dvc_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = {
@@ -60,7 +60,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
     """A git repository holding the project's code, dvc.yaml, .dvc/ and a tiny params.yaml."""
     path.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "raw", "prepared", "reference")
-    for folder in ("models", "pipelines", "data"):
+    for folder in ("kerasops", "models", "pipelines", "data", "serving"):
         shutil.copytree(ROOT / folder, path / folder, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,50 @@ def test_data_add_versions_a_dataset_and_checkout_brings_the_old_bytes_back(tmp_
     assert err == [f"error: {missing} does not exist; pass the file or folder holding the dataset"]
 
 
+def fresh_copy(path: Path) -> Path:
+    """The working tree's tracked files (what a clone holds) in a new git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for relative in filter(None, listed.split("\0")):
+        source = ROOT / relative
+        if source.is_file():
+            (path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, path / relative)
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "fresh clone")
+    return path
+
+
+def test_the_shipped_pipeline_is_valid_in_a_fresh_clone(tmp_path):
+    """`dvc repro --dry` and `dvc status` on the shipped dvc.yaml and params.yaml, and every
+    params.yaml key a stage declares present (DVC itself checks them only when a stage runs).
+
+    DVC 3.67's `repro --dry` stops at the first stage whose dependency an earlier stage has
+    not produced yet (treeverse/dvc#9021); `--force` skips the run-cache lookup that hashes
+    those dependencies, so every stage's command is printed.
+    """
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    repo = fresh_copy(tmp_path / "fresh")
+    stages = dvc(repo, "stage", "list", "--name-only").stdout.split()
+    dry = dvc(repo, "repro", "--dry", "--force")
+    assert stages_run(dry.stdout) == set(stages)
+    assert {"prepare@detection_digits", "export@cnn-digits"} <= set(stages)
+    dvc(repo, "status")
+    with Repo(str(repo)) as project:
+        for stage in project.index.stages:
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    dep.get_hash()  # raises MissingParamsError naming a missing key
+
+
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory):
     """The project's pipeline reproduced once on digits with two small models."""
@@ -151,6 +195,8 @@ def test_repro_runs_every_stage_once(pipeline_repo):
         "train@cnn-digits",
         "evaluate@mlp-digits",
         "evaluate@cnn-digits",
+        "export@mlp-digits",
+        "export@cnn-digits",
     }
     assert stages_run(second) == set() and "Data and pipelines are up to date" in second
     metrics = yaml.safe_load(dvc(repo, "metrics", "show", "--json").stdout)
@@ -166,8 +212,8 @@ def test_train_stage_runs_carry_lineage(pipeline_repo):
     repo, _, _ = pipeline_repo
     import mlflow
 
-    from pipelines import tracking
-    from pipelines.settings import load_params
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.tracking import store as tracking
 
     params = load_params(repo / "params.yaml")
     tracking.configure(params)
@@ -186,7 +232,11 @@ def test_train_stage_runs_carry_lineage(pipeline_repo):
 def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
     repo, _, _ = pipeline_repo
     done = dvc(repo, "exp", "run", "--set-param", "models.mlp.dropout=0.25")
-    assert stages_run(done.stdout) == {"train@mlp-digits", "evaluate@mlp-digits"}
+    assert stages_run(done.stdout) == {
+        "train@mlp-digits",
+        "evaluate@mlp-digits",
+        "export@mlp-digits",
+    }
     assert yaml.safe_load((repo / "params.yaml").read_text())["models"]["mlp"]["dropout"] == 0.25
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
 

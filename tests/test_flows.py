@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from models.config import ConfigError
-from pipelines import tracking
-from pipelines.cli import main
-from pipelines.flows import retry_on_transient, training_flow
-from pipelines.lineage import dataset_version
-from pipelines.settings import load_params
+from kerasops.errors import ConfigError
+from kerasops.pipelines.cli import main
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.flows.runner import retry_on_transient
+from kerasops.pipelines.flows.training import training_flow
+from kerasops.pipelines.tracking import store as tracking
+from kerasops.pipelines.tracking.lineage import dataset_version
 from tests.conftest import write_params
 
 IDENTITY = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import PRESETS, ConfigError, build_model, get_family, preset_values
-from models.config import parse_override
+from kerasops.config import parse_override
+from kerasops.errors import ConfigError
+from kerasops.models import PRESETS, build_model, get_family, preset_values
 from tests.harness import run_builder_test
 
 IMAGE = {

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines import retraining as rt
+from kerasops.pipelines.retraining.report import CycleReport
+from kerasops.pipelines.steps.publish import RetrainingError, publish, served_versions
+from kerasops.pipelines.steps.rollback import rollback
+from kerasops.pipelines.tracking import registry
 from tests.conftest import write_params
 
 NAME = "mlp-digits"
@@ -42,8 +45,8 @@ def project(tmp_path_factory, prefect_harness):
 
 @pytest.fixture(scope="module")
 def params(project):
-    from pipelines import tracking
-    from pipelines.settings import load_params
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.tracking import store as tracking
 
     params = load_params(project / "params.yaml")
     tracking.configure(params)
@@ -55,20 +58,20 @@ def state():
     return {}
 
 
-def cycle(project: Path, **kwargs) -> rt.CycleReport:
-    from pipelines.retraining_flow import retraining_flow
+def cycle(project: Path, **kwargs) -> CycleReport:
+    from kerasops.pipelines.flows.retraining import retraining_flow
 
     return retraining_flow("mlp", "digits", params_path=str(project / "params.yaml"), **kwargs)
 
 
 def snapshot(params) -> dict:
     """What a failed step must not change: aliases' champion/previous and the served versions."""
-    aliases = rt.aliases(NAME)
-    config = Path(rt.serving_config(params).models_config)
+    aliases = registry.aliases(NAME)
+    config = Path(params.serving.models_config)
     return {
         "champion": aliases.get("champion"),
         "previous": aliases.get("previous"),
-        "served": rt.served_versions(params, NAME),
+        "served": served_versions(params, NAME),
         "models.config": config.read_text() if config.exists() else None,
     }
 
@@ -80,8 +83,8 @@ def test_first_cycle_promotes_on_absolute_thresholds(project, params, state):
     assert {c.rule for c in report.decision.checks} == {"minimum"}
     assert report.infra.passed and report.infra.requests == 4
     assert set(report.infra.latency_ms) == {"rest", "grpc"}
-    assert rt.aliases(NAME) == {"champion": "1"}
-    assert rt.served_versions(params, NAME) == {1: "1"}
+    assert registry.aliases(NAME) == {"champion": "1"}
+    assert served_versions(params, NAME) == {1: "1"}
     assert report.publication.served_version == 1
     steps = ["detect", "validate", "train", "evaluate", "infra_validate", "promote"]
     assert list(report.steps) == steps
@@ -92,8 +95,8 @@ def test_cycle_is_recorded_in_mlflow_and_as_a_prefect_artifact(params, state):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    runs = rt.client().search_runs(
-        [rt.client().get_experiment_by_name("tests").experiment_id],
+    runs = registry.client().search_runs(
+        [registry.client().get_experiment_by_name("tests").experiment_id],
         "tags.`kerasops.flow` = 'retraining' and tags.`kerasops.outcome` = 'promoted'",
     )
     assert len(runs) == 1
@@ -102,7 +105,7 @@ def test_cycle_is_recorded_in_mlflow_and_as_a_prefect_artifact(params, state):
     assert run.data.metrics["challenger.test_accuracy"] > 0.5
     assert run.data.metrics["step_seconds.train"] > 0
     assert run.data.metrics["infra.grpc_max_ms"] > 0
-    text = rt.client().download_artifacts(run.info.run_id, "retraining/cycle.md")
+    text = registry.client().download_artifacts(run.info.run_id, "retraining/cycle.md")
     assert "# Retraining mlp-digits: promoted" in Path(text).read_text()
 
     async def artifacts():
@@ -134,9 +137,9 @@ def _artifact_query_defaults() -> dict:
 @pytest.fixture(scope="module")
 def server(params, state):
     """The embedded server on the real models.config, polling the repository."""
-    from serving.server import EmbeddedServer, model_entries
+    from kerasops.serving.server import EmbeddedServer, model_entries
 
-    config = rt.serving_config(params, rest_port=0, grpc_port=0)
+    config = params.serving.replace(rest_port=0, grpc_port=0)
     entries, path = model_entries(config)
     assert path == Path(config.models_config)
     running = EmbeddedServer(config, entries, path)
@@ -147,7 +150,7 @@ def server(params, state):
 
 def served_answer(server, version_expected: int, timeout: float = 60.0) -> np.ndarray:
     """Poll the server until it serves `version_expected` by default; return its answer."""
-    from serving.client import GrpcClient, RestClient
+    from kerasops.serving.client import GrpcClient, RestClient
 
     images = test_images(4)
     rest = RestClient(f"http://127.0.0.1:{server.rest_port}")
@@ -174,7 +177,7 @@ def served_answer(server, version_expected: int, timeout: float = 60.0) -> np.nd
 
 
 def test_images(count: int) -> np.ndarray:
-    from data import load_prepared
+    from kerasops.data import load_prepared
 
     return np.asarray(load_prepared("digits", Path("data/prepared")).splits["test"].x[:count])
 
@@ -183,7 +186,7 @@ test_images.__test__ = False  # a helper, not a test
 
 
 def in_process(version: str) -> np.ndarray:
-    model = rt.load_version(NAME, version)
+    model = registry.load_version(NAME, version).model
     return np.asarray(model.predict(test_images(4), verbose=0))
 
 
@@ -197,7 +200,7 @@ def test_no_new_data_finishes_early(project, params):
     assert report.outcome == "no-new-data"
     assert list(report.steps) == ["detect"]
     assert snapshot(params) == before
-    assert [str(v.version) for v in rt.model_versions(NAME)] == ["1"]
+    assert [str(v.version) for v in registry.model_versions(NAME)] == ["1"]
 
 
 def test_worse_challenger_is_rejected_and_nothing_served_changes(project, params, server):
@@ -208,9 +211,9 @@ def test_worse_challenger_is_rejected_and_nothing_served_changes(project, params
     rules = {c.rule for c in report.decision.checks if not c.passed}
     assert rules == {"minimum", "max_regression"}
     assert snapshot(params) == before
-    rejected = rt.client().get_model_version(NAME, report.challenger.version)
-    assert rejected.tags[rt.TAG_GATE] == "rejected"
-    assert "challenger" not in rt.aliases(NAME)
+    rejected = registry.client().get_model_version(NAME, report.challenger.version)
+    assert rejected.tags[registry.TAG_GATE] == "rejected"
+    assert "challenger" not in registry.aliases(NAME)
     np.testing.assert_allclose(served_answer(server, 1), in_process("1"), atol=1e-5)
 
 
@@ -220,11 +223,11 @@ BETTER = ["train.epochs=10"]
 @pytest.mark.parametrize(
     "target, step",
     [
-        ("pipelines.train.train_model", "train"),
-        ("pipelines.retraining.evaluate_version", "evaluate"),
-        ("pipelines.retraining.infra_validate", "infra_validate"),
-        ("pipelines.retraining.publish", "promote"),
-        ("pipelines.retraining.record_verdict", "promote"),  # after publish, during aliases
+        ("kerasops.pipelines.retraining.challenger.train_model", "train"),
+        ("kerasops.pipelines.steps.gate.evaluate_version", "evaluate"),
+        ("kerasops.pipelines.retraining.infra.infra_validate", "infra_validate"),
+        ("kerasops.pipelines.steps.publish.publish", "promote"),
+        ("kerasops.pipelines.steps.publish.record_verdict", "promote"),  # after publish, aliases
     ],
 )
 def test_a_failed_step_leaves_champion_and_served_version(project, params, target, step):
@@ -238,10 +241,10 @@ def test_a_failed_step_leaves_champion_and_served_version(project, params, targe
         with pytest.raises(RuntimeError, match="injected failure"):
             cycle(project, overrides=BETTER, force=True)
     assert snapshot(params) == before
-    repository = Path(rt.serving_config(params).model_repository) / NAME
+    repository = Path(params.serving.model_repository) / NAME
     assert sorted(p.name for p in repository.iterdir()) == ["1"]  # no leftovers
-    failed = rt.client().search_runs(
-        [rt.client().get_experiment_by_name("tests").experiment_id],
+    failed = registry.client().search_runs(
+        [registry.client().get_experiment_by_name("tests").experiment_id],
         "tags.`kerasops.outcome` = 'failed'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -256,13 +259,13 @@ def test_rerun_after_failures_promotes_without_duplicates(project, params, serve
     assert report.challenger.trained is False  # the run trained before the injected failures
     same_inputs = [
         v
-        for v in rt.model_versions(NAME)
-        if v.tags.get(rt.TAG_PARAMS) == report.challenger.params_hash
+        for v in registry.model_versions(NAME)
+        if v.tags.get(registry.TAG_PARAMS) == report.challenger.params_hash
     ]
     assert len(same_inputs) == 1
     new = report.challenger.version
-    assert rt.aliases(NAME) == {"champion": new, "previous": "1"}
-    assert rt.served_versions(params, NAME) == {1: "1", 2: new}
+    assert registry.aliases(NAME) == {"champion": new, "previous": "1"}
+    assert served_versions(params, NAME) == {1: "1", 2: new}
     assert (
         report.decision.challenger["test_accuracy"]
         >= report.decision.champion["test_accuracy"] - 0.02
@@ -270,42 +273,42 @@ def test_rerun_after_failures_promotes_without_duplicates(project, params, serve
     np.testing.assert_allclose(served_answer(server, 2), in_process(new), atol=1e-5)
     state["second"] = report
 
-    again = rt.publish(params, NAME, Path(report.infra.staged), new)
+    again = publish(params, NAME, Path(report.infra.staged), new)
     assert not again.created and again.served_version == 2  # publishing twice: one version
 
 
 def test_rollback_restores_the_previous_champion(params, server, state):
-    from pipelines.cli import main
+    from kerasops.pipelines.cli import main
 
     demoted = state["second"].challenger.version
-    result = rt.rollback(params, NAME)
+    result = rollback(params, NAME)
     assert (result.champion, result.demoted) == ("1", demoted)
-    assert rt.aliases(NAME) == {"champion": "1"}
-    assert rt.served_versions(params, NAME) == {1: "1", 2: demoted, 3: "1"}
+    assert registry.aliases(NAME) == {"champion": "1"}
+    assert served_versions(params, NAME) == {1: "1", 2: demoted, 3: "1"}
     np.testing.assert_allclose(served_answer(server, 3), in_process("1"), atol=1e-5)
-    assert rt.client().get_model_version(NAME, demoted).tags["kerasops.rolled_back"] == "true"
+    assert registry.client().get_model_version(NAME, demoted).tags["kerasops.rolled_back"] == "true"
 
-    with pytest.raises(rt.RetrainingError, match="no 'previous' version"):
-        rt.rollback(params, NAME)
+    with pytest.raises(RetrainingError, match="no 'previous' version"):
+        rollback(params, NAME)
     assert main(["rollback", NAME]) == 2
 
 
 def test_new_data_failing_validation_stops_the_flow_before_training(project, params):
-    from data.validation import ValidationError
+    from kerasops.data.validation import ValidationError
 
     values = yaml.safe_load((project / "params.yaml").read_text())
     values["datasets"] = {"digits": {"seed": 7}}  # a new data version: another split
     values["pipeline"] = {"validation": {"drift_fail_psi": 1.0e-6}}
     strict = project / "params-new-data.yaml"
     strict.write_text(yaml.safe_dump(values))
-    before, versions = snapshot(params), len(rt.model_versions(NAME))
+    before, versions = snapshot(params), len(registry.model_versions(NAME))
 
-    from pipelines.retraining_flow import retraining_flow
+    from kerasops.pipelines.flows.retraining import retraining_flow
 
     with pytest.raises(ValidationError, match="drift"):
         retraining_flow("mlp", "digits", params_path=str(strict))
     assert snapshot(params) == before
-    assert len(rt.model_versions(NAME)) == versions  # nothing trained or registered
+    assert len(registry.model_versions(NAME)) == versions  # nothing trained or registered
 
 
 def test_schedule_command_serves_the_flow_on_its_cron(project):
@@ -320,7 +323,7 @@ def test_schedule_command_serves_the_flow_on_its_cron(project):
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(root)}
-    command = [sys.executable, "-m", "pipelines.cli", "--params", str(project / "params.yaml")]
+    command = [sys.executable, "-m", "kerasops", "--params", str(project / "params.yaml")]
     command += ["schedule", "cnn", "--dataset", "digits", "--cron", "30 2 * * 1-5"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -344,7 +347,7 @@ def test_schedule_command_serves_the_flow_on_its_cron(project):
 
 
 def test_bad_cron_and_bad_inputs_are_one_line_errors(project, capsys):
-    from pipelines.cli import main
+    from kerasops.pipelines.cli import main
 
     assert main(["schedule", "mlp", "--dataset", "digits", "--cron", "0 3 * *"]) == 2
     assert "not a valid cron expression" in capsys.readouterr().err
@@ -356,8 +359,8 @@ def test_prefect_yaml_targets_the_compose_worker_pool():
     root = Path(__file__).resolve().parent.parent
     spec = yaml.safe_load((root / "prefect.yaml").read_text())
     (deployment,) = [d for d in spec["deployments"] if d["name"] == "retrain-cnn-digits"]
-    assert deployment["entrypoint"] == "pipelines/retraining_flow.py:retraining_flow"
-    assert (root / "pipelines" / "retraining_flow.py").is_file()
+    assert deployment["entrypoint"] == "pipelines/flows/retraining.py:retraining_flow"
+    assert (root / "pipelines" / "flows" / "retraining.py").is_file()
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     pool = deployment["work_pool"]["name"]
     workers = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import ConfigError
-from pipelines.retraining import gate
-from pipelines.retraining_config import GateRule, RetrainingConfig
-from pipelines.settings import Params
+from kerasops.errors import ConfigError
+from kerasops.pipelines.config import Params
+from kerasops.pipelines.config.retraining import GateRule, RetrainingConfig
+from kerasops.pipelines.steps.gate import gate
 
 
 def rules(**values) -> dict[str, GateRule]:

@@ -6,12 +6,13 @@ No model is trained: publishing copies a staged export folder, whatever it holds
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from pipelines import retraining as rt
-from pipelines.settings import load_params
-from serving.repository import mapping_for, read_models_config
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps import publish as rt
+from kerasops.serving.repository import INFO_FILE, mapping_for, read_models_config
 from tests.conftest import write_params
 
 
@@ -20,19 +21,19 @@ def staged_export(root, registered_version: str):
     (folder / "assets.extra").mkdir(parents=True)
     (folder / "saved_model.pb").write_bytes(b"stand-in for a SavedModel")
     info = {"model_name": "m", "version": 1, "registered_version": registered_version}
-    (folder / "assets.extra" / rt.INFO_FILE).write_text(json.dumps(info))
+    (folder / "assets.extra" / INFO_FILE).write_text(json.dumps(info))
     return folder
 
 
 def entry(params):
-    config = rt.serving_config(params)
-    (found,) = read_models_config(rt.Path(config.models_config), mapping_for(config))
+    config = params.serving
+    (found,) = read_models_config(Path(config.models_config), mapping_for(config))
     return found
 
 
 def test_publish_numbers_versions_once_per_registered_version(project):
     params = load_params(project / "params.yaml")
-    repository = rt.Path(rt.serving_config(params).model_repository) / "m"
+    repository = Path(params.serving.model_repository) / "m"
     (repository / ".publish-1-0badc0de").mkdir(parents=True)  # a publisher killed mid-copy
     first = rt.publish(params, "m", staged_export(project, "4"), "4")
     assert (first.served_version, first.created) == (1, True)
@@ -42,9 +43,7 @@ def test_publish_numbers_versions_once_per_registered_version(project):
     assert second.served_version == 2
     assert rt.served_versions(params, "m") == {1: "4", 2: "7"}
     assert sorted(p.name for p in repository.iterdir()) == ["1", "2"]  # no staging leftovers
-    assert (
-        json.loads((repository / "2" / "assets.extra" / rt.INFO_FILE).read_text())["version"] == 2
-    )
+    assert json.loads((repository / "2" / "assets.extra" / INFO_FILE).read_text())["version"] == 2
     assert entry(params).name == "m"
 
     rt.withdraw(params, "m", 2)
@@ -73,7 +72,7 @@ def test_a_failure_inside_a_publication_undoes_it(project, monkeypatch):
     monkeypatch.setattr(rt, "aliases", lambda name: {})
     monkeypatch.setattr(rt, "set_aliases", lambda name, wanted: None)
     rt.publish(params, "m", staged_export(project, "1"), "1")
-    config = rt.Path(rt.serving_config(params).models_config)
+    config = Path(params.serving.models_config)
     text = config.read_text()
     with (
         pytest.raises(RuntimeError, match="alias store down"),

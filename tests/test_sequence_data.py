@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from data import DataError, load_prepared, prepare_dataset, resolve_dataset_config
-from data.dates import FORMATS, generate_date_pairs, ordinal, render_date
-from models.config import ConfigError
+from kerasops.data import DataError, load_prepared, prepare_dataset, resolve_dataset_config
+from kerasops.data.dates import FORMATS, generate_date_pairs, ordinal, render_date
+from kerasops.errors import ConfigError
 
 PARSERS = {  # format name -> strptime pattern that reads the rendered date back
     "day_month_year": "%d %B %Y",

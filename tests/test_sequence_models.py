@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import ConfigError, build_model, preset_values
-from models.language_model import build_text_generator
-from models.text import END_TOKEN, START_TOKEN, CharTokenizer, character_vocabulary, ids_to_text
-from models.translation import build_greedy_translator
+from kerasops.errors import ConfigError
+from kerasops.models import build_model, preset_values
+from kerasops.models.language_model import build_text_generator
+from kerasops.models.text import (
+    END_TOKEN,
+    START_TOKEN,
+    CharTokenizer,
+    character_vocabulary,
+    ids_to_text,
+)
+from kerasops.models.translator import build_greedy_translator
 from tests.harness import run_builder_test
 
 LM_VOCABULARY = list(" etaoinshrdlcum.T")

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from models import KerasopsError
-from pipelines import tracking
-from pipelines.settings import load_params
-from pipelines.steps import evaluate_run
-from pipelines.train import train_model
-from serving.config import ServingConfig
-from serving.export import export_saved_model
-from serving.server import EmbeddedServer, model_entries
-from serving.sources import dataset_examples, load_from_folder
-from tests.conftest import write_params
+from kerasops.errors import KerasopsError
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps.evaluate import evaluate_run
+from kerasops.pipelines.tracking import store as tracking
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.export import export_saved_model
+from kerasops.serving.server import EmbeddedServer, model_entries
+from kerasops.serving.sources import dataset_examples, load_from_folder
+from tests.conftest import train_run, write_params
 
 DATASETS = {
     "bbc_news_lm": {"max_documents": 150, "window": 48},
@@ -39,10 +38,10 @@ def trained(tmp_path_factory):
         patch.chdir(root)
         write_params(root, datasets=DATASETS, models=MODELS)
         params = load_params(root / "params.yaml")
-        language_model = train_model(
+        language_model = train_run(
             params, "language_model", "bbc_news_lm", preset="language_model_tiny"
         )
-        translator = train_model(params, "translator", "dates", preset="translator_tiny")
+        translator = train_run(params, "translator", "dates", preset="translator_tiny")
         yield params, language_model, translator
 
 
@@ -88,9 +87,9 @@ def test_evaluate_step_rescores_the_saved_text_models(trained):
 def test_models_refuse_a_dataset_of_the_other_task(trained):
     params, _, _ = trained
     with pytest.raises(KerasopsError, match="needs a language_modeling one"):
-        train_model(params, "language_model", "dates")
+        train_run(params, "language_model", "dates")
     with pytest.raises(KerasopsError, match="needs a translation one"):
-        train_model(params, "translator", "bbc_news_lm")
+        train_run(params, "translator", "bbc_news_lm")
 
 
 def test_exported_models_answer_rest_predict_on_the_embedded_server(trained, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data import load_prepared
+from kerasops.data import load_prepared
 from tests import services
 from tests.conftest import write_params
 
@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 
 FLOW = """
 import json, sys
-from pipelines.flows import training_flow
+from kerasops.pipelines.flows.training import training_flow
 state = training_flow("mlp", "digits", overrides=sys.argv[1:], return_state=True)
 result = state.result()
 ids = {"run_id": result.run_id, "flow_run_id": str(state.state_details.flow_run_id)}

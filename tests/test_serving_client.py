@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import cli
-from serving.client import ServingClientError, connect
-from serving.config import ServingConfig
-from serving.export import export_saved_model
-from serving.server import EmbeddedServer, model_entries
+from kerasops.pipelines import cli
+from kerasops.pipelines.cli import serving as serving_cli
+from kerasops.serving.client import ServingClientError, connect
+from kerasops.serving.config import ServingConfig
+from kerasops.serving.export import export_saved_model
+from kerasops.serving.server import EmbeddedServer, model_entries
 from tests.serving_helpers import digit_images, digits_cnn, regressor
 
 pytest.importorskip("tensorflow_serving.apis")
@@ -35,7 +36,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     (root / "config.json").write_text(json.dumps({"model": "cnn", "dataset": "digits"}))
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default=str(root / "none.yaml"))
-    cli.add_commands(parser.add_subparsers(dest="command"))
+    serving_cli.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "export",
@@ -93,17 +94,17 @@ def test_cli_mistakes_are_one_line_errors(served, tmp_path: Path, capsys) -> Non
     server, _, root = served
     url = f"http://127.0.0.1:{server.rest_port}"
     assert (
-        cli.main(["predict", "cnn-digits", "--input", str(tmp_path / "no.npy"), "--url", url]) == 1
+        cli.main(["predict", "cnn-digits", "--input", str(tmp_path / "no.npy"), "--url", url]) == 2
     )
-    assert capsys.readouterr().out.startswith("error: input file not found")
-    assert cli.main(["--params", str(root / "none.yaml"), "export"]) == 1
-    assert "exactly one of" in capsys.readouterr().out
+    assert capsys.readouterr().err.startswith("error: input file not found")
+    assert cli.main(["--params", str(root / "none.yaml"), "export"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa: ANN001
     import httpx
 
-    from serving.config import BatchingConfig
+    from kerasops.serving.config import BatchingConfig
 
     _, model, root = served
     config = ServingConfig(
@@ -156,7 +157,7 @@ def test_export_from_an_mlflow_run(tmp_path: Path, capsys) -> None:  # noqa: ANN
         "--models-config",
         str(tmp_path / "models.config"),
     ]
-    assert cli.main(argv) == 0, capsys.readouterr().out
+    assert cli.main(argv) == 0, capsys.readouterr().err
     version_dir = repository / "mlp-sunspots" / "1"
     info = json.loads((version_dir / "assets.extra" / "kerasops_export.json").read_text())
     assert info["mlflow_run_id"] == run.info.run_id

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.config import BatchingConfig, ServingConfig
+from kerasops.serving.config import BatchingConfig, ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.config import BatchingConfig, ServingConfig
-from serving.export import export_saved_model
-from serving.server import EmbeddedServer, model_entries
+from kerasops.serving.config import BatchingConfig, ServingConfig
+from kerasops.serving.export import export_saved_model
+from kerasops.serving.server import EmbeddedServer, model_entries
 from tests.serving_helpers import digit_images, digits_cnn, regressor, text_classifier
 
 pytest.importorskip("tensorflow_serving.apis")

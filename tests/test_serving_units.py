@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.config import ConfigError
-from serving.batching import Batcher
-from serving.config import BatchingConfig, ServingConfig, VersionPolicyConfig
-from serving.errors import ServingError
-from serving.export import ExportError, export_saved_model
-from serving.repository import (
+from kerasops.errors import ConfigError
+from kerasops.serving.batching import Batcher
+from kerasops.serving.config import BatchingConfig, ServingConfig, VersionPolicyConfig
+from kerasops.serving.errors import ServingError
+from kerasops.serving.export import ExportError, export_saved_model
+from kerasops.serving.repository import (
     PathMapping,
     check_model_name,
     entries_to_text,

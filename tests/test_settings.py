@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import ConfigError
-from pipelines.settings import load_params, resolve_run_config
+from kerasops.errors import ConfigError
+from kerasops.pipelines.config import load_params, resolve_run_config
 from tests.conftest import write_params
 
 

@@ -6,8 +6,8 @@ import os
 
 import mlflow
 
-from pipelines import tracking
-from pipelines.settings import load_params
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.tracking import store as tracking
 from tests.conftest import write_params
 
 
@@ -35,7 +35,7 @@ def test_a_user_exported_uri_still_wins(tmp_path, monkeypatch):
 
 
 def test_compare_shows_each_familys_headline_metric_beside_its_baseline():
-    from pipelines.compare import headline
+    from kerasops.pipelines.tracking.runs import headline
 
     lm = {"test_perplexity": 3.2, "test_accuracy": 0.5, "baseline_unigram_perplexity": 27.0}
     assert headline(lm) == {

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data import load_prepared
-from pipelines import tracking
-from pipelines.evaluate import predict
-from pipelines.settings import load_params
-from pipelines.train import train_model
+from kerasops.data import load_prepared
+from kerasops.models.evaluation import predict
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.tracking import store as tracking
+from tests.conftest import train_run
 
 
 def losses(run_id: str, key: str = "loss") -> list[float]:
@@ -26,7 +26,7 @@ def params(project):
 
 
 def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
-    result = train_model(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
+    result = train_run(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
     metrics = result.metrics
     assert metrics["test_accuracy"] > 0.85 > metrics["baseline_majority_accuracy"] + 0.5
 
@@ -72,7 +72,7 @@ def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
 
 
 def test_lstm_forecast_beats_the_naive_last_value(params):
-    result = train_model(
+    result = train_run(
         params, "rnn", "sunspots", preset="rnn_lstm_small", overrides=["epochs=40", "patience=8"]
     )
     assert result.metrics["test_mae"] < result.metrics["baseline_naive_mae"]
@@ -82,7 +82,7 @@ def test_lstm_forecast_beats_the_naive_last_value(params):
 
 
 def test_transformer_on_bbc_news_beats_majority_by_20_points(params):
-    result = train_model(
+    result = train_run(
         params,
         "transformer",
         "bbc_news",
@@ -96,15 +96,15 @@ def test_transformer_on_bbc_news_beats_majority_by_20_points(params):
 
 
 def test_failed_run_is_marked_failed_and_keeps_the_last_good_outputs(params, monkeypatch):
-    first = train_model(params, "mlp", "digits", overrides=["epochs=1"])
+    first = train_run(params, "mlp", "digits", overrides=["epochs=1"])
     before = (first.run_dir / "metrics.json").read_text()
 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation exploded")
 
-    monkeypatch.setattr("pipelines.recipes.evaluate_model", broken)
+    monkeypatch.setattr("kerasops.models.recipe.evaluate_task", broken)
     with pytest.raises(RuntimeError):
-        train_model(params, "mlp", "digits", overrides=["epochs=1"])
+        train_run(params, "mlp", "digits", overrides=["epochs=1"])
     tracking.configure(params)
     runs = MlflowClient().search_runs(
         [mlflow.get_experiment_by_name("tests").experiment_id],

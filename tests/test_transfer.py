@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data import PreparedData, Split, load_prepared
-from models import PRESETS, build_model, preset_values
-from models.config import ConfigError, KerasopsError
-from models.transfer import (
+from kerasops.data import PreparedData, Split, load_prepared
+from kerasops.errors import ConfigError, KerasopsError
+from kerasops.models import PRESETS, build_model, preset_values
+from kerasops.models.training import TrainConfig, compile_model, fit, trainable_count
+from kerasops.models.transfer import start_fine_tuning
+from kerasops.models.transfer.builder import (
     BACKBONES,
     BackboneName,
     BackbonePreprocess,
@@ -27,12 +29,11 @@ from models.transfer import (
     is_batchnorm,
     unfreeze_top_layers,
 )
-from pipelines import tracking
-from pipelines.cli import main
-from pipelines.recipes import start_fine_tuning
-from pipelines.settings import TrainConfig, load_params
-from pipelines.train import compile_model, ensure_prepared, fit, train_model, trainable_count
-from tests.conftest import write_params
+from kerasops.pipelines.cli import main
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.tracking import store as tracking
+from tests.conftest import train_run, write_params
 from tests.harness import run_builder_test
 
 SPEC = {
@@ -255,7 +256,7 @@ def digits_root(tmp_path_factory):
     """A project folder with digits prepared once for this module."""
     root = tmp_path_factory.mktemp("transfer_project")
     write_params(root)
-    ensure_prepared("digits", load_params(root / "params.yaml"))
+    ensure_prepared(load_params(root / "params.yaml"), "digits")
     return root
 
 
@@ -306,9 +307,9 @@ def test_phase_one_trains_only_the_head_and_phase_two_only_unfrozen_non_batchnor
 
 
 def test_transfer_on_digits_trains_tracks_exports_and_serves(digits_root, monkeypatch, tmp_path):
-    from serving.config import BatchingConfig, ServingConfig
-    from serving.export import export_saved_model
-    from serving.servable import Servable
+    from kerasops.serving.config import BatchingConfig, ServingConfig
+    from kerasops.serving.export import export_saved_model
+    from kerasops.serving.servable import Servable
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = load_params(digits_root / "params.yaml")
@@ -320,7 +321,7 @@ def test_transfer_on_digits_trains_tracks_exports_and_serves(digits_root, monkey
         "fine_tune_layers=20",
         "fine_tune_learning_rate=0.0003",
     ]
-    result = train_model(params, "transfer", "digits", overrides=overrides)
+    result = train_run(params, "transfer", "digits", overrides=overrides)
 
     tracking.configure(params)
     client = MlflowClient()

@@ -8,17 +8,23 @@ import json
 import numpy as np
 import pytest
 
-from data import PreparedData, Split, load_prepared, prepare_dataset, resolve_dataset_config
-from data.npz import sha256_file, write_npz
-from data.validation import (
+from kerasops.data import (
+    PreparedData,
+    Split,
+    load_prepared,
+    prepare_dataset,
+    resolve_dataset_config,
+)
+from kerasops.data.npz import sha256_file, write_npz
+from kerasops.data.validation import (
     ValidationConfig,
     ValidationError,
     load_reference,
     reference_dir,
     validate_prepared,
 )
-from pipelines.settings import load_params
-from pipelines.steps import validate_dataset, validation_config
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps.validate import validate as validate_dataset
 from tests.conftest import write_params
 
 
@@ -165,8 +171,6 @@ def test_validate_dataset_keeps_only_passed_versions_as_reference(project):
 
 
 def test_validation_thresholds_are_strict(project):
-    params = load_params(
-        write_params(project, pipeline={"validation": {"max_leakage_fraktion": 0.1}})
-    )
+    path = write_params(project, pipeline={"validation": {"max_leakage_fraktion": 0.1}})
     with pytest.raises(Exception, match="pipeline.validation.max_leakage_fraktion"):
-        validation_config(params, "digits")
+        load_params(path)  # typed when params.yaml is read

@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from models import ConfigError, build_model, preset_values
-from models.autoencoder import build_anomaly_scorer
-from models.gan import AdversarialTrainer, GanConfig, build_discriminator
-from models.layers import PatchExtraction
+from kerasops.errors import ConfigError
+from kerasops.models import build_model, preset_values
+from kerasops.models.autoencoder import build_anomaly_scorer
+from kerasops.models.gan import AdversarialTrainer, GanConfig, build_discriminator
+from kerasops.models.layers import PatchExtraction
 from tests.harness import run_builder_test
 
 IMAGE = {

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data import load_prepared
-from pipelines import tracking
-from pipelines.cli import main as kerasops
-from pipelines.compare import compare_runs, format_table
-from pipelines.settings import load_params
+from kerasops.data import load_prepared
+from kerasops.pipelines.cli import main as kerasops
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.tracking import store as tracking
+from kerasops.pipelines.tracking.runs import compare_runs, format_table
 from tests.conftest import write_params
 
 
@@ -104,8 +104,8 @@ def test_gan_beats_noise_and_logs_a_sample_grid_every_epoch(params, gan_metrics)
 def test_exported_models_answer_rest_predicts(
     params, vit_metrics, autoencoder_metrics, gan_metrics, tmp_path
 ):
-    from serving.config import ServingConfig
-    from serving.server import EmbeddedServer, model_entries
+    from kerasops.serving.config import ServingConfig
+    from kerasops.serving.server import EmbeddedServer, model_entries
 
     repository, models_config = tmp_path / "models", tmp_path / "models.config"
     runs = params.path("artifacts") / "runs"
@@ -150,7 +150,7 @@ def test_exported_models_answer_rest_predicts(
 
 
 def test_dvc_evaluate_stage_rescores_the_saved_models(params, autoencoder_metrics, gan_metrics):
-    from pipelines.steps import evaluate_run
+    from kerasops.pipelines.steps.evaluate import evaluate_run
 
     rescored = evaluate_run(params, "autoencoder", "digits")  # from the saved anomaly scorer
     for key in ("anomaly_threshold", "anomaly_roc_auc", "test_reconstruction_mse"):

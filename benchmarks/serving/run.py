@@ -45,7 +45,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, np.ndarray, str]:
     """The trained digits CNN and real test images; a stand-in when `--stand-in` is given."""
     if args.stand_in:
         return stand_in_model()
-    from serving.sources import dataset_examples, load_from_folder
+    from kerasops.serving.sources import dataset_examples, load_from_folder
 
     source = load_from_folder(Path(args.model))
     examples, _ = dataset_examples(source.run_config, args.prepared_root, 256)
@@ -140,7 +140,7 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
     command = [
         sys.executable,
         "-m",
-        "serving.cli",
+        "kerasops",
         "--params",
         os.devnull,
         "serve",
@@ -339,8 +339,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from serving.config import ServingConfig
-    from serving.export import export_saved_model
+    from kerasops.serving.config import ServingConfig
+    from kerasops.serving.export import export_saved_model
 
     load_before = os.getloadavg()[0]
     model, images, description = load_model(args)

@@ -23,11 +23,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from data import make_tf_dataset
-from models import get_family, preset_values
-from pipelines import distribute
-from pipelines.settings import TrainConfig, load_params
-from pipelines.train import compile_model, ensure_prepared, input_spec
+from kerasops.data import make_tf_dataset
+from kerasops.models import get_family, preset_values
+from kerasops.models.recipe import data_input_spec as input_spec
+from kerasops.models.training import TrainConfig, compile_model
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.training import distribute
 
 CASES = [("cnn", "cnn_small", "digits", 64), ("transformer", "transformer_tiny", "bbc_news", 32)]
 VARIANTS = {
@@ -56,7 +58,7 @@ def time_steps(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
 
 def bench_case(case: tuple, params, steps: int, rounds: int) -> dict:
     model_name, preset, dataset, batch = case
-    prepared = ensure_prepared(dataset, params)
+    prepared = ensure_prepared(params, dataset)
     base = TrainConfig(batch_size=batch, sequence_length=200)
     spec = input_spec(prepared, base)
     data = make_tf_dataset(prepared.splits["train"], batch, shuffle=True).repeat()

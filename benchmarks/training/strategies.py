@@ -39,15 +39,18 @@ variant, steps, rounds, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 if variant == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from data import make_tf_dataset
-from models import get_family, preset_values
-from pipelines import distribute
-from pipelines.settings import TrainConfig, load_params
-from pipelines.train import compile_model, ensure_prepared, input_spec
+from kerasops.data import make_tf_dataset
+from kerasops.models import get_family, preset_values
+from kerasops.pipelines.training import distribute
+from kerasops.models.training import TrainConfig
+from kerasops.pipelines.config import load_params
+from kerasops.models.recipe import data_input_spec as input_spec
+from kerasops.models.training import compile_model
+from kerasops.pipelines.steps.prepare import ensure_prepared
 
 strategy = distribute.make_strategy(TrainConfig(strategy=variant))
 train = TrainConfig(strategy=variant, batch_size=batch // strategy.num_replicas_in_sync)
-prepared = ensure_prepared("digits", load_params("params.yaml"))
+prepared = ensure_prepared(load_params("params.yaml"), "digits")
 spec = input_spec(prepared, train)
 family = get_family("cnn")
 values = {**preset_values("cnn", "cnn_small"), "inputs": spec.to_dict()}
@@ -96,10 +99,10 @@ def run_variant(variant: str, project: Path, steps: int, rounds: int, batch: int
 
 def prepare_digits(project: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from pipelines.settings import load_params
-    from pipelines.train import ensure_prepared
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.steps.prepare import ensure_prepared
 
-    ensure_prepared("digits", load_params(project / "params.yaml"))
+    ensure_prepared(load_params(project / "params.yaml"), "digits")
 
 
 def main() -> None:

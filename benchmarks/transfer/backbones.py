@@ -21,12 +21,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from data import Split
-from models import build_model
-from models.transfer import BACKBONES, TransferConfig, backbone_of, is_batchnorm
-from pipelines.recipes import start_fine_tuning
-from pipelines.settings import TrainConfig, load_params
-from pipelines.train import compile_model, ensure_prepared, fit, input_spec, trainable_count
+from kerasops.data import Split
+from kerasops.models import build_model
+from kerasops.models.recipe import data_input_spec as input_spec
+from kerasops.models.training import TrainConfig, compile_model, fit, trainable_count
+from kerasops.models.transfer import (
+    BACKBONES,
+    TransferConfig,
+    backbone_of,
+    is_batchnorm,
+    start_fine_tuning,
+)
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps.prepare import ensure_prepared
 
 HERE = Path(__file__).parent
 
@@ -87,7 +94,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     params = load_params(args.params)
-    prepared = ensure_prepared("digits", params)
+    prepared = ensure_prepared(params, "digits")
     n = args.examples
     splits = {k: Split(s.x[:n], s.y[:n]) for k, s in prepared.splits.items()}
     prepared = dataclasses.replace(prepared, splits=splits)

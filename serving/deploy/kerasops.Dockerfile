@@ -2,7 +2,8 @@
 # repository root: docker build -f serving/deploy/kerasops.Dockerfile .
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY kerasops kerasops
 COPY pipelines pipelines
 COPY models models
 COPY data/*.py data/

@@ -1,0 +1,138 @@
+"""`kerasops run-pipeline`, `retrain`, `rollback` and `schedule`. Each resolves its configs
+before Prefect starts, so a bad model, preset or key fails at once; Prefect is imported only
+after `local_prefect` chose where its local-mode database lives."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kerasops.errors import KerasopsError
+from kerasops.pipelines.cli.common import add_overrides, params_of
+
+
+def cmd_run_pipeline(args: argparse.Namespace) -> int:
+    # deferred: the steps load TensorFlow and MLflow; Prefect reads its settings on import
+    from kerasops.pipelines.flows.local import local_prefect
+    from kerasops.pipelines.steps.pipeline import check_runs, select_runs
+
+    params = params_of(args)
+    check_runs(params, select_runs(params, args.model, args.dataset), args.set)
+    local_prefect(params)
+    # deferred: Prefect reads its settings when imported, after local_prefect
+    from kerasops.pipelines.flows.training import run_pipeline_flow
+
+    try:
+        result = run_pipeline_flow(
+            os.path.abspath(args.params), args.model or None, args.dataset or None, args.set
+        )
+    except RuntimeError as exc:
+        if "Prefect API" not in str(exc):
+            raise
+        raise KerasopsError(
+            f"{exc}; set PREFECT_API_URL to a running server, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
+    print(result.markdown)
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """Resolve the run config now, so a bad model, preset or key fails before Prefect starts;
+    then set up Prefect's local mode (unless a server is configured)."""
+    # deferred: the config loads TensorFlow; Prefect reads its settings on import
+    # deferred: loads TensorFlow
+    from kerasops.pipelines.config import resolve_run_config
+    from kerasops.pipelines.flows.local import local_prefect
+    from kerasops.pipelines.training.distribute import require_one_process
+
+    params = params_of(args)
+    run = resolve_run_config(params, args.model, args.dataset, args.preset, args.set)
+    require_one_process(run.train)
+    local_prefect(params)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    _resolve(args)
+    from kerasops.pipelines.flows.retraining import retraining_flow  # deferred: Prefect
+
+    params_path = os.path.abspath(args.params)
+    report = retraining_flow(
+        args.model, args.dataset, args.preset, args.set, args.force, params_path
+    )
+    print(report.to_markdown())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    # deferred: the steps load TensorFlow and MLflow
+    from kerasops.pipelines.steps.rollback import rollback
+    from kerasops.pipelines.tracking import store
+
+    params = params_of(args)
+    name = params.retraining.model_name(args.model, args.dataset) if args.dataset else args.model
+    store.configure(params)
+    result = rollback(params, name)
+    print(
+        f"{name}: champion is version {result.champion} again (was {result.demoted}); "
+        f"served as version {result.publication.served_version}"
+    )
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    _resolve(args)
+    # deferred: Prefect
+    from kerasops.pipelines.flows.retraining import (
+        check_cron,
+        deployment_name,
+        schedule_parameters,
+        serve_schedule,
+    )
+
+    cron = check_cron(args.cron)
+    parameters = schedule_parameters(
+        args.model, args.dataset, args.preset, args.set, args.force, os.path.abspath(args.params)
+    )
+    name = deployment_name(args.model, args.dataset)
+    print(f"serving deployment {name} on cron {cron!r} (Ctrl-C stops)", flush=True)
+    serve_schedule(name, cron, parameters)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    pipeline = sub.add_parser("run-pipeline", help="run the Prefect pipeline (params: pipeline)")
+    pipeline.add_argument("--model", action="append", help="only these model families")
+    pipeline.add_argument("--dataset", action="append", help="only these datasets")
+    add_overrides(pipeline, "a key for every run")
+    pipeline.set_defaults(func=cmd_run_pipeline)
+
+    retrain = sub.add_parser(
+        "retrain", help="train a challenger and promote it if it beats the champion and serves"
+    )
+    _flow_arguments(retrain)
+    retrain.set_defaults(func=cmd_retrain)
+
+    back = sub.add_parser(
+        "rollback", help="make the previous champion the champion again and serve it"
+    )
+    back.add_argument("model", help="registered model name, or a model family with --dataset")
+    back.add_argument("--dataset", help="dataset (with a model family as MODEL)")
+    back.set_defaults(func=cmd_rollback)
+
+    schedule = sub.add_parser(
+        "schedule", help="serve the retraining flow on a cron schedule (Prefect)"
+    )
+    _flow_arguments(schedule)
+    schedule.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
+    schedule.set_defaults(func=cmd_schedule)
+
+
+def _flow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model family (see `kerasops list`)")
+    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--preset", help="preset of the model family")
+    add_overrides(parser)
+    parser.add_argument(
+        "--force", action="store_true", help="run even when the data version is not new"
+    )

@@ -1,0 +1,175 @@
+"""`kerasops export`, `serve` and `predict`: the export step, the embedded server, a client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasops.errors import ConfigError, KerasopsError
+from kerasops.pipelines.cli.common import params_of
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the export, serve and predict subcommands."""
+    _add_export(subparsers)
+    _add_serve(subparsers)
+    _add_predict(subparsers)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model as a SavedModel version in the TF Serving repository",
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="training output folder (model.keras + config.json) or a .keras file",
+    )
+    parser.add_argument("--run-id", help="MLflow run whose `model` artifact to export")
+    parser.add_argument(
+        "--model-uri", help="MLflow model URI: models:/<name>/<version>, models:/<name>@<alias>"
+    )
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: local SQLite store)")
+    parser.add_argument("--name", help="served model name (default: <model>-<dataset>)")
+    parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
+    parser.add_argument(
+        "--label", action="append", default=[], help="version label to point here (repeatable)"
+    )
+    parser.add_argument("--model-repository", help="TF Serving model repository folder")
+    parser.add_argument("--models-config", help="models.config file to create or update")
+    parser.add_argument(
+        "--prepared-root",
+        help="prepared datasets, for warmup examples (default: paths.prepared_data)",
+    )
+    parser.set_defaults(func=export_command)
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the model repository over TF Serving's REST and gRPC APIs"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--models-config", help="models.config (model_config_list) to serve")
+    source.add_argument("--model-repository", help="serve every model folder of a repository")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--rest-port", type=int, help="REST port (default 8501)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8500)")
+    parser.set_defaults(func=serve_command)
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="call a served model with inputs from a file")
+    parser.add_argument("model", help="served model name")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help=".npy array, or .json: a list of examples or a TF Serving request body",
+    )
+    parser.add_argument("--grpc", action="store_true", help="call over gRPC instead of REST")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--version", type=int, help="model version")
+    choice.add_argument("--label", help="version label")
+    parser.add_argument("--signature", help="signature name (default serving_default)")
+    parser.add_argument("--url", help="REST URL or gRPC host:port (default: local server)")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.set_defaults(func=predict_command)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    # deferred: loading and exporting a model loads TensorFlow and MLflow
+    # deferred: loading a model loads TensorFlow and MLflow
+    from kerasops.pipelines.steps.export import export_model
+    from kerasops.pipelines.tracking import store
+    from kerasops.serving.sources import load_from_folder, load_from_mlflow
+
+    chosen = [x for x in (args.model, args.run_id, args.model_uri) if x]
+    if len(chosen) != 1:
+        raise ConfigError("export: give exactly one of MODEL (folder), --run-id or --model-uri")
+    params = params_of(args)
+    serving = params.serving.replace(
+        **{
+            key: str(Path(value).resolve())
+            for key, value in (
+                ("model_repository", args.model_repository),
+                ("models_config", args.models_config),
+            )
+            if value
+        }
+    )
+    if args.model:
+        source = load_from_folder(Path(args.model))
+    else:
+        if args.tracking_uri:
+            store.point_mlflow_at(args.tracking_uri)
+        else:
+            store.configure(params)
+        source = load_from_mlflow(args.model_uri or f"runs:/{args.run_id}/model")
+    prepared = Path(args.prepared_root).resolve() if args.prepared_root else None
+    result = export_model(
+        params, source, args.name, args.version, args.label, serving, prepared_root=prepared
+    )
+    print(
+        f"exported {result.model_name} version {result.version} to {result.path} "
+        f"(signatures: {', '.join(result.signatures)}; {result.warmup_records} warmup requests)"
+    )
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from kerasops.serving.server import serve  # deferred: loads TensorFlow
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    chosen = {"host": args.host, "rest_port": args.rest_port, "grpc_port": args.grpc_port}
+    config = params_of(args).serving.replace(**{k: v for k, v in chosen.items() if v is not None})
+    serve(config, args.models_config, args.model_repository)
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    # deferred: the gRPC client loads TensorFlow
+    from kerasops.serving.client import connect
+
+    inputs = read_inputs(Path(args.input))
+    with connect(args.url, grpc=args.grpc, timeout=args.timeout) as client:
+        outputs = client.predict(
+            args.model,
+            inputs,
+            version=args.version,
+            label=args.label,
+            signature_name=args.signature,
+        )
+    print(json.dumps({key: _jsonable(value) for key, value in outputs.items()}))
+    return 0
+
+
+def read_inputs(path: Path) -> Any:
+    """A batch from .npy, or from .json (a list of examples, or `instances`/`inputs`)."""
+    if not path.is_file():
+        raise KerasopsError(f"input file not found: {path}")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix != ".json":
+        raise KerasopsError(f"unsupported input file {path.name}: use .npy or .json")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KerasopsError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(document, dict) and "inputs" in document:
+        document = document["inputs"]
+    elif isinstance(document, dict) and "instances" in document:
+        document = document["instances"]
+    if isinstance(document, dict):
+        return {key: np.asarray(value) for key, value in document.items()}
+    return np.asarray(document)
+
+
+def _jsonable(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value.tolist()]
+    return value.tolist()

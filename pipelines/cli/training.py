@@ -1,0 +1,112 @@
+"""`kerasops train`, `evaluate`, `compare`, `lineage`, `list` and `ui`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from kerasops.pipelines.cli.common import add_overrides, params_of
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    # deferred: the train step loads TensorFlow and MLflow
+    from kerasops.pipelines.config import resolve_run_config
+    from kerasops.pipelines.steps.train import train_model
+
+    params = params_of(args)
+    run = resolve_run_config(params, args.model, args.dataset, args.preset, args.set)
+    result = train_model(params, run)
+    if result.chief:
+        print(f"run {result.run_id} finished: {result.run_dir}")
+    else:
+        print("worker finished its share of the training; the chief records the run")
+    for name, value in sorted(result.metrics.items()):
+        print(f"  {name:28s} {value:.4f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kerasops.pipelines.steps.evaluate import evaluate_run  # deferred: loads TensorFlow
+
+    metrics = evaluate_run(params_of(args), args.model, args.dataset)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kerasops.pipelines.tracking.runs import compare_runs, format_table  # deferred: MLflow
+
+    rows = compare_runs(params_of(args), model=args.model, dataset=args.dataset, limit=args.limit)
+    print(format_table(rows) if rows else "no runs recorded yet: run `kerasops train` first")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from kerasops.pipelines.tracking.runs import describe_run  # deferred: loads MLflow
+
+    print(describe_run(params_of(args), args.run_id))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    # deferred: the model registry loads TensorFlow
+    from kerasops.data import BUILTIN_DATASETS
+    from kerasops.models import MODELS
+
+    params = params_of(args)
+    print("models:")
+    for name, family in MODELS.items():
+        print(f"  {name:12s} {family.description} (presets: {', '.join(family.presets)})")
+    print("datasets:")
+    for name in sorted({*BUILTIN_DATASETS, *params.datasets}):
+        print(f"  {name:12s} source {params.dataset(name).source}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from kerasops.pipelines.tracking import store  # deferred: loads MLflow
+
+    params = params_of(args)
+    uri = store.tracking_uri(params)
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+    command += ["--port", str(args.port)]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", store.artifact_root(params)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})", flush=True)
+    bin_dir = os.path.dirname(sys.executable)
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    os.execvp(os.path.join(bin_dir, "mlflow"), command)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a model on a dataset, tracked in MLflow")
+    train.add_argument("model", help="model family (see `kerasops list`)")
+    train.add_argument("--dataset", required=True, help="dataset name")
+    train.add_argument("--preset", help="preset of the model family, e.g. cnn_small")
+    add_overrides(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-score a trained model on the test split")
+    evaluate.add_argument("model", help="model family of the trained run")
+    evaluate.add_argument("--dataset", required=True, help="dataset it was trained on")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = sub.add_parser("compare", help="print tracked runs side by side")
+    compare.add_argument("--model", help="only runs of this model family")
+    compare.add_argument("--dataset", help="only runs on this dataset")
+    compare.add_argument("--limit", type=int, default=20, help="newest runs shown (default 20)")
+    compare.set_defaults(func=cmd_compare)
+
+    lineage = sub.add_parser("lineage", help="print the code, params and data behind a run")
+    lineage.add_argument("run_id", help="MLflow run id")
+    lineage.set_defaults(func=cmd_lineage)
+
+    listing = sub.add_parser("list", help="list model families, presets and datasets")
+    listing.set_defaults(func=cmd_list)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(func=cmd_ui)

@@ -1,0 +1,169 @@
+"""`params.yaml`, typed once, when it is loaded.
+
+Every section becomes a frozen, strictly checked config: unknown keys and wrong types are errors
+that name the key. Paths are resolved against the project root (the folder holding
+params.yaml), whatever the working directory. `load_params` is the one reader of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from kerasops.config import StrictConfig, require
+from kerasops.data import BUILTIN_DATASETS, SourceConfig, resolve_dataset_config
+from kerasops.data.errors import DataError
+from kerasops.data.validation import ValidationConfig
+from kerasops.errors import ConfigError
+from kerasops.models import get_family, preset_values
+from kerasops.models.training import TrainConfig
+from kerasops.pipelines.config.pipeline import PipelineConfig
+from kerasops.pipelines.config.retraining import RetrainingConfig
+from kerasops.serving.config import ServingConfig
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig(StrictConfig):
+    """Where MLflow records runs.
+
+    Args:
+        experiment: MLflow experiment name.
+        tracking_uri: empty for the embedded SQLite store under `artifacts/`;
+            `MLFLOW_TRACKING_URI` in the environment takes precedence.
+    """
+
+    experiment: str = "kerasops"
+    tracking_uri: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths(StrictConfig):
+    """Folders, relative to the project root (the folder holding params.yaml)."""
+
+    artifacts: str = "artifacts"
+    raw_data: str = "data/raw"
+    prepared_data: str = "data/prepared"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(StrictConfig):
+    """One `models.<family>:` entry: a preset, `train:` overrides, and the family's own keys
+    (`values`), each checked against the family when params.yaml is read."""
+
+    preset: str | None = None
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, family: str, entry: Any, defaults: TrainConfig) -> ModelSection:
+        """Check `models.<family>` against the family's config, presets and TrainConfig."""
+        prefix = f"models.{family}."
+        require(isinstance(entry, Mapping), f"params.yaml models.{family} must be a mapping")
+        values = dict(entry)
+        preset, train = values.pop("preset", None), values.pop("train", None) or {}
+        require(preset is None or isinstance(preset, str), f"{prefix}preset must be a name")
+        require(isinstance(train, Mapping), f"{prefix}train must be a mapping")
+        config = get_family(family).config
+        config.from_dict({**preset_values(family, preset), **values}, prefix=prefix)
+        TrainConfig.from_dict({**defaults.to_dict(), **train}, prefix=f"{prefix}train.")
+        return cls(preset=preset, train=dict(train), values=values)
+
+    def entry(self) -> dict[str, Any]:
+        """The section as params.yaml writes it."""
+        entry: dict[str, Any] = {"preset": self.preset} if self.preset else {}
+        return {**entry, **({"train": self.train} if self.train else {}), **self.values}
+
+
+def _model_sections(models: Any, defaults: TrainConfig) -> dict[str, ModelSection]:
+    require(isinstance(models, Mapping), "params.yaml models must map model families to settings")
+    for name in models:
+        if not isinstance(name, str):
+            raise ConfigError(f"params.yaml models: {name!r} is not a model name")
+        get_family(name)  # an unknown family is an error naming the known ones
+    return {name: ModelSection.parse(name, entry or {}, defaults) for name, entry in models.items()}
+
+
+def _dataset_configs(datasets: Any) -> dict[str, SourceConfig]:
+    require(isinstance(datasets, Mapping), "params.yaml datasets must map names to settings")
+    return {name: resolve_dataset_config(name, datasets) for name in datasets}
+
+
+@dataclasses.dataclass(frozen=True)
+class Params(StrictConfig):
+    """The whole of params.yaml, every section typed."""
+
+    paths: Paths = Paths()
+    tracking: TrackingConfig = TrackingConfig()
+    train: TrainConfig = TrainConfig()
+    datasets: dict[str, SourceConfig] = dataclasses.field(default_factory=dict)
+    models: dict[str, ModelSection] = dataclasses.field(default_factory=dict)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    retraining: RetrainingConfig = dataclasses.field(default_factory=RetrainingConfig)
+    root: str = "."
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, prefix: str = "") -> Self:
+        """Type every section; `datasets` and `models` entries are checked against the data
+        sources and model families they name."""
+        values = dict(values or {})
+        train = TrainConfig.from_dict(values.get("train") or {}, prefix="train.")
+        typed = {"datasets": _dataset_configs, "models": lambda v: _model_sections(v, train)}
+        for key, parse in typed.items():
+            if isinstance(values.get(key), Mapping) and all(
+                not isinstance(v, StrictConfig) for v in values[key].values()
+            ):
+                values[key] = parse(values[key])
+        return super().from_dict(values, prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params as params.yaml writes them (`from_dict` reads them back)."""
+        values = super().to_dict()
+        values["models"] = {name: section.entry() for name, section in self.models.items()}
+        return values
+
+    def path(self, name: str) -> Path:
+        """An absolute folder from `paths`, resolved against the project root."""
+        return (Path(self.root) / getattr(self.paths, name)).resolve()
+
+    def dataset(self, name: str) -> SourceConfig:
+        """The source config of dataset `name`: its params.yaml entry, else the built-in's.
+
+        Raises DataError naming the params.yaml fix for a dataset neither declares.
+        """
+        if name in self.datasets:
+            return self.datasets[name]
+        if name not in BUILTIN_DATASETS:
+            known = ", ".join(sorted({*BUILTIN_DATASETS, *self.datasets}))
+            raise DataError(
+                f"unknown dataset {name!r}; known datasets: {known}. Declare your own under "
+                f"`datasets:` in params.yaml, e.g. `{name}: {{source: image_folder, path: "
+                f"{name}, image_size: [64, 64]}}`"
+            )
+        return resolve_dataset_config(name, {})
+
+    def validation(self, dataset: str) -> ValidationConfig:
+        """The data-validation thresholds for `dataset`."""
+        return self.pipeline.validation.for_dataset(dataset)
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read params.yaml (missing file: all defaults); raise ConfigError on any bad key."""
+    path = Path(path)
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        require(isinstance(values, dict), f"{path} must hold a mapping at the top level")
+    require("root" not in values, f"{path}: 'root' is not a params.yaml key")
+    params = Params.from_dict(values)
+    root = path.resolve().parent
+    return dataclasses.replace(params, root=str(root), serving=params.serving.at_root(root))

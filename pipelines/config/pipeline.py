@@ -1,0 +1,82 @@
+"""The `pipeline:` section of params.yaml: what `dvc repro` and `kerasops run-pipeline` run, how
+failed steps are retried, and the data-validation thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kerasops.config import StrictConfig, require
+from kerasops.data.validation import ValidationConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec(StrictConfig):
+    """One model trained on one dataset by the pipeline."""
+
+    model: str
+    dataset: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.dataset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSection(ValidationConfig):
+    """`pipeline.validation`: the thresholds, with `per_dataset` overrides
+    (`per_dataset: {my_dataset: {max_leakage_fraction: 0.01}}`)."""
+
+    per_dataset: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in self.per_dataset:
+            self.for_dataset(name)  # every override is checked when params.yaml is read
+
+    def for_dataset(self, dataset: str) -> ValidationConfig:
+        """The thresholds for `dataset`: these, updated by its `per_dataset` entry."""
+        values = {k: v for k, v in self.to_dict().items() if k != "per_dataset"}
+        if dataset not in self.per_dataset:
+            return ValidationConfig.from_dict(values, prefix="pipeline.validation.")
+        values.update(self.per_dataset[dataset] or {})
+        prefix = f"pipeline.validation.per_dataset.{dataset}."
+        return ValidationConfig.from_dict(values, prefix=prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig(StrictConfig):
+    """params.yaml `pipeline:` — what `dvc repro` and `kerasops run-pipeline` run.
+
+    Args:
+        datasets: datasets prepared and validated (one DVC `prepare`/`validate` stage each).
+        runs: `<model>-<dataset>: {model, dataset}` trained, evaluated and exported (one
+            `train`, `evaluate` and `export` stage each, named by the key).
+        max_parallel: trainings run at once by the Prefect pipeline.
+        retries: retries of a step that failed for a transient reason (never a user mistake).
+        retry_delay_seconds: first retry delay; it doubles each retry.
+        mlflow_ui_url: base URL of the MLflow UI the report links runs to.
+        validation: thresholds of the data checks, with `per_dataset` overrides.
+    """
+
+    datasets: tuple[str, ...] = ()
+    runs: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+    max_parallel: int = 1
+    retries: int = 2
+    retry_delay_seconds: float = 2.0
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    validation: ValidationSection = dataclasses.field(default_factory=ValidationSection)
+
+    def validate(self) -> None:
+        require(self.max_parallel >= 1, "pipeline.max_parallel must be >= 1")
+        require(self.retries >= 0, "pipeline.retries must be >= 0")
+        require(self.retry_delay_seconds >= 0, "pipeline.retry_delay_seconds must be >= 0")
+        for key, spec in self.runs.items():
+            require(key == spec.name, f"pipeline.runs.{key} must be named {spec.name}")
+        missing = sorted({r.dataset for r in self.run_specs} - set(self.datasets))
+        require(not missing, f"pipeline.runs use datasets not in pipeline.datasets: {missing}")
+
+    @property
+    def run_specs(self) -> tuple[RunSpec, ...]:
+        """The runs in order; each key is `<model>-<dataset>` (the DVC stage's name)."""
+        return tuple(self.runs.values())

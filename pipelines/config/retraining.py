@@ -1,0 +1,118 @@
+"""The `retraining:` section of params.yaml: the champion/challenger gate and infra-validation.
+
+```yaml
+retraining:
+  registered_model: "{model}-{dataset}"   # MLflow registered model and served model name
+  split: test                             # held-out split both models are scored on
+  gate:                                   # every rule must pass (TFX Evaluator's blessing)
+    test_accuracy: {direction: higher, minimum: 0.8, max_regression: 0.01}
+    test_macro_f1: {direction: higher, minimum: 0.75}
+  infra_validation: {requests: 8, latency_bound_ms: 1000, tolerance: 1.0e-4}
+  canary: false                           # publish the new version under label `canary` first
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Literal
+
+from kerasops.config import StrictConfig, require
+from kerasops.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class GateRule(StrictConfig):
+    """Thresholds for one metric; unset thresholds are not checked.
+
+    Args:
+        direction: `higher` or `lower` is better.
+        minimum: absolute floor the challenger must reach.
+        maximum: absolute ceiling the challenger must stay under.
+        max_regression: against the champion: may be worse by at most this much.
+        min_improvement: against the champion: must be better by at least this much.
+    """
+
+    direction: Literal["higher", "lower"] = "higher"
+    minimum: float | None = None
+    maximum: float | None = None
+    max_regression: float | None = None
+    min_improvement: float | None = None
+
+    def validate(self) -> None:
+        require(
+            self.max_regression is None or self.min_improvement is None,
+            "set max_regression or min_improvement, not both",
+        )
+        for key in ("max_regression", "min_improvement"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"{key} must be >= 0")
+        checks = (self.minimum, self.maximum, self.max_regression, self.min_improvement)
+        require(any(v is not None for v in checks), "the rule sets no threshold")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfraValidationConfig(StrictConfig):
+    """How a challenger proves it serves before promotion.
+
+    Args:
+        requests: warmup requests written into the export and sent over REST and over gRPC.
+        latency_bound_ms: slowest acceptable answer, per request.
+        tolerance: largest absolute difference from the in-process prediction.
+    """
+
+    requests: int = 8
+    latency_bound_ms: float = 1000.0
+    tolerance: float = 1e-4
+
+    def validate(self) -> None:
+        require(self.requests >= 1, "retraining.infra_validation.requests must be >= 1")
+        require(self.latency_bound_ms > 0, "retraining.infra_validation.latency_bound_ms > 0")
+        require(self.tolerance >= 0, "retraining.infra_validation.tolerance must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainingConfig(StrictConfig):
+    """The scheduled retraining flow's settings (see the module docstring for an example)."""
+
+    registered_model: str = "{model}-{dataset}"
+    split: Literal["val", "test"] = "test"
+    gate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    infra_validation: InfraValidationConfig = dataclasses.field(
+        default_factory=InfraValidationConfig
+    )
+    canary: bool = False
+
+    def validate(self) -> None:
+        self.rules()  # every rule is checked when params.yaml is read
+        try:
+            name = self.registered_model.format(model="m", dataset="d")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                "retraining.registered_model may only use {model} and {dataset}, "
+                f"got {self.registered_model!r}"
+            ) from None
+        require(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None,
+            f"retraining.registered_model {self.registered_model!r} must give a name of "
+            "letters, digits, '_', '-' and '.'",
+        )
+
+    def rules(self) -> dict[str, GateRule]:
+        """The gate's rules by metric name, each checked strictly."""
+        rules = {}
+        for metric, values in self.gate.items():
+            prefix = f"retraining.gate.{metric}."
+            if not isinstance(values, dict):
+                raise ConfigError(f"retraining.gate.{metric}: expected a mapping of thresholds")
+            try:
+                rules[metric] = GateRule.from_dict(values, prefix=prefix)
+            except ConfigError as exc:
+                text = str(exc)
+                raise ConfigError(text if prefix in text else f"{prefix[:-1]}: {text}") from None
+        return rules
+
+    def model_name(self, model: str, dataset: str) -> str:
+        """The registered (and served) model name for a model family trained on a dataset."""
+        return self.registered_model.format(model=model, dataset=dataset)

@@ -1,0 +1,53 @@
+"""The training and pipeline flows: each loads params.yaml and calls its plain sequence
+(`kerasops.pipelines.steps.pipeline`) with a runner that makes every step a Prefect task.
+
+- `training_flow(model, dataset, overrides, params_path)`: prepare (when needed) -> validate ->
+  train -> report artifact.
+- `pipeline_flow(params_path, models, datasets, overrides)`: check every run's config -> prepare
+  -> validate -> train (up to `pipeline.max_parallel` at once) -> evaluate -> report artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.flows.runner import PrefectRunner
+from kerasops.pipelines.steps.pipeline import PipelineResult, run_pipeline, train_and_report
+from kerasops.pipelines.steps.train import TrainResult
+
+
+@flow(name="training", log_prints=True)
+def training_flow(
+    model: str, dataset: str, overrides: Sequence[str] = (), params_path: str = "params.yaml"
+) -> TrainResult:
+    """Validate `dataset` (preparing it when needed), train `model` on it, publish the report."""
+    params = load_params(params_path)
+    return train_and_report(params, model, dataset, tuple(overrides), PrefectRunner(params))
+
+
+@flow(name="pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def pipeline_flow(
+    params_path: str = "params.yaml",
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> PipelineResult:
+    """check configs -> prepare -> validate -> train -> evaluate -> report, for `pipeline.runs`."""
+    params = load_params(params_path)
+    return run_pipeline(params, models, datasets, tuple(overrides), PrefectRunner(params))
+
+
+def run_pipeline_flow(
+    params_path: str,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> PipelineResult:
+    """Run `pipeline_flow` with up to `pipeline.max_parallel` trainings at once."""
+    workers = load_params(params_path).pipeline.max_parallel
+    runner = pipeline_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    return runner(params_path, models, datasets, overrides)

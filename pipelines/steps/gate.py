@@ -1,0 +1,116 @@
+"""The gate step: the challenger's and the champion's held-out metrics, scored the same way on
+the same split of the current data, judged by the rules of `retraining.gate` (the blessing of
+TFX's Evaluator): absolute thresholds always, change thresholds against a champion."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from kerasops.data import load_prepared
+from kerasops.pipelines.config import Params
+from kerasops.pipelines.config.retraining import GateRule
+from kerasops.pipelines.steps.evaluate import score
+from kerasops.pipelines.tracking.registry import load_version
+
+
+@dataclasses.dataclass(frozen=True)
+class GateCheck:
+    """One threshold of one metric, and whether the challenger met it."""
+
+    metric: str
+    rule: str  # minimum | maximum | max_regression | min_improvement
+    threshold: float
+    value: float | None  # the challenger's metric, or its change against the champion
+    passed: bool
+
+    def describe(self) -> str:
+        if self.value is None:
+            return f"{self.metric}: not computed for this model"
+        op = {"minimum": ">=", "maximum": "<=", "max_regression": ">= -"}.get(self.rule, ">=")
+        what = self.metric if self.rule in ("minimum", "maximum") else f"change in {self.metric}"
+        return f"{what} = {self.value:.4f} (needs {op}{self.threshold:g})"
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    """The blessing: passed only when every check passed."""
+
+    passed: bool
+    checks: tuple[GateCheck, ...]
+    challenger: dict[str, float]
+    champion: dict[str, float] | None
+
+    def reasons(self) -> list[str]:
+        return [check.describe() for check in self.checks if not check.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+            "challenger": self.challenger,
+            "champion": self.champion,
+        }
+
+    def to_markdown(self) -> str:
+        lines = ["| metric | rule | threshold | value | passed |", "|---|---|---|---|---|"]
+        for c in self.checks:
+            value = "n/a" if c.value is None else f"{c.value:.4f}"
+            mark = "yes" if c.passed else "**no**"
+            lines.append(f"| {c.metric} | {c.rule} | {c.threshold:g} | {value} | {mark} |")
+        return "\n".join(lines)
+
+
+def gate(
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    rules: Mapping[str, GateRule],
+) -> GateDecision:
+    """Judge the challenger: absolute thresholds always, change thresholds against a champion.
+
+    Changes are measured so that positive is better (`direction` says which way that is).
+    """
+    checks: list[GateCheck] = []
+    for metric, rule in rules.items():
+        value = challenger.get(metric)
+        for kind in ("minimum", "maximum"):
+            bound = getattr(rule, kind)
+            if bound is not None:
+                ok = value is not None and (value >= bound if kind == "minimum" else value <= bound)
+                checks.append(GateCheck(metric, kind, bound, value, ok))
+        if champion is None:
+            continue
+        reference = champion.get(metric)
+        change = None
+        if value is not None and reference is not None:
+            change = value - reference if rule.direction == "higher" else reference - value
+        if rule.max_regression is not None:
+            ok = change is not None and change >= -rule.max_regression
+            checks.append(GateCheck(metric, "max_regression", rule.max_regression, change, ok))
+        if rule.min_improvement is not None:
+            ok = change is not None and change >= rule.min_improvement
+            checks.append(GateCheck(metric, "min_improvement", rule.min_improvement, change, ok))
+    passed = bool(checks) and all(c.passed for c in checks)
+    return GateDecision(passed, tuple(checks), dict(challenger), dict(champion or {}) or None)
+
+
+def evaluate_version(params: Params, dataset: str, name: str, version: str, split: str) -> dict:
+    """Metrics of a registered version on one split of the current prepared data, scored by
+    its family's recipe."""
+    source = load_version(name, version)
+    prepared = load_prepared(dataset, params.path("prepared_data"))
+    return score(source.model, source.run_config, prepared, split).metrics
+
+
+def evaluate_and_gate(
+    params: Params, dataset: str, name: str, challenger: str, champion: str | None
+) -> GateDecision:
+    """Score registered versions `challenger` and `champion` (if any) of `name` on the same
+    held-out split of the current data, and judge the challenger."""
+    config = params.retraining
+    ours = evaluate_version(params, dataset, name, challenger, config.split)
+    theirs = None
+    if champion is not None:
+        theirs = evaluate_version(params, dataset, name, champion, config.split)
+    return gate(ours, theirs, config.rules())

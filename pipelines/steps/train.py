@@ -1,0 +1,179 @@
+"""The train step: build, compile and fit one model on one prepared dataset, tracked in MLflow.
+
+`train_model` is the one definition of training: the CLI, the DVC stages, the Prefect tasks and
+the retraining cycle all call it with a resolved `RunConfig`. The family's recipe compiles,
+fits, scores and picks the served model; this step adds the distribution strategy, MLflow
+tracking with lineage tags, and the run folder `artifacts/runs/<model>-<dataset>/`, published
+atomically so a failed run leaves the last good outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+from kerasops.config import StrictConfig
+from kerasops.data import PreparedData
+from kerasops.models import InputSpec, check_task, get_family
+from kerasops.models.recipe import Recipe
+from kerasops.models.training import EpochLogger, TrainConfig, standard_callbacks, trainable_count
+from kerasops.pipelines.config import Params, RunConfig
+from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.tracking import store as tracking
+from kerasops.pipelines.tracking.lineage import lineage_tags
+from kerasops.pipelines.training import distribute
+from kerasops.pipelines.training.outputs import publish_run, write_outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run produced."""
+
+    run_id: str  # "" on a non-chief multi-worker process, which records nothing
+    run_dir: Path
+    config: RunConfig
+    metrics: dict[str, float]
+    chief: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A compiled model ready to fit, with everything its fit needs."""
+
+    model: keras.Model
+    spec: InputSpec
+    config: StrictConfig  # the family's typed config, inputs included
+    recipe: Recipe
+    prepared: PreparedData
+    strategy: tf.distribute.Strategy
+    fit_train: TrainConfig  # train settings with the global batch size
+
+    @property
+    def chief(self) -> bool:
+        return distribute.is_chief(self.strategy)
+
+
+def build_for_training(params: Params, run: RunConfig) -> Built:
+    """Prepare the data if needed, check the family trains on its task, derive the InputSpec,
+    then build and compile the model in the strategy's scope."""
+    strategy = distribute.make_strategy(run.train)  # before any other TF op
+    family = get_family(run.model)
+    prepared = ensure_prepared(params, run.dataset)
+    check_task(run.model, prepared.manifest)
+    spec = family.recipe.input_spec(prepared, run.train)
+    config = run.model_config(spec)
+    keras.utils.set_random_seed(run.train.seed)
+    with distribute.training_scope(run.train, strategy):
+        model = family.recipe.compile(family.build(config), spec, run.train)
+    distribute.check_float32_outputs(model, run.train)
+    batch = distribute.global_batch_size(run.train, strategy)
+    fit_train = run.train.replace(batch_size=batch)
+    return Built(model, spec, config, family.recipe, prepared, strategy, fit_train)
+
+
+def train_model(
+    params: Params, run: RunConfig, tags: Mapping[str, str] | None = None
+) -> TrainResult:
+    """Train and track the run `run` describes; raise KerasopsError on a user mistake.
+
+    The MLflow run is marked FAILED when anything raises after it started. Under
+    `multi_worker` every worker calls this alike; only the chief records and publishes the run.
+    """
+    built = build_for_training(params, run)
+    runs_root = params.path("artifacts") / "runs"
+    runs_root.mkdir(parents=True, exist_ok=True)
+    if built.chief:
+        tracking.configure(params)
+    run_tags = {
+        "model": run.model,
+        "dataset": run.dataset,
+        "preset": str(run.preset),
+        "data.content_hash": built.prepared.manifest.content_hash,
+        "params_hash": run.params_hash(),
+        **lineage_tags(params, [run.dataset]),
+        **(tags or {}),
+    }
+    with (
+        tempfile.TemporaryDirectory(dir=runs_root, prefix=".stage-") as staging,
+        contextlib.nullcontext() if built.chief else tracking.worker_store(Path(staging)),
+        mlflow.start_run(run_name=run.name, tags=run_tags) as tracked,
+    ):
+        stage = Path(staging) / "run"
+        stage.mkdir()
+        metrics = fit_and_record(built, run, stage, tracked.info.run_id)
+        if built.chief:
+            publish_run(stage, runs_root / run.name)
+    run_id = tracked.info.run_id if built.chief else ""
+    return TrainResult(run_id, runs_root / run.name, run, metrics, built.chief)
+
+
+def fit_and_record(built: Built, run: RunConfig, stage: Path, run_id: str) -> dict[str, float]:
+    """Fit, score and log to the active MLflow run; write the run folder into `stage`."""
+    log = tracking.MlflowRunLog()
+    log_run_params(built, run)
+    started = time.monotonic()
+    callbacks = [*standard_callbacks(run.train, stage / "best.keras"), EpochLogger(log)]
+    with distribute.training_scope(run.train, built.strategy):  # recipes build and compile too
+        history = built.recipe.fit(
+            built.model, built.prepared, built.fit_train, callbacks, built.config, log
+        )
+    evaluation = built.recipe.evaluate(built.model, built.prepared, built.config)
+    served = built.recipe.serving_model(built.model, built.config, evaluation)
+    metrics = {
+        **evaluation.metrics,
+        "train_seconds": time.monotonic() - started,
+        "epochs_run": float(len(next(iter(history.values()), []))),
+    }
+    mlflow.log_metrics(metrics)
+    full_config = {
+        **run.to_dict(),
+        "model_config": built.config.to_dict(),
+        "run_id": run_id,
+        "data": built.prepared.manifest.to_dict(),
+    }
+    write_outputs(stage, served, full_config, evaluation, history, built.prepared, built.recipe)
+    (stage / "best.keras").unlink(missing_ok=True)
+    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    mlflow.log_artifacts(str(stage), artifact_path="outputs")
+    mlflow.log_dict(full_config, "config.json")
+    log_model(served, built.recipe.example_inputs(served, built.prepared))
+    return metrics
+
+
+def log_run_params(built: Built, run: RunConfig) -> None:
+    """The resolved config, the data's config and what the run actually used, as params."""
+    mlflow.log_params(tracking.flatten({"model": run.model_values}))
+    mlflow.log_params(tracking.flatten({"train": run.train.to_dict()}))
+    mlflow.log_params(tracking.flatten({"data": built.prepared.manifest.config}))
+    mlflow.log_param("trainable_params", trainable_count(built.model))
+    mlflow.log_params(distribute.run_params(built.model, run.train, built.strategy))
+
+
+def log_model(model: keras.Model, examples: np.ndarray) -> None:
+    """Log the Keras model in MLflow's format, with a signature inferred from real examples.
+
+    A model with named outputs (a dict) gets a signature with one column per output.
+    """
+    if examples.dtype.kind in "UO":
+        examples = examples.astype(str)
+    outputs: Any = model.predict(tf.constant(examples), verbose=0)
+    if isinstance(outputs, dict):
+        outputs = {name: np.asarray(values) for name, values in outputs.items()}
+    mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=infer_signature(examples, outputs),
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+    )

@@ -1,0 +1,129 @@
+"""Tracked runs read back for the terminal: `kerasops compare` (runs side by side) and
+`kerasops lineage` (the chain from one run back to its code, params and data).
+
+`compare` shows model, dataset, status, and each run's headline test metric beside its
+baseline (accuracy for classifiers, MAE for forecasters, mAP for detectors,
+perplexity for language models, exact match for translators, ROC AUC for anomaly scoring,
+Fréchet distance for generators)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from kerasops.errors import KerasopsError
+from kerasops.pipelines.config import Params
+from kerasops.pipelines.tracking import store as tracking
+
+# Each family's headline test metric and the baseline it must beat; a run shows the first it has.
+HEADLINES: tuple[tuple[str, str, str, str], ...] = (
+    # (label, metric, baseline label, baseline metric)
+    ("perplexity", "test_perplexity", "unigram", "baseline_unigram_perplexity"),
+    ("exact_match", "test_exact_match", "copy", "baseline_copy_exact_match"),
+    ("map50", "test_map50", "random boxes", "baseline_random_map50"),
+    ("anomaly_auc", "anomaly_roc_auc", "mean image", "baseline_mean_image_roc_auc"),
+    ("frechet", "test_frechet_distance", "noise", "baseline_noise_frechet_distance"),
+    ("mae", "test_mae", "naive", "baseline_naive_mae"),
+    ("accuracy", "test_accuracy", "majority", "baseline_majority_accuracy"),
+    ("reconstruction_mse", "test_reconstruction_mse", "mean image", "baseline_mean_image_mse"),
+)
+
+
+def compare_runs(
+    params: Params, model: str | None = None, dataset: str | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The newest `limit` runs of the experiment, optionally filtered by model and dataset."""
+    experiment_id = tracking.configure(params)
+    filters = [
+        f"tags.model = '{model}'" if model else "",
+        f"tags.dataset = '{dataset}'" if dataset else "",
+    ]
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=" and ".join(f for f in filters if f),
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "run": run.info.run_id[:8],
+            "model": run.data.tags.get("model", "?"),
+            "preset": run.data.tags.get("preset", "None"),
+            "dataset": run.data.tags.get("dataset", "?"),
+            "status": run.info.status,
+        }
+        if row["preset"] == "None":  # trained without a preset
+            row["preset"] = "-"
+        rows.append({**row, **headline(run.data.metrics)})
+    return rows
+
+
+def headline(metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's headline metric, its value, its baseline and the training seconds."""
+    found = next((h for h in HEADLINES if h[1] in metrics), None)
+    row: dict[str, Any] = {"metric": None, "score": None, "baseline": None}
+    if found is not None:
+        label, key, baseline_label, baseline_key = found
+        baseline = metrics.get(baseline_key)
+        row = {
+            "metric": label,
+            "score": metrics[key],
+            "baseline": None if baseline is None else f"{cell(baseline)} ({baseline_label})",
+        }
+    return {**row, "seconds": metrics.get("train_seconds")}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table; metrics a run lacks show as '-'."""
+    headers = list(rows[0])
+    cells = [[cell(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(lines)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value >= 100 else f"{value:.4f}"
+    return str(value)
+
+
+def describe_run(params: Params, run_id: str) -> str:
+    """The lineage chain of one MLflow run, as printable lines."""
+    tracking.configure(params)
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        raise KerasopsError(
+            f"no MLflow run {run_id!r} in {tracking.tracking_uri(params)}; "
+            "list runs with `kerasops compare`"
+        ) from None
+    tags = run.data.tags
+    dirty = {"true": "uncommitted changes", "false": "clean"}.get(tags.get("git.dirty"), "unknown")
+    lines = [
+        f"run       {run_id} ({tags.get('mlflow.runName', '?')}, {run.info.status})",
+        f"model     {tags.get('model', '?')} preset {tags.get('preset', '?')}",
+        f"code      git commit {tags.get('git.commit', 'not recorded')} ({dirty})",
+        f"params    resolved params hash {tags.get('params_hash', 'not recorded')}",
+    ]
+    for key in sorted(k for k in tags if k.startswith("dvc.prepared.") and k.count(".") == 2):
+        name = key.removeprefix("dvc.prepared.")
+        recorded = tags.get(f"{key}.recorded", "not recorded")
+        lines.append(f"data      {name}: prepared {tags[key]} (DVC recorded: {recorded})")
+        if f"dvc.raw.{name}" in tags:
+            lines.append(f"          {name}: raw {tags[f'dvc.raw.{name}']}")
+    if "data.content_hash" in tags:
+        lines.append(f"          content sha256 {tags['data.content_hash']}")
+    flow_run = tags.get("prefect.flow_run_id")
+    lines.append(f"flow      Prefect flow run {flow_run or 'none (not run by a flow)'}")
+    for name in ("test_accuracy", "test_macro_f1", "test_mae"):
+        if name in run.data.metrics:
+            lines.append(f"metric    {name} {run.data.metrics[name]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""MLflow tracking: the embedded SQLite store by default, a server when one is configured; and
+`MlflowRunLog`, the RunLog a recipe reports through during the train step."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from kerasops.pipelines.config import Params
+
+
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else params' tracking_uri, else SQLite under artifacts/."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+    if uri:
+        return uri
+    return f"sqlite:///{params.path('artifacts') / 'mlflow.db'}"
+
+
+def artifact_root(params: Params) -> str:
+    """Where the embedded store keeps run artifacts."""
+    return (params.path("artifacts") / "mlruns").as_uri()
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at the store and select (creating if needed) the experiment; return its id."""
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    point_mlflow_at(uri)
+    name = params.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = artifact_root(params) if uri.startswith("sqlite:") else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextlib.contextmanager
+def worker_store(folder: Path) -> Iterator[str]:
+    """MLflow pointed at a throwaway SQLite store in `folder`; yield its experiment id.
+
+    A non-chief multi-worker process runs the same steps as the chief (their collectives must
+    pair up) but records into this store, which goes with `folder`, never into the real one.
+    """
+    previous = mlflow.get_tracking_uri()
+    point_mlflow_at(f"sqlite:///{folder / 'worker-mlflow.db'}")
+    try:
+        experiment_id = mlflow.create_experiment(
+            "worker", artifact_location=(folder / "worker-mlruns").as_uri()
+        )
+        mlflow.set_experiment(experiment_id=experiment_id)
+        yield experiment_id
+    finally:
+        point_mlflow_at(previous)
+
+
+def point_mlflow_at(uri: str) -> None:
+    """`mlflow.set_tracking_uri`, leaving `MLFLOW_TRACKING_URI` as it was.
+
+    MLflow exports the URI to the environment, where it would then win over every later
+    project's params in this process.
+    """
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config to MLflow params: `{"train": {"epochs": 3}}` -> `{"train.epochs": 3}`."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= 500 else text[:497] + "..."
+    return flat
+
+
+class MlflowRunLog:
+    """A `RunLog` (kerasops.models.training) writing to the active MLflow run."""
+
+    def params(self, values: Mapping[str, Any]) -> None:
+        mlflow.log_params(dict(values))
+
+    def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics(dict(values), step=step)
+
+    def image(self, image: np.ndarray, key: str, step: int) -> None:
+        mlflow.log_image(image, key=key, step=step)
