@@ -80,6 +80,7 @@ def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, datasets, messa
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_prints_no_traceback(project):
     script = Path(sys.executable).with_name("kerasops")
     result = subprocess.run(

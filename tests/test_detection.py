@@ -231,6 +231,7 @@ def trained(tmp_path_factory):
         yield root, params, train_run(params, "detector", "detection_digits")
 
 
+@pytest.mark.slow
 def test_trained_detector_beats_random_boxes_and_is_tracked(trained):
     from mlflow.tracking import MlflowClient
 
@@ -259,6 +260,7 @@ def test_trained_detector_beats_random_boxes_and_is_tracked(trained):
     assert "model/MLmodel" in logged
 
 
+@pytest.mark.slow
 def test_exported_detector_answers_rest_predict(trained):
     httpx = pytest.importorskip("httpx")
     from kerasops.serving.config import ServingConfig
@@ -300,6 +302,7 @@ def test_exported_detector_answers_rest_predict(trained):
     assert 400 <= bad.status_code < 500
 
 
+@pytest.mark.slow
 def test_classifier_on_detection_data_is_a_one_line_error(trained, capsys):
     from kerasops.pipelines.cli import main
 

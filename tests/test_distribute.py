@@ -73,6 +73,7 @@ def run_record(project: Path, run_id: str):
     return MlflowClient().get_run(run_id)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_matches_default_strategy(project):
     done = subprocess.run(
         [sys.executable, "-c", TWO_DEVICES, *TRAIN],
@@ -131,6 +132,7 @@ RECIPE_RUNS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_recipe_trains_and_evaluates_under_mirrored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     datasets = {
@@ -173,6 +175,7 @@ print("WORKER " + json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_multi_worker_strategy_forms_from_tf_config_over_loopback():
     workers = start_workers([sys.executable, "-c", WORKER], REPO)
     outputs = finish(workers, timeout=120)
@@ -222,6 +225,7 @@ def printed_metrics(output: str) -> dict[str, float]:
     return {name: float(value) for name, value in (line.split() for line in lines if line)}
 
 
+@pytest.mark.slow
 def test_kerasops_train_runs_on_two_loopback_workers_and_the_chief_records_it(project):
     ensure_prepared(load_params(project / "params.yaml"), "digits")  # both workers share it
     command = [sys.executable, "-m", "kerasops", "train", "cnn", "--dataset", "digits"]
@@ -311,6 +315,7 @@ def test_a_bfloat16_head_is_refused_with_the_output_named():
         distribute.check_float32_outputs(model, train)
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_saves_and_is_recorded(project):
     params = load_params(project / "params.yaml")
     overrides = [*TRAIN, "mixed_precision=mixed_bfloat16", "jit_compile=false"]
@@ -324,6 +329,7 @@ def test_bfloat16_trains_saves_and_is_recorded(project):
     assert reloaded.get_layer("probabilities").dtype_policy.name == "float32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, effective", [("mlp", True), ("transformer", False)])
 def test_jit_compile_runs_xla_where_the_model_allows_it(name, effective):
     train = TrainConfig(jit_compile=True, learning_rate=0.01)
@@ -336,6 +342,7 @@ def test_jit_compile_runs_xla_where_the_model_allows_it(name, effective):
     assert model.evaluate(example, labels, verbose=0)[0] < before
 
 
+@pytest.mark.slow
 def test_mixed_float16_without_a_gpu_is_one_clear_error(project):
     assert not tf.config.list_physical_devices("GPU")
     done = subprocess.run(

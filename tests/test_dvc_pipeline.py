@@ -79,6 +79,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_data_add_versions_a_dataset_and_checkout_brings_the_old_bytes_back(tmp_path, capsys):
     repo = new_repo(tmp_path / "repo", {"datasets": [], "runs": {}})
     params = str(repo / "params.yaml")
@@ -134,6 +135,7 @@ def fresh_copy(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_shipped_pipeline_is_valid_in_a_fresh_clone(tmp_path):
     """`dvc repro --dry` and `dvc status` on the shipped dvc.yaml and params.yaml, and every
     params.yaml key a stage declares present (DVC itself checks them only when a stage runs).
@@ -186,6 +188,7 @@ def pipeline_repo(tmp_path_factory):
     return repo, first.stdout, second.stdout
 
 
+@pytest.mark.slow
 def test_repro_runs_every_stage_once(pipeline_repo):
     repo, first, second = pipeline_repo
     assert stages_run(first) == {
@@ -208,6 +211,7 @@ def test_repro_runs_every_stage_once(pipeline_repo):
     assert curve[0].startswith("epoch,") and "val_loss" in curve[0] and len(curve) == 2
 
 
+@pytest.mark.slow
 def test_train_stage_runs_carry_lineage(pipeline_repo):
     repo, _, _ = pipeline_repo
     import mlflow
@@ -229,6 +233,7 @@ def test_train_stage_runs_carry_lineage(pipeline_repo):
         assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"]) and tags["params_hash"]
 
 
+@pytest.mark.slow
 def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
     repo, _, _ = pipeline_repo
     done = dvc(repo, "exp", "run", "--set-param", "models.mlp.dropout=0.25")
@@ -241,6 +246,7 @@ def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
 
 
+@pytest.mark.slow
 def test_corrupted_data_is_detected_and_dvc_restores_it(pipeline_repo, capsys):
     repo, _, _ = pipeline_repo
     params = str(repo / "params.yaml")
@@ -260,6 +266,7 @@ def test_corrupted_data_is_detected_and_dvc_restores_it(pipeline_repo, capsys):
     assert main(["--params", params, "data", "verify"]) == 0
 
 
+@pytest.mark.slow
 def test_failing_stages_are_not_recorded_as_done(pipeline_repo):
     repo, _, _ = pipeline_repo
     lock_before = (repo / "dvc.lock").read_text()

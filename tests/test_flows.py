@@ -19,6 +19,8 @@ from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import dataset_version
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.slow  # Prefect flows under Prefect's test server
+
 IDENTITY = {
     "GIT_AUTHOR_NAME": "kerasops tests",
     "GIT_AUTHOR_EMAIL": "tests@kerasops.invalid",

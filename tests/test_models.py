@@ -61,7 +61,13 @@ def with_preset(model: str, preset: str, inputs: dict, **extra) -> dict:
         ("cnn", with_preset("cnn", "cnn_small", IMAGE), IMAGES, (3, 10)),
         ("cnn", with_preset("cnn", "cnn_base", IMAGE, pooling="flatten"), IMAGES, (3, 10)),
         ("rnn", with_preset("rnn", "rnn_lstm_small", TEXT), TEXTS, (3, 3)),
-        ("rnn", with_preset("rnn", "rnn_bilstm_base", TEXT), TEXTS, (3, 3)),
+        pytest.param(
+            "rnn",
+            with_preset("rnn", "rnn_bilstm_base", TEXT),
+            TEXTS,
+            (3, 3),
+            marks=pytest.mark.slow,
+        ),
         ("rnn", with_preset("rnn", "rnn_gru_small", SERIES), WINDOWS, (3, 2)),
         (
             "rnn",

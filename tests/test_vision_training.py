@@ -18,6 +18,8 @@ from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.runs import compare_runs, format_table
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.slow  # trains the ViT, autoencoder and GAN
+
 
 @pytest.fixture(scope="module")
 def params(tmp_path_factory):

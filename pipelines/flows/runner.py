@@ -20,7 +20,7 @@ from prefect.tasks import exponential_backoff
 
 from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params
-from kerasops.pipelines.steps.runner import Outcome, report_key
+from kerasops.pipelines.steps.runner import Outcome, report_key, step_name
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def publish_report(key: str, markdown: str, description: str) -> str:
 
 
 class PrefectRunner:
-    """Each step a Prefect task named after its function (`train_model` -> `train-model`)."""
+    """Each step a Prefect task, named as the step is (`train_model` -> `train`)."""
 
     def __init__(self, params: Params, retries: bool = True) -> None:
         config = params.pipeline
@@ -57,7 +57,7 @@ class PrefectRunner:
         if step not in self._tasks:
             self._tasks[step] = Task(
                 step,
-                name=step.__name__.replace("_", "-"),
+                name=step_name(step),
                 cache_policy=NO_CACHE,
                 retries=self.retries,
                 retry_delay_seconds=self.delays,

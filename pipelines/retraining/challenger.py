@@ -11,6 +11,7 @@ import mlflow
 
 from kerasops.pipelines.config import Params, RunConfig
 from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.steps.train import train_model
 from kerasops.pipelines.tracking import registry
 from kerasops.pipelines.tracking import store as tracking
@@ -54,6 +55,7 @@ def has_new_data(name: str, data_version: str) -> bool:
     )
 
 
+@named("detect-data-version")
 def detect_new_data(params: Params, dataset: str, name: str) -> tuple[str, bool]:
     """The cycle's detect step: the prepared data version, and whether no cycle decided on it."""
     version = detect_data_version(params, dataset)
@@ -110,6 +112,7 @@ def register_challenger(
     return Challenger(name, str(version.version), run_id, data_version, params_hash, trained)
 
 
+@named("train-challenger")
 def train_and_register(
     params: Params,
     run: RunConfig,
@@ -122,6 +125,7 @@ def train_and_register(
     return register_challenger(name, run_id, data_version, run.params_hash(), trained)
 
 
+@named("record-verdict")
 def record_verdict(challenger: Challenger, verdict: str) -> None:
     """Mark the challenger version (and its run) with the cycle's verdict; a rejected
     challenger loses the `challenger` alias."""

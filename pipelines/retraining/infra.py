@@ -18,6 +18,7 @@ from kerasops.config import require
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.retraining.challenger import Challenger
 from kerasops.pipelines.steps.export import export_model
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import registry
 from kerasops.pipelines.tracking.registry import TAG_DATA, load_version
 from kerasops.serving.client import GrpcClient, RestClient
@@ -146,6 +147,7 @@ def _exchange(
     return latency, diffs
 
 
+@named("infra-validate")
 def stage_and_validate(params: Params, challenger: Challenger) -> InfraReport:
     """The cycle's infra-validation step: stage the challenger's export, then prove it serves."""
     staged = stage_export(params, challenger.name, challenger.version)

@@ -17,6 +17,7 @@ from kerasops.pipelines.retraining.challenger import Challenger
 from kerasops.pipelines.retraining.infra import InfraReport
 from kerasops.pipelines.steps.gate import GateDecision
 from kerasops.pipelines.steps.publish import Publication
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import registry
 from kerasops.pipelines.tracking import store as tracking
 
@@ -69,6 +70,7 @@ class CycleReport:
         return cycle_markdown(self)
 
 
+@named("record-cycle")
 def record_cycle(params: Params, report: CycleReport, flow_run_id: str | None = None) -> str:
     """Log the cycle as its own MLflow run (decision, every metric, step times); return its id."""
     experiment_id = tracking.configure(params)

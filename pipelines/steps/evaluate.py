@@ -16,6 +16,7 @@ from kerasops.data.errors import DataError
 from kerasops.models import get_family
 from kerasops.models.evaluation import Evaluation
 from kerasops.pipelines.config import Params
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.training.outputs import read_run_config
 
 
@@ -40,6 +41,7 @@ def run_dir(params: Params, model: str, dataset: str) -> Path:
     return params.path("artifacts") / "runs" / f"{model}-{dataset}"
 
 
+@named("evaluate")
 def evaluate_run(params: Params, model: str, dataset: str) -> dict[str, float]:
     """Re-score the saved model of `model` on `dataset`'s test split; write
     `artifacts/metrics/<model>-<dataset>.json` and the learning curves

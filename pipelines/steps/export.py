@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from kerasops.pipelines.config import Params
+from kerasops.pipelines.steps.runner import named
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.export import ExportResult, export_saved_model
 from kerasops.serving.sources import ModelSource, dataset_examples
 
 
+@named("export")
 def export_model(
     params: Params,
     source: ModelSource,

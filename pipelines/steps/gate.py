@@ -12,6 +12,7 @@ from kerasops.data import load_prepared
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.config.retraining import GateRule
 from kerasops.pipelines.steps.evaluate import score
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking.registry import load_version
 
 
@@ -103,6 +104,7 @@ def evaluate_version(params: Params, dataset: str, name: str, version: str, spli
     return score(source.model, source.run_config, prepared, split).metrics
 
 
+@named("evaluate-and-gate")
 def evaluate_and_gate(
     params: Params, dataset: str, name: str, challenger: str, champion: str | None
 ) -> GateDecision:

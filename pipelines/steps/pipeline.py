@@ -18,7 +18,7 @@ from kerasops.pipelines.config import Params, RunConfig, resolve_run_config
 from kerasops.pipelines.config.pipeline import RunSpec
 from kerasops.pipelines.steps.evaluate import evaluate_run
 from kerasops.pipelines.steps.prepare import prepare
-from kerasops.pipelines.steps.runner import DirectRunner, Outcome, StepRunner
+from kerasops.pipelines.steps.runner import DirectRunner, Outcome, StepRunner, named
 from kerasops.pipelines.steps.train import TrainResult, train_model
 from kerasops.pipelines.steps.validate import validate
 from kerasops.pipelines.tracking import store as tracking
@@ -34,6 +34,7 @@ class PipelineResult:
     markdown: str
 
 
+@named("check-configs")
 def check_runs(
     params: Params, runs: Sequence[RunSpec], overrides: Sequence[str]
 ) -> list[RunConfig]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from kerasops.data import Manifest, PreparedData, load_prepared, prepare_dataset
 from kerasops.data.errors import DataError
 from kerasops.pipelines.config import Params
+from kerasops.pipelines.steps.runner import named
 
 
+@named("prepare")
 def prepare(params: Params, dataset: str) -> Manifest:
     """Prepare `dataset` from its params.yaml entry (or its built-in defaults) into
     `<prepared_data>/<dataset>/`; return its manifest. Raises DataError or ConfigError."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.retraining.challenger import Challenger, record_verdict
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -133,6 +134,7 @@ def publication(
         raise
 
 
+@named("promote")
 def promote(params: Params, challenger: Challenger, staged: Path) -> Publication:
     """Serve the challenger as the next version, then make it `champion` (old one `previous`).
 

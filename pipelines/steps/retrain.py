@@ -31,13 +31,14 @@ from kerasops.pipelines.retraining.infra import stage_and_validate
 from kerasops.pipelines.retraining.report import CycleReport, record_cycle
 from kerasops.pipelines.steps.gate import evaluate_and_gate
 from kerasops.pipelines.steps.publish import latest_served, promote
-from kerasops.pipelines.steps.runner import DirectRunner, StepRunner
+from kerasops.pipelines.steps.runner import DirectRunner, StepRunner, named
 from kerasops.pipelines.steps.validate import validate
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.registry import CHAMPION, aliases
 from kerasops.pipelines.training.distribute import require_one_process
 
 
+@named("start-cycle")
 def start_cycle(params: Params, run: RunConfig) -> CycleReport:
     """A new cycle's record, with the champion and served version it starts from."""
     require_one_process(run.train)

@@ -13,6 +13,23 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def named(name: str) -> Callable[[F], F]:
+    """Give a step the name its runs carry in a flow (a Prefect task's name, `train` for
+    `train_model`); without one, a step is named after its function."""
+
+    def name_step(step: F) -> F:
+        step.step_name = name  # type: ignore[attr-defined]
+        return step
+
+    return name_step
+
+
+def step_name(step: Callable[..., Any]) -> str:
+    """The name a step's runs carry: its `named` name, else its function's, dashed."""
+    return getattr(step, "step_name", step.__name__.replace("_", "-"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ from kerasops.models.recipe import Recipe
 from kerasops.models.training import EpochLogger, TrainConfig, standard_callbacks, trainable_count
 from kerasops.pipelines.config import Params, RunConfig
 from kerasops.pipelines.steps.prepare import ensure_prepared
+from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import lineage_tags
 from kerasops.pipelines.training import distribute
@@ -83,6 +84,7 @@ def build_for_training(params: Params, run: RunConfig) -> Built:
     return Built(model, spec, config, family.recipe, prepared, strategy, fit_train)
 
 
+@named("train")
 def train_model(
     params: Params, run: RunConfig, tags: Mapping[str, str] | None = None
 ) -> TrainResult:

@@ -15,10 +15,12 @@ from kerasops.data.validation import (
     validate_prepared,
 )
 from kerasops.pipelines.config import Params
+from kerasops.pipelines.steps.runner import named
 
 log = logging.getLogger("kerasops.pipeline")
 
 
+@named("validate")
 def validate(params: Params, dataset: str, keep: bool = True) -> ValidationReport:
     """Validate the prepared `dataset` against its reference; write the report to
     `artifacts/validation/<dataset>.{json,md}`.
