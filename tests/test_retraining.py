@@ -355,35 +355,3 @@ def test_bad_cron_and_bad_inputs_are_one_line_errors(project, capsys):
     assert "not a valid cron expression" in capsys.readouterr().err
     assert main(["retrain", "mlp", "--dataset", "digits", "--set", "epochz=1"]) == 2
     assert "unknown key 'epochz'" in capsys.readouterr().err
-
-
-def test_prefect_yaml_targets_the_compose_worker_pool():
-    root = Path(__file__).resolve().parent.parent
-    spec = yaml.safe_load((root / "prefect.yaml").read_text())
-    (deployment,) = [d for d in spec["deployments"] if d["name"] == "retrain-cnn-digits"]
-    assert deployment["entrypoint"] == "pipelines/flows/retraining.py:retraining_flow"
-    assert (root / "pipelines" / "flows" / "retraining.py").is_file()
-    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
-    pool = deployment["work_pool"]["name"]
-    workers = {
-        name: service
-        for name, service in compose["services"].items()
-        if "--pool" in (entry := service.get("entrypoint") or [])
-        and entry[entry.index("--pool") + 1] == pool
-    }
-    assert workers, f"no docker-compose worker polls the deployment's pool {pool!r}"
-    for service in workers.values():  # the flow reads params.yaml and the DVC-tracked data
-        mounts = [volume.split(":")[0] for volume in service["volumes"]]
-        assert "./" in mounts or {"./params.yaml", "./data/raw"} <= set(mounts)
-    assert deployment["schedules"][0]["cron"] == "0 3 * * *"
-    from prefect.client.schemas.schedules import CronSchedule
-
-    CronSchedule(cron=deployment["schedules"][0]["cron"])
-    assert set(deployment["parameters"]) <= {
-        "model",
-        "dataset",
-        "preset",
-        "overrides",
-        "force",
-        "params_path",
-    }

@@ -79,3 +79,16 @@ def test_params_section_is_typed():
     assert params.retraining.canary is True
     assert params.retraining.model_name("cnn", "digits") == "cnn-digits"
     assert params.retraining.rules()["test_accuracy"].minimum == 0.8
+
+
+def test_infra_validation_compares_numbers_and_texts():
+    import numpy as np
+
+    from kerasops.pipelines.retraining.infra import difference, outputs_of
+
+    assert difference([[0.5, 0.25]], np.array([[0.5, 0.5]])) == 0.25
+    texts = np.array([b"2021-03-03", b"2020-01-01"], dtype=object)
+    assert difference(["2021-03-03", "2020-01-01"], texts) == 0.0
+    assert difference(["2021-03-03", "2020-01-02"], texts) == float("inf")
+    assert set(outputs_of({"boxes": [1], "scores": [2]})) == {"boxes", "scores"}
+    assert set(outputs_of(np.zeros((2, 3)))) == {""}

@@ -7,6 +7,8 @@ retraining:
   gate:                                   # every rule must pass (TFX Evaluator's blessing)
     test_accuracy: {direction: higher, minimum: 0.8, max_regression: 0.01}
     test_macro_f1: {direction: higher, minimum: 0.75}
+  model_gates:                            # a family's own rules, instead of `gate`
+    rnn: {test_mae: {direction: lower, maximum: 20, max_regression: 1.0}}
   infra_validation: {requests: 8, latency_bound_ms: 1000, tolerance: 1.0e-4}
   canary: false                           # publish the new version under label `canary` first
 ```
@@ -79,6 +81,7 @@ class RetrainingConfig(StrictConfig):
     registered_model: str = "{model}-{dataset}"
     split: Literal["val", "test"] = "test"
     gate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_gates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     infra_validation: InfraValidationConfig = dataclasses.field(
         default_factory=InfraValidationConfig
     )
@@ -86,6 +89,8 @@ class RetrainingConfig(StrictConfig):
 
     def validate(self) -> None:
         self.rules()  # every rule is checked when params.yaml is read
+        for model in self.model_gates:
+            self.rules(model)
         try:
             name = self.registered_model.format(model="m", dataset="d")
         except (KeyError, IndexError, ValueError):
@@ -99,13 +104,16 @@ class RetrainingConfig(StrictConfig):
             "letters, digits, '_', '-' and '.'",
         )
 
-    def rules(self) -> dict[str, GateRule]:
-        """The gate's rules by metric name, each checked strictly."""
+    def rules(self, model: str | None = None) -> dict[str, GateRule]:
+        """The gate's rules by metric name, each checked strictly: `model_gates.<model>` when
+        the model family has its own (a forecaster gates on MAE), else `gate`."""
         rules = {}
-        for metric, values in self.gate.items():
-            prefix = f"retraining.gate.{metric}."
+        own = model is not None and model in self.model_gates
+        section = f"retraining.model_gates.{model}" if own else "retraining.gate"
+        for metric, values in (self.model_gates[model] if own else self.gate).items():
+            prefix = f"{section}.{metric}."
             if not isinstance(values, dict):
-                raise ConfigError(f"retraining.gate.{metric}: expected a mapping of thresholds")
+                raise ConfigError(f"{section}.{metric}: expected a mapping of thresholds")
             try:
                 rules[metric] = GateRule.from_dict(values, prefix=prefix)
             except ConfigError as exc:

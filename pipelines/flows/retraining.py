@@ -14,6 +14,7 @@ from prefect.client.schemas.schedules import CronSchedule
 
 from kerasops.errors import ConfigError
 from kerasops.pipelines.config import load_params, resolve_run_config
+from kerasops.pipelines.flows.failures import params_file, user_errors_fail
 from kerasops.pipelines.flows.runner import PrefectRunner
 from kerasops.pipelines.retraining.report import CycleReport
 from kerasops.pipelines.steps.retrain import retrain
@@ -28,10 +29,15 @@ def retraining_flow(
     force: bool = False,
     params_path: str = "params.yaml",
 ) -> CycleReport:
-    """One champion/challenger cycle; safe to retry at any point."""
-    params = load_params(params_path)
-    run = resolve_run_config(params, model, dataset, preset, list(overrides or []))
-    return retrain(params, run, force, PrefectRunner(params, retries=False))
+    """One champion/challenger cycle; safe to retry at any point. A user mistake (a missing
+    params file, an unknown model or key, failed validation) fails the run with one line."""
+
+    def cycle() -> CycleReport:
+        params = load_params(params_file(params_path))
+        run = resolve_run_config(params, model, dataset, preset, list(overrides or []))
+        return retrain(params, run, force, PrefectRunner(params, retries=False))
+
+    return user_errors_fail(cycle)
 
 
 def deployment_name(model: str, dataset: str) -> str:

@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kerasops.pipelines.config import load_params
+from kerasops.pipelines.flows.failures import params_file, user_errors_fail
 from kerasops.pipelines.flows.runner import PrefectRunner
 from kerasops.pipelines.steps.pipeline import PipelineResult, run_pipeline, train_and_report
 from kerasops.pipelines.steps.train import TrainResult
@@ -25,8 +26,12 @@ def training_flow(
     model: str, dataset: str, overrides: Sequence[str] = (), params_path: str = "params.yaml"
 ) -> TrainResult:
     """Validate `dataset` (preparing it when needed), train `model` on it, publish the report."""
-    params = load_params(params_path)
-    return train_and_report(params, model, dataset, tuple(overrides), PrefectRunner(params))
+
+    def train() -> TrainResult:
+        params = load_params(params_file(params_path))
+        return train_and_report(params, model, dataset, tuple(overrides), PrefectRunner(params))
+
+    return user_errors_fail(train)
 
 
 @flow(name="pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -37,8 +42,12 @@ def pipeline_flow(
     overrides: Sequence[str] = (),
 ) -> PipelineResult:
     """check configs -> prepare -> validate -> train -> evaluate -> report, for `pipeline.runs`."""
-    params = load_params(params_path)
-    return run_pipeline(params, models, datasets, tuple(overrides), PrefectRunner(params))
+
+    def pipeline() -> PipelineResult:
+        params = load_params(params_file(params_path))
+        return run_pipeline(params, models, datasets, tuple(overrides), PrefectRunner(params))
+
+    return user_errors_fail(pipeline)
 
 
 def run_pipeline_flow(

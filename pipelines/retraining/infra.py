@@ -123,7 +123,8 @@ def infra_validate(params: Params, name: str, version: str, staged: Path) -> Inf
 def _exchange(
     server: Any, name: str, model: Any, batches: list[dict[str, np.ndarray]]
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Send every batch over both protocols; return latencies (ms) and max |served - local|."""
+    """Send every batch over both protocols; return latencies (ms) and, per protocol, the
+    largest difference from the in-process answer (for text answers: 0 if equal, else inf)."""
     host = server.config.host
     clients = {
         "rest": RestClient(f"http://{host}:{server.rest_port}"),
@@ -133,18 +134,36 @@ def _exchange(
     diffs = {p: 0.0 for p in clients}
     try:
         for inputs in batches:
-            expected = np.asarray(model.predict(next(iter(inputs.values())), verbose=0))
+            (batch,) = inputs.values()  # one named input: the served signature's
+            expected = outputs_of(model.predict(tf.constant(batch), verbose=0))
             for protocol, serving_client in clients.items():
                 started = time.perf_counter()
                 outputs = serving_client.predict(name, inputs, version=1)
                 latency[protocol].append((time.perf_counter() - started) * 1000)
-                answer = np.asarray(next(iter(outputs.values())), dtype="float64")
-                diff = float(np.max(np.abs(answer.reshape(expected.shape) - expected)))
+                if set(expected) == {""}:  # one unnamed output: the signature names it
+                    outputs = {"": next(iter(outputs.values()))}
+                diff = max(difference(outputs[key], expected[key]) for key in expected)
                 diffs[protocol] = max(diffs[protocol], diff)
     finally:
         for serving_client in clients.values():
             serving_client.close()
     return latency, diffs
+
+
+def outputs_of(predicted: Any) -> dict[str, np.ndarray]:
+    """A model's predictions by output name ("" for a single unnamed output)."""
+    if isinstance(predicted, dict):
+        return {key: np.asarray(value) for key, value in predicted.items()}
+    return {"": np.asarray(predicted)}
+
+
+def difference(served: Any, local: np.ndarray) -> float:
+    """Largest |served - local| of numbers; 0 for equal texts, inf for unequal ones."""
+    served = np.asarray(served).reshape(local.shape)
+    if local.dtype.kind in "OSU":
+        as_text = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v))
+        return 0.0 if np.array_equal(as_text(served), as_text(local)) else float("inf")
+    return float(np.max(np.abs(served.astype("float64") - local.astype("float64")), initial=0))
 
 
 @named("infra-validate")

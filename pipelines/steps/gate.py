@@ -106,13 +106,14 @@ def evaluate_version(params: Params, dataset: str, name: str, version: str, spli
 
 @named("evaluate-and-gate")
 def evaluate_and_gate(
-    params: Params, dataset: str, name: str, challenger: str, champion: str | None
+    params: Params, model: str, dataset: str, name: str, challenger: str, champion: str | None
 ) -> GateDecision:
     """Score registered versions `challenger` and `champion` (if any) of `name` on the same
-    held-out split of the current data, and judge the challenger."""
+    held-out split of the current data, and judge the challenger by the rules of family
+    `model` (`retraining.model_gates.<model>`, else `retraining.gate`)."""
     config = params.retraining
     ours = evaluate_version(params, dataset, name, challenger, config.split)
     theirs = None
     if champion is not None:
         theirs = evaluate_version(params, dataset, name, champion, config.split)
-    return gate(ours, theirs, config.rules())
+    return gate(ours, theirs, config.rules(model))

@@ -43,7 +43,7 @@ def start_cycle(params: Params, run: RunConfig) -> CycleReport:
     """A new cycle's record, with the champion and served version it starts from."""
     require_one_process(run.train)
     require(
-        bool(params.retraining.gate),
+        bool(params.retraining.rules(run.model)),
         "retraining.gate in params.yaml lists no metric: add e.g. "
         "test_accuracy: {minimum: 0.8, max_regression: 0.01}",
     )
@@ -96,6 +96,7 @@ def judge_and_promote(params: Params, report: CycleReport, runner: StepRunner) -
         report.decision = runner.run(
             evaluate_and_gate,
             params,
+            report.model,
             report.dataset,
             report.name,
             challenger.version,
