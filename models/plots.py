@@ -15,9 +15,11 @@ def learning_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     fig = Figure(figsize=(5 * len(names), 3.5))
     axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        ax.plot(history[name], label=f"train {name}")
+        epochs = range(1, len(history[name]) + 1)  # as Keras prints them: Epoch 1/N
+        ax.plot(epochs, history[name], label=f"train {name}")
         if f"val_{name}" in history:
-            ax.plot(history[f"val_{name}"], label=f"validation {name}")
+            ax.plot(epochs, history[f"val_{name}"], label=f"validation {name}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.legend()

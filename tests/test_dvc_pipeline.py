@@ -62,7 +62,8 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "raw", "prepared", "reference")
     for folder in ("kerasops", "models", "pipelines", "data", "serving"):
         shutil.copytree(ROOT / folder, path / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+                 ".dvc/plots/index.html"):  # fmt: skip
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -153,6 +154,8 @@ def test_the_shipped_pipeline_is_valid_in_a_fresh_clone(tmp_path):
     assert stages_run(dry.stdout) == set(stages)
     assert {"prepare@detection_digits", "export@cnn-digits"} <= set(stages)
     dvc(repo, "status")
+    shown = dvc(repo, "metrics", "show")
+    assert "failed" not in (shown.stdout + shown.stderr).lower()  # nothing trained: nothing shown
     with Repo(str(repo)) as project:
         for stage in project.index.stages:
             for dep in stage.deps:
@@ -207,8 +210,20 @@ def test_repro_runs_every_stage_once(pipeline_repo):
     scores = files["artifacts/metrics/cnn-digits.json"]["data"]
     assert 0.0 <= scores["test_accuracy"] <= 1.0 and "baseline_majority_accuracy" in scores
     assert files["artifacts/validation/digits.json"]["data"]["passed"] is True
-    curve = (repo / "artifacts" / "plots" / "cnn-digits.csv").read_text().splitlines()
+    curve = (repo / "artifacts" / "plots" / "curves" / "cnn-digits.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and "val_loss" in curve[0] and len(curve) == 2
+    assert curve[1].startswith("1,")  # epochs count from 1, as Keras prints them
+
+
+def test_plots_render_offline_with_the_confusion_matrix(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    shown = dvc(repo, "plots", "show", "-o", "offline-plots")
+    assert "failed" not in (shown.stdout + shown.stderr).lower()
+    page = (repo / "offline-plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # every script inline: no CDN
+    assert "vega-embed 6.18.2" in page
+    assert page.count("vegaEmbed(") >= 4  # two learning curves, two confusion matrices
+    assert "plots/confusion/cnn-digits.csv" in page and "plots/curves/mlp-digits.csv" in page
 
 
 @pytest.mark.slow

@@ -44,8 +44,10 @@ def run_dir(params: Params, model: str, dataset: str) -> Path:
 @named("evaluate")
 def evaluate_run(params: Params, model: str, dataset: str) -> dict[str, float]:
     """Re-score the saved model of `model` on `dataset`'s test split; write
-    `artifacts/metrics/<model>-<dataset>.json` and the learning curves
-    `artifacts/plots/<model>-<dataset>.csv` (what `dvc metrics` and `dvc plots` read)."""
+    `artifacts/metrics/<model>-<dataset>.json`, the learning curves
+    `artifacts/plots/curves/<model>-<dataset>.csv` and, for a classifier, its test predictions
+    `artifacts/plots/confusion/<model>-<dataset>.csv` (what `dvc metrics` and `dvc plots`
+    read)."""
     folder = run_dir(params, model, dataset)
     if not (folder / "model.keras").is_file():
         raise DataError(f"{folder / 'model.keras'} does not exist; train it first")
@@ -54,10 +56,22 @@ def evaluate_run(params: Params, model: str, dataset: str) -> dict[str, float]:
     evaluation = score(loaded, {**read_run_config(folder), "model": model}, prepared)
     metrics = {k: round(float(v), 6) for k, v in evaluation.metrics.items()}
     artifacts = params.path("artifacts")
-    for name in ("metrics", "plots"):
+    for name in ("metrics", "plots/curves", "plots/confusion"):
         (artifacts / name).mkdir(parents=True, exist_ok=True)
     target = artifacts / "metrics" / f"{folder.name}.json"
     target.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if (folder / "history.csv").is_file():
-        shutil.copyfile(folder / "history.csv", artifacts / "plots" / f"{folder.name}.csv")
+        shutil.copyfile(folder / "history.csv", artifacts / "plots/curves" / f"{folder.name}.csv")
+    if evaluation.confusion is not None:
+        confusion_rows(evaluation, artifacts / "plots/confusion" / f"{folder.name}.csv")
     return metrics
+
+
+def confusion_rows(evaluation: Evaluation, path: Path) -> None:
+    """One `actual,predicted` row per test example, from the confusion matrix's counts: what
+    DVC's `confusion` template counts."""
+    rows = ["actual,predicted"]
+    for i, counts in enumerate(evaluation.confusion):
+        for j, count in enumerate(counts):
+            rows += [f"{evaluation.classes[i]},{evaluation.classes[j]}"] * int(count)
+    path.write_text("\n".join(rows) + "\n")

@@ -42,12 +42,12 @@ def write_outputs(
 
 
 def write_history_csv(history: Mapping[str, list[float]], path: Path) -> None:
-    """Per-epoch metrics as CSV (the learning curves `dvc plots` reads)."""
+    """Per-epoch metrics as CSV, epochs from 1 (the learning curves `dvc plots` reads)."""
     names = sorted(history)
     rows = ["epoch," + ",".join(names)]
     epochs = len(next(iter(history.values()))) if history else 0
     for epoch in range(epochs):
-        rows.append(f"{epoch}," + ",".join(f"{history[n][epoch]:.6g}" for n in names))
+        rows.append(f"{epoch + 1}," + ",".join(f"{history[n][epoch]:.6g}" for n in names))
     path.write_text("\n".join(rows) + "\n")
 
 
