@@ -33,13 +33,31 @@ class TrackingConfig(StrictConfig):
     """Where MLflow records runs.
 
     Args:
-        experiment: MLflow experiment name.
+        experiment: MLflow experiment of the training runs.
+        retraining_experiment: the experiment retraining cycles are recorded in (its
+            `{experiment}` is the name above), apart from the trainings they compare.
         tracking_uri: empty for the embedded SQLite store under `artifacts/`;
             `MLFLOW_TRACKING_URI` in the environment takes precedence.
+        system_metrics: record CPU, memory, disk and network use beside each training run.
+        system_metrics_interval_s: seconds between two system metrics samples.
     """
 
     experiment: str = "kerasops"
+    retraining_experiment: str = "{experiment}-retraining"
     tracking_uri: str = ""
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 5.0
+
+    def validate(self) -> None:
+        require(bool(self.experiment.strip()), "tracking.experiment must not be empty")
+        try:
+            self.retraining_experiment.format(experiment="e")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                "tracking.retraining_experiment may only use {experiment}, "
+                f"got {self.retraining_experiment!r}"
+            ) from None
+        require(self.system_metrics_interval_s >= 1, "tracking.system_metrics_interval_s >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
