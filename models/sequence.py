@@ -19,7 +19,14 @@ from kerasops.models.decoding import GreedyTranslator, TextGenerator
 from kerasops.models.inputs import InputSpec
 from kerasops.models.recipe import Recipe
 from kerasops.models.text import END_TOKEN, CharTokenizer
-from kerasops.models.training import History, RunLog, TrainConfig, as_history, make_optimizer
+from kerasops.models.training import (
+    History,
+    RunLog,
+    TrainConfig,
+    as_history,
+    fit_verbosity,
+    make_optimizer,
+)
 
 
 def texts(values: np.ndarray) -> list[str]:
@@ -94,7 +101,8 @@ def fit_sequence_model(
         validation_data=sequence_dataset(model, prepared.splits["val"], train.batch_size, False),
         epochs=train.epochs,
         callbacks=list(callbacks),
-        verbose=2,
+        shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+        verbose=fit_verbosity(),
     )
     return as_history(history)
 

@@ -8,6 +8,7 @@ in `kerasops.pipelines.tracking`, `NullRunLog` anywhere else).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -88,7 +89,8 @@ class NullRunLog:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Report every epoch's training and validation metrics, with an optional name prefix.
+    """Report every epoch's training and validation metrics, with an optional name prefix, at
+    step = the epoch's number from 1 (as Keras prints `Epoch 1/3`).
 
     `step_offset` numbers the epochs of a later training phase after the earlier ones.
     """
@@ -102,7 +104,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}
         metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
-        self.log.metrics(metrics, step=self.step_offset + epoch)
+        self.log.metrics(metrics, step=self.step_offset + epoch + 1)  # epochs count from 1
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
@@ -171,9 +173,20 @@ def fit_on(
     data = make_tf_dataset(train_split, train.batch_size, True, train.seed)
     val = make_tf_dataset(val_split, train.batch_size, False) if val_split else None
     history = model.fit(
-        data, validation_data=val, epochs=epochs, callbacks=list(callbacks), verbose=2
+        data,
+        validation_data=val,
+        epochs=epochs,
+        callbacks=list(callbacks),
+        shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+        verbose=fit_verbosity(),
     )
     return as_history(history)
+
+
+def fit_verbosity() -> int:
+    """Keras `fit` verbosity: a progress bar per epoch on a terminal, one line per epoch in a
+    log file or CI."""
+    return 1 if sys.stdout.isatty() else 2
 
 
 def as_history(history: keras.callbacks.History) -> History:

@@ -207,7 +207,7 @@ def cycle_outcomes(project: Path, name: str) -> list[str]:
     from kerasops.pipelines.config import load_params
     from kerasops.pipelines.tracking import store
 
-    experiment = store.configure(load_params(project / "params.yaml"))
+    experiment = store.configure(load_params(project / "params.yaml"), retraining=True)
     runs = MlflowClient().search_runs(
         [experiment],
         f"tags.registered_model = '{name}' and tags.`kerasops.flow` = 'retraining'",
@@ -280,10 +280,17 @@ def test_a_users_mistake_fails_the_run_with_one_line_and_the_worker_keeps_pollin
             )
         return [entry.message for entry in found]
 
-    lines = on_server(server, logs)
-    # the project's one line comes first; Prefect's engine then logs its own traceback of any
-    # failed flow run (prefect/engine.py runs flows with return_type="result")
-    errors = [line for line in lines if line.startswith("error:")]
+    # the flow run's process ships its logs in batches (Prefect's APILogHandler), so they may
+    # reach the server after the run's Failed state: read them until the error line is there
+    deadline = time.monotonic() + 90
+    while True:
+        lines = on_server(server, logs)
+        # the project's one line comes first; Prefect's engine then logs its own traceback of
+        # any failed flow run (prefect/engine.py runs flows with return_type="result")
+        errors = [line for line in lines if line.startswith("error:")]
+        if errors or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert errors and errors[0].startswith(message), lines
     assert deployed.poll() is None, services.tail(project / "worker.log")
 

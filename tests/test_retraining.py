@@ -98,7 +98,7 @@ def test_cycle_is_recorded_in_mlflow_and_as_a_prefect_artifact(params, state):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     runs = registry.client().search_runs(
-        [registry.client().get_experiment_by_name("tests").experiment_id],
+        [registry.client().get_experiment_by_name("tests-retraining").experiment_id],
         "tags.`kerasops.flow` = 'retraining' and tags.`kerasops.outcome` = 'promoted'",
     )
     assert len(runs) == 1
@@ -246,7 +246,7 @@ def test_a_failed_step_leaves_champion_and_served_version(project, params, targe
     repository = Path(params.serving.model_repository) / NAME
     assert sorted(p.name for p in repository.iterdir()) == ["1"]  # no leftovers
     failed = registry.client().search_runs(
-        [registry.client().get_experiment_by_name("tests").experiment_id],
+        [registry.client().get_experiment_by_name("tests-retraining").experiment_id],
         "tags.`kerasops.outcome` = 'failed'",
         order_by=["attributes.start_time DESC"],
         max_results=1,

@@ -70,6 +70,7 @@ def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
 
     local = keras.saving.load_model(result.run_dir / "model.keras")
     np.testing.assert_allclose(predict(logged, test), predict(local, test), atol=1e-5)
+    assert_tracked_as_mlflow_users_expect(run, params)
 
 
 @pytest.mark.slow
@@ -117,3 +118,23 @@ def test_failed_run_is_marked_failed_and_keeps_the_last_good_outputs(params, mon
     assert runs[0].info.status == "FAILED"
     assert (first.run_dir / "metrics.json").read_text() == before
     assert not list(first.run_dir.parent.glob(".stage-*"))
+
+
+def assert_tracked_as_mlflow_users_expect(run, params) -> None:
+    """The dataset input with its DVC hash, an ML (not GenAI) experiment, system metrics, a
+    signature named like the model, epochs counted from 1."""
+    from kerasops.pipelines.tracking.lineage import dataset_version
+
+    client = MlflowClient()
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "digits"
+    assert data.dataset.digest == dataset_version(params, "digits")
+    assert data.dataset.source_type == "local" and "prepared/digits" in data.dataset.source
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    model = mlflow.models.get_model_info(run.data.tags["kerasops.model_uri"])
+    assert model.signature.inputs.input_names() == ["image"]
+    assert model.signature.outputs.input_names() == ["probabilities"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][0] == 1

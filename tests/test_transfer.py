@@ -344,9 +344,9 @@ def test_transfer_on_digits_trains_tracks_exports_and_serves(digits_root, monkey
             "loss",
         )
     }
-    assert history["phase1_loss"] == history["phase1_val_accuracy"] == [0, 1]
-    assert history["phase2_loss"] == history["phase2_val_accuracy"] == [2]
-    assert history["loss"] == [0, 1, 2]
+    assert history["phase1_loss"] == history["phase1_val_accuracy"] == [1, 2]  # epochs from 1
+    assert history["phase2_loss"] == history["phase2_val_accuracy"] == [3]
+    assert history["loss"] == [1, 2, 3]
     metrics = run.data.metrics
     for key in ("phase1_seconds", "phase2_seconds", "phase1_test_accuracy"):
         assert metrics[key] > 0

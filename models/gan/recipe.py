@@ -97,4 +97,4 @@ class SampleGridLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         images = generate(self.generator, self.count, self.seed)
-        self.log.image(sample_grid(images, self.pixel_max), key="samples", step=epoch)
+        self.log.image(sample_grid(images, self.pixel_max), key="samples", step=epoch + 1)

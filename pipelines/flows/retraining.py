@@ -28,6 +28,7 @@ def retraining_flow(
     overrides: list[str] | None = None,
     force: bool = False,
     params_path: str = "params.yaml",
+    fresh: bool = False,
 ) -> CycleReport:
     """One champion/challenger cycle; safe to retry at any point. A user mistake (a missing
     params file, an unknown model or key, failed validation) fails the run with one line."""
@@ -35,7 +36,7 @@ def retraining_flow(
     def cycle() -> CycleReport:
         params = load_params(params_file(params_path))
         run = resolve_run_config(params, model, dataset, preset, list(overrides or []))
-        return retrain(params, run, force, PrefectRunner(params, retries=False))
+        return retrain(params, run, force, fresh, PrefectRunner(params, retries=False))
 
     return user_errors_fail(cycle)
 
@@ -61,6 +62,7 @@ def schedule_parameters(
     overrides: Sequence[str],
     force: bool,
     params_path: str,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -69,6 +71,7 @@ def schedule_parameters(
         "overrides": list(overrides),
         "force": force,
         "params_path": params_path,
+        "fresh": fresh,
     }
 
 

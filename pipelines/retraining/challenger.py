@@ -12,7 +12,7 @@ import mlflow
 from kerasops.pipelines.config import Params, RunConfig
 from kerasops.pipelines.steps.prepare import ensure_prepared
 from kerasops.pipelines.steps.runner import named
-from kerasops.pipelines.steps.train import train_model
+from kerasops.pipelines.steps.train import MODEL_URI_TAG, train_model
 from kerasops.pipelines.tracking import registry
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import dataset_version
@@ -82,14 +82,14 @@ def train_challenger(
     run: RunConfig,
     data_version: str,
     tags: Mapping[str, str] | None = None,
+    fresh: bool = False,
 ) -> tuple[str, bool]:
-    """Train (tracked in MLflow) unless a finished run for the same inputs exists.
-
-    Returns the run id and whether it was trained now. Raises ConfigError for `multi_worker`.
-    """
+    """Train (tracked in MLflow) unless a finished run for the same inputs exists, or always
+    with `fresh`. Returns the run id and whether it was trained now. Raises ConfigError for
+    `multi_worker`."""
     require_one_process(run.train)
     tracking.configure(params)
-    existing = find_training_run(run, data_version)
+    existing = None if fresh else find_training_run(run, data_version)
     if existing is not None:
         log.info("reusing run %s: same data version and config", existing)
         return existing, False
@@ -106,7 +106,9 @@ def register_challenger(
         version = existing[-1]
     else:
         tags = {TAG_DATA: data_version, TAG_PARAMS: params_hash, "kerasops.run_id": run_id}
-        version = mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags)
+        logged = registry.client().get_run(run_id).data.tags.get(MODEL_URI_TAG)
+        uri = logged or f"runs:/{run_id}/model"  # runs trained before the tag existed
+        version = mlflow.register_model(uri, name, tags=tags)
     if registry.aliases(name).get(CHAMPION) != str(version.version):
         registry.set_aliases(name, {CHALLENGER: str(version.version)})
     return Challenger(name, str(version.version), run_id, data_version, params_hash, trained)
@@ -119,9 +121,11 @@ def train_and_register(
     name: str,
     data_version: str,
     tags: Mapping[str, str] | None = None,
+    fresh: bool = False,
 ) -> Challenger:
-    """The cycle's train step: a challenger trained (or reused) and registered."""
-    run_id, trained = train_challenger(params, run, data_version, tags)
+    """The cycle's train step: a challenger trained (or, unless `fresh`, reused from an
+    earlier try with the same data and config) and registered."""
+    run_id, trained = train_challenger(params, run, data_version, tags, fresh)
     return register_challenger(name, run_id, data_version, run.params_hash(), trained)
 
 

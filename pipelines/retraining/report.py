@@ -73,7 +73,7 @@ class CycleReport:
 @named("record-cycle")
 def record_cycle(params: Params, report: CycleReport, flow_run_id: str | None = None) -> str:
     """Log the cycle as its own MLflow run (decision, every metric, step times); return its id."""
-    experiment_id = tracking.configure(params)
+    experiment_id = tracking.configure(params, retraining=True)
     mlflow_client = registry.client()
     report.aliases_after = registry.aliases(report.name)
     tags = {
@@ -102,6 +102,7 @@ def record_cycle(params: Params, report: CycleReport, flow_run_id: str | None = 
         mlflow_client.log_dict(run_id, report.decision.to_dict(), "retraining/gate.json")
     status = "FAILED" if report.outcome == "failed" else "FINISHED"
     mlflow_client.set_terminated(run_id, status)
+    tracking.configure(params)  # back to the training runs' experiment
     return run_id
 
 

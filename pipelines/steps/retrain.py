@@ -59,11 +59,16 @@ def start_cycle(params: Params, run: RunConfig) -> CycleReport:
 
 
 def retrain(
-    params: Params, run: RunConfig, force: bool = False, runner: StepRunner | None = None
+    params: Params,
+    run: RunConfig,
+    force: bool = False,
+    fresh: bool = False,
+    runner: StepRunner | None = None,
 ) -> CycleReport:
-    """One champion/challenger cycle for `run`; `force` runs it on a data version a cycle
-    already decided on. Returns the cycle's record; a failed step's error propagates after
-    the record is written."""
+    """One champion/challenger cycle for `run`. `force` runs it even on a data version a
+    cycle already decided on (a run with the same data and config is still reused, so a
+    retried cycle never trains twice); `fresh` trains a new challenger even then. Returns the
+    cycle's record; a failed step's error propagates after the record is written."""
     runner = runner or DirectRunner(reports=params.path("artifacts") / "reports")
     report = runner.run(start_cycle, params, run)
     try:
@@ -77,7 +82,13 @@ def retrain(
             runner.run(validate, params, run.dataset)
         with report.step("train"):
             report.challenger = runner.run(
-                train_and_register, params, run, report.name, report.data_version, runner.tags()
+                train_and_register,
+                params,
+                run,
+                report.name,
+                report.data_version,
+                runner.tags(),
+                fresh,
             )
         if report.challenger.version == report.champion_before:
             report.outcome = "already-champion"

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 
 from kerasops.config import StrictConfig
 from kerasops.data import PreparedData
@@ -36,6 +40,8 @@ from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import lineage_tags
 from kerasops.pipelines.training import distribute
 from kerasops.pipelines.training.outputs import publish_run, write_outputs
+
+MODEL_URI_TAG = "kerasops.model_uri"  # the logged model of a run: what retraining registers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +113,19 @@ def train_model(
         **lineage_tags(params, [run.dataset]),
         **(tags or {}),
     }
+    system_metrics = params.tracking.system_metrics and built.chief
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
     with (
         tempfile.TemporaryDirectory(dir=runs_root, prefix=".stage-") as staging,
         contextlib.nullcontext() if built.chief else tracking.worker_store(Path(staging)),
-        mlflow.start_run(run_name=run.name, tags=run_tags) as tracked,
+        mlflow.start_run(
+            run_name=run.name, tags=run_tags, log_system_metrics=system_metrics
+        ) as tracked,
     ):
         stage = Path(staging) / "run"
         stage.mkdir()
+        log_data_input(params, run.dataset, run_tags[f"dvc.prepared.{run.dataset}"])
         metrics = fit_and_record(built, run, stage, tracked.info.run_id)
         if built.chief:
             publish_run(stage, runs_root / run.name)
@@ -150,7 +162,8 @@ def fit_and_record(built: Built, run: RunConfig, stage: Path, run_id: str) -> di
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
     mlflow.log_artifacts(str(stage), artifact_path="outputs")
     mlflow.log_dict(full_config, "config.json")
-    log_model(served, built.recipe.example_inputs(served, built.prepared))
+    logged = log_model(served, built.recipe.example_inputs(served, built.prepared))
+    mlflow.set_tag(MODEL_URI_TAG, logged.model_uri)
     return metrics
 
 
@@ -163,19 +176,30 @@ def log_run_params(built: Built, run: RunConfig) -> None:
     mlflow.log_params(distribute.run_params(built.model, run.train, built.strategy))
 
 
-def log_model(model: keras.Model, examples: np.ndarray) -> None:
-    """Log the Keras model in MLflow's format, with a signature inferred from real examples.
+def log_data_input(params: Params, dataset: str, version: str) -> None:
+    """The prepared dataset as the run's MLflow dataset input: named as in params.yaml, its DVC
+    hash as digest, its folder as source (the UI's Dataset column and Datasets panel)."""
+    folder = params.path("prepared_data") / dataset
+    with warnings.catch_warnings():  # MLflow registers its local source twice ("" and file:)
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(folder.as_uri())
+    mlflow.log_input(MetaDataset(source, name=dataset, digest=version), context="training")
 
-    A model with named outputs (a dict) gets a signature with one column per output.
-    """
+
+def log_model(model: keras.Model, examples: np.ndarray) -> ModelInfo:
+    """Log the Keras model in MLflow's format, with a signature inferred from real examples
+    and named as the model's input and outputs (`image` -> `probabilities`)."""
     if examples.dtype.kind in "UO":
         examples = examples.astype(str)
     outputs: Any = model.predict(tf.constant(examples), verbose=0)
     if isinstance(outputs, dict):
         outputs = {name: np.asarray(values) for name, values in outputs.items()}
-    mlflow.keras.log_model(
+    else:
+        outputs = {model.output_names[0]: np.asarray(outputs)}
+    inputs = {model.inputs[0].name: examples}
+    return mlflow.keras.log_model(
         model,
         name="model",
-        signature=infer_signature(examples, outputs),
+        signature=infer_signature(inputs, outputs),
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -95,16 +96,56 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def describe_run(params: Params, run_id: str) -> str:
-    """The lineage chain of one MLflow run, as printable lines."""
-    tracking.configure(params)
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
+def resolve_run_id(params: Params, prefix: str) -> str:
+    """The full id of the one run whose id starts with `prefix` (as git resolves a short
+    commit), in any experiment of the store MLflow is pointed at.
+
+    Raises KerasopsError when no run matches, or naming the runs that match when several do.
+    """
+    prefix = prefix.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
         raise KerasopsError(
-            f"no MLflow run {run_id!r} in {tracking.tracking_uri(params)}; "
+            f"{prefix!r} is not a run id (hexadecimal, as `kerasops compare` shows)"
+        )
+    client = MlflowClient()
+    if len(prefix) == 32:
+        try:
+            return client.get_run(prefix).info.run_id
+        except MlflowException:
+            pass
+    matches = [run for run in all_runs(client) if run.info.run_id.startswith(prefix)]
+    if len(matches) == 1:
+        return matches[0].info.run_id
+    if not matches:
+        raise KerasopsError(
+            f"no MLflow run {prefix!r} in {tracking.tracking_uri(params)}; "
             "list runs with `kerasops compare`"
-        ) from None
+        )
+    shown = ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in matches[:5])
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise KerasopsError(f"run id {prefix!r} is ambiguous: {shown}{more}; give more characters")
+
+
+def all_runs(client: MlflowClient) -> list[Any]:
+    """Every run of every experiment (active and deleted experiments alike), page by page."""
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs, token = [], None
+    while experiments:
+        page = client.search_runs(
+            experiments, run_view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def describe_run(params: Params, run_id: str) -> str:
+    """The lineage chain of one MLflow run (`run_id` or a unique prefix), as printable lines."""
+    tracking.configure(params)
+    run = mlflow.get_run(resolve_run_id(params, run_id))
+    run_id = run.info.run_id
     tags = run.data.tags
     dirty = {"true": "uncommitted changes", "false": "clean"}.get(tags.get("git.dirty"), "unknown")
     lines = [

@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.tracking import MlflowClient
 
 from kerasops.pipelines.config import Params
 
@@ -28,19 +29,33 @@ def artifact_root(params: Params) -> str:
     return (params.path("artifacts") / "mlruns").as_uri()
 
 
-def configure(params: Params) -> str:
-    """Point MLflow at the store and select (creating if needed) the experiment; return its id."""
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's ML view
+
+
+def configure(params: Params, retraining: bool = False) -> str:
+    """Point MLflow at the store and select (creating if needed) the experiment: the training
+    runs', or with `retraining` the one the retraining cycles are recorded in. Return its id.
+
+    Experiments are marked as model-training ones, so MLflow's UI opens them on their runs
+    rather than on its GenAI views.
+    """
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     point_mlflow_at(uri)
     name = params.tracking.experiment
+    if retraining:
+        name = params.tracking.retraining_experiment.format(experiment=name)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_root(params) if uri.startswith("sqlite:") else None
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+        )
     else:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+            MlflowClient().set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
