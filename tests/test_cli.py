@@ -113,3 +113,77 @@ def test_local_prefect_creates_its_home_in_a_fresh_checkout(project, monkeypatch
     assert not (project / "artifacts").exists()
     local_prefect(load_params(project / "params.yaml"))
     assert (project / "artifacts" / "prefect").is_dir()  # Prefect's SQLite database goes here
+
+
+def test_every_option_has_help_and_the_shell_completes(capsys):
+    import argparse
+
+    from kerasops.pipelines.cli import build_parser
+
+    def undocumented(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                yield f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(undocumented(build_parser(), ["kerasops"])) == []
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "kerasops" in script and "run-pipeline" in script and "--dataset" in script
+
+
+def test_list_columns_fit_their_content(project, capsys):
+    code, out, _ = run_cli(capsys, "list")
+    lines = out.splitlines()
+    models = lines[1 : lines.index("datasets:")]
+    starts = {line.index(line.split()[1], len(line.split()[0])) for line in models}
+    assert code == 0 and len(starts) == 1  # every description starts in one column
+    assert "language_model" in out and "detection_digits" in out
+
+
+@pytest.mark.slow
+def test_the_terminal_is_quiet_unless_asked(project):
+    """No TensorFlow native lines or library INFO logs by default; --verbose shows them."""
+    kerasops = str(Path(sys.executable).with_name("kerasops"))
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")}
+    quiet = subprocess.run(
+        [kerasops, "prepare", "digits"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert quiet.returncode == 0 and "prepared digits" in quiet.stdout
+    noise = ("I0000", "E0000", "absl::InitializeLog", "cuInit", "cudart")
+    assert not any(marker in quiet.stderr for marker in noise), quiet.stderr
+    loud = subprocess.run(
+        [kerasops, "--verbose", "prepare", "digits"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert loud.returncode == 0 and any(marker in loud.stderr for marker in noise)
+
+
+def test_a_run_id_prefix_resolves_as_git_resolves_a_commit(project, capsys):
+    import mlflow
+
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.tracking import store
+    from kerasops.pipelines.tracking.runs import resolve_run_id
+
+    params = load_params(project / "params.yaml")
+    store.configure(params)
+    ids = []
+    while len({i[:1] for i in ids}) == len(ids) or len(ids) < 3:  # two share a first digit
+        with mlflow.start_run() as run:
+            ids.append(run.info.run_id)
+    first = ids[0]
+    assert resolve_run_id(params, first[:8]) == first
+    assert main(["lineage", first[:8]]) == 0
+    assert first in capsys.readouterr().out
+    shared = next(i[:1] for i in ids if sum(j[:1] == i[:1] for j in ids) > 1)
+    assert main(["lineage", shared]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: run id {shared!r} is ambiguous:") and "give more" in error
+    assert main(["lineage", "0123456789abcdef"]) == 2
+    assert "no MLflow run '0123456789abcdef'" in capsys.readouterr().err

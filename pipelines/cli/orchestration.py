@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from kerasops.errors import KerasopsError
 from kerasops.pipelines.cli.common import add_overrides, params_of
 
 
@@ -20,19 +19,13 @@ def cmd_run_pipeline(args: argparse.Namespace) -> int:
     check_runs(params, select_runs(params, args.model, args.dataset), args.set)
     local_prefect(params)
     # deferred: Prefect reads its settings when imported, after local_prefect
+    from kerasops.pipelines.flows.local import start_temporary_server
     from kerasops.pipelines.flows.training import run_pipeline_flow
 
-    try:
-        result = run_pipeline_flow(
-            os.path.abspath(args.params), args.model or None, args.dataset or None, args.set
-        )
-    except RuntimeError as exc:
-        if "Prefect API" not in str(exc):
-            raise
-        raise KerasopsError(
-            f"{exc}; set PREFECT_API_URL to a running server, or raise "
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-        ) from None
+    start_temporary_server()
+    result = run_pipeline_flow(
+        os.path.abspath(args.params), args.model or None, args.dataset or None, args.set
+    )
     print(result.markdown)
     return 0
 
@@ -54,11 +47,14 @@ def _resolve(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     _resolve(args)
-    from kerasops.pipelines.flows.retraining import retraining_flow  # deferred: Prefect
+    # deferred: Prefect reads its settings when imported, after local_prefect
+    from kerasops.pipelines.flows.local import start_temporary_server
+    from kerasops.pipelines.flows.retraining import retraining_flow
 
+    start_temporary_server()
     params_path = os.path.abspath(args.params)
     report = retraining_flow(
-        args.model, args.dataset, args.preset, args.set, args.force, params_path
+        args.model, args.dataset, args.preset, args.set, args.force, params_path, args.fresh
     )
     print(report.to_markdown())
     return 0
@@ -92,7 +88,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     cron = check_cron(args.cron)
     parameters = schedule_parameters(
-        args.model, args.dataset, args.preset, args.set, args.force, os.path.abspath(args.params)
+        args.model,
+        args.dataset,
+        args.preset,
+        args.set,
+        args.force,
+        os.path.abspath(args.params),
+        args.fresh,
     )
     name = deployment_name(args.model, args.dataset)
     print(f"serving deployment {name} on cron {cron!r} (Ctrl-C stops)", flush=True)
@@ -134,5 +136,13 @@ def _flow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="preset of the model family")
     add_overrides(parser)
     parser.add_argument(
-        "--force", action="store_true", help="run even when the data version is not new"
+        "--force",
+        action="store_true",
+        help="run even when a cycle already decided on this data version (a training run with "
+        "the same data and config is reused: add --fresh to train a new challenger)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train a new challenger even when a run with the same data and config exists",
     )

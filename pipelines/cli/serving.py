@@ -31,7 +31,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         nargs="?",
         help="training output folder (model.keras + config.json) or a .keras file",
     )
-    parser.add_argument("--run-id", help="MLflow run whose `model` artifact to export")
+    parser.add_argument(
+        "--run-id", help="MLflow run whose `model` to export (its id, or a unique prefix)"
+    )
     parser.add_argument(
         "--model-uri", help="MLflow model URI: models:/<name>/<version>, models:/<name>@<alias>"
     )
@@ -77,8 +79,10 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     choice.add_argument("--label", help="version label")
     parser.add_argument("--signature", help="signature name (default serving_default)")
     parser.add_argument("--url", help="REST URL or gRPC host:port (default: local server)")
-    parser.add_argument("--timeout", type=float, default=30.0)
-    parser.set_defaults(func=predict_command)
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
+    )
+    parser.set_defaults(func=predict_command, needs_tensorflow=lambda args: args.grpc)
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -86,6 +90,7 @@ def export_command(args: argparse.Namespace) -> int:
     # deferred: loading a model loads TensorFlow and MLflow
     from kerasops.pipelines.steps.export import export_model
     from kerasops.pipelines.tracking import store
+    from kerasops.pipelines.tracking.runs import resolve_run_id
     from kerasops.serving.sources import load_from_folder, load_from_mlflow
 
     chosen = [x for x in (args.model, args.run_id, args.model_uri) if x]
@@ -109,7 +114,8 @@ def export_command(args: argparse.Namespace) -> int:
             store.point_mlflow_at(args.tracking_uri)
         else:
             store.configure(params)
-        source = load_from_mlflow(args.model_uri or f"runs:/{args.run_id}/model")
+        run_id = resolve_run_id(params, args.run_id) if args.run_id else None
+        source = load_from_mlflow(args.model_uri or f"runs:/{run_id}/model")
     prepared = Path(args.prepared_root).resolve() if args.prepared_root else None
     result = export_model(
         params, source, args.name, args.version, args.label, serving, prepared_root=prepared

@@ -56,13 +56,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     from kerasops.models import MODELS
 
     params = params_of(args)
+    models = [
+        (name, family.description, ", ".join(family.presets)) for name, family in MODELS.items()
+    ]
+    datasets = [
+        (
+            name,
+            params.dataset(name).source,
+            "params.yaml" if name in params.datasets else "built in",
+        )
+        for name in sorted({*BUILTIN_DATASETS, *params.datasets})
+    ]
     print("models:")
-    for name, family in MODELS.items():
-        print(f"  {name:12s} {family.description} (presets: {', '.join(family.presets)})")
+    print(columns([("family", "what", "presets"), *models]))
     print("datasets:")
-    for name in sorted({*BUILTIN_DATASETS, *params.datasets}):
-        print(f"  {name:12s} source {params.dataset(name).source}")
+    print(columns([("dataset", "source", "declared in"), *datasets]))
     return 0
+
+
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns as wide as their longest cell, indented by two spaces."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -100,7 +116,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=cmd_compare)
 
     lineage = sub.add_parser("lineage", help="print the code, params and data behind a run")
-    lineage.add_argument("run_id", help="MLflow run id")
+    lineage.add_argument("run_id", help="MLflow run id, or a unique prefix (as compare shows)")
     lineage.set_defaults(func=cmd_lineage)
 
     listing = sub.add_parser("list", help="list model families, presets and datasets")
@@ -109,4 +125,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    ui.set_defaults(func=cmd_ui)
+    ui.set_defaults(func=cmd_ui, needs_tensorflow=False)
