@@ -22,7 +22,7 @@ from PIL import Image
 
 from kerasops.data.errors import DataError
 from kerasops.data.materialize import write_csv, write_if_changed
-from kerasops.data.readers import ColorMode, _read_image, read_csv, to_number
+from kerasops.data.readers import ColorMode, read_csv, read_image, to_number
 
 ANNOTATION_COLUMNS = ("image", "label", "ymin", "xmin", "ymax", "xmax")
 PADDING_CLASS = -1
@@ -147,7 +147,7 @@ def read_detection_csv(
                 f"{path}: {name} has {len(boxes)} boxes, over max_objects={max_objects}; "
                 "raise max_objects"
             )
-        x[n] = _read_image(image_path, image_size, color_mode).reshape(*image_size, channels)
+        x[n] = read_image(image_path, image_size, color_mode).reshape(*image_size, channels)
         y[n, : len(boxes)] = _targets(image_path, boxes, classes, path, name)
     return DetectionExamples(x=x, y=y, classes=classes)
 

@@ -48,7 +48,7 @@ def read_image_folder(
     channels = 1 if color_mode == "grayscale" else 3
     x = np.zeros((len(files), *image_size, channels), dtype=np.float32)  # (N, H, W, C)
     for i, path in enumerate(files):
-        x[i] = _read_image(path, image_size, color_mode).reshape(*image_size, channels)
+        x[i] = read_image(path, image_size, color_mode).reshape(*image_size, channels)
     labels = np.array([p.parent.name for p in files], dtype=str)
     return LabeledExamples(x=x, labels=labels)
 
@@ -81,8 +81,9 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _read_image(path: Path, image_size: tuple[int, int], color_mode: ColorMode) -> np.ndarray:
-
+def read_image(path: Path, image_size: tuple[int, int], color_mode: ColorMode) -> np.ndarray:
+    """One image file as float32 pixel values 0-255, (H, W) grayscale or (H, W, 3) RGB, resized
+    to `image_size` (rows, columns) as preparation does. Raise DataError if it is no image."""
     try:
         with Image.open(path) as image:
             image = image.convert("L" if color_mode == "grayscale" else "RGB")

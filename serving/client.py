@@ -54,6 +54,15 @@ class ModelRef:
 Inputs = np.ndarray | dict[str, Any] | list
 
 
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """A signature's single input as its metadata states it."""
+
+    name: str
+    dtype: str  # TF Serving's enum name, e.g. "DT_FLOAT", "DT_STRING"
+    shape: tuple[int | None, ...]  # batch axis first; None where any size goes
+
+
 class RestClient:
     """TF Serving REST API client (columnar `inputs` format in, numpy arrays out)."""
 
@@ -158,6 +167,23 @@ class RestClient:
     def _single_output(self, ref: ModelRef) -> str:
         return next(iter(self._signature(ref)["outputs"]))
 
+    def input_spec(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> InputSpec:
+        ref = ModelRef(model, version, label, signature_name)
+        name = self._single_input(ref)
+        info = self._signature(ref)["inputs"][name]
+        dims = info.get("tensor_shape", {}).get("dim", [])
+        shape = tuple(None if int(d.get("size", -1)) < 0 else int(d["size"]) for d in dims)
+        return InputSpec(name, info.get("dtype", "DT_INVALID"), shape)
+
+    def output_names(self, model: str, **ref: Any) -> list[str]:
+        return list(self._signature(ModelRef(model, **ref))["outputs"])
+
 
 class GrpcClient:
     """TF Serving gRPC client on the official `tensorflow-serving-api` stubs."""
@@ -257,6 +283,28 @@ class GrpcClient:
                 raise ServingClientError(f"model {ref.name} has no signature {key!r}", 400)
             self._signatures[ref] = signatures[key]
         return self._signatures[ref]
+
+    def input_spec(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> InputSpec:
+        # deferred: TensorFlow loads slowly; a REST-only client never needs it
+        from tensorflow.core.framework import types_pb2
+
+        ref = ModelRef(model, version, label, signature_name)
+        signature = self._signature(ref)
+        if len(signature.inputs) != 1:
+            names = list(signature.inputs)
+            raise ServingClientError(f"model {model} takes inputs {names}: pass a dict", 400)
+        name, info = next(iter(signature.inputs.items()))
+        shape = tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+        return InputSpec(name, types_pb2.DataType.Name(info.dtype), shape)
+
+    def output_names(self, model: str, **ref: Any) -> list[str]:
+        return list(self._signature(ModelRef(model, **ref)).outputs)
 
     def classify(
         self,

@@ -3,7 +3,8 @@
 Signatures written (names and keys as TF Serving expects them):
 
 * `serving_default` (Predict): `{<input role>: raw values}` -> `{<output layer name>: values}`,
-  e.g. `image` -> `probabilities`. Preprocessing is inside the model, so clients send raw values.
+  e.g. `image` -> `probabilities`; a classifier also answers `classes`, its class names (B, K)
+  in the order of `probabilities`. Preprocessing is inside the model, so clients send raw values.
   A model with named (dict) outputs answers with those names, e.g. a detector's `boxes`,
   `classes`, `scores` and `num_detections`.
 * `classify` (classifiers, last layer `probabilities`): `inputs` = serialized `tf.Example`s with
@@ -123,10 +124,15 @@ def _example_feature(io: ModelIO) -> Any:
 def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[str]) -> list[str]:
 
     spec = tf.TensorSpec(io.input_shape, tf.as_dtype(io.input_dtype), name=io.input_name)
+    labels = tf.constant(list(class_names), dtype=tf.string)
 
     def predict(x: Any) -> dict[str, Any]:
         outputs = model(x, training=False)
-        return dict(outputs) if io.output_names else {io.output_name: outputs}
+        if io.output_names:
+            return dict(outputs)
+        if io.kind == "classifier":  # the class names beside their probabilities
+            return {io.output_name: outputs, "classes": tile_labels(labels, outputs)}
+        return {io.output_name: outputs}
 
     archive.add_endpoint(name="serving_default", fn=predict, input_signature=[spec])
     names = ["serving_default"]
@@ -140,12 +146,10 @@ def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[
         return tf.cast(parsed, tf.as_dtype(io.input_dtype))
 
     if io.kind == "classifier":
-        labels = tf.constant(list(class_names), dtype=tf.string)
 
         def classify(serialized: Any) -> dict[str, Any]:
             scores = model(parse(serialized), training=False)  # (B, K)
-            classes = tf.tile(labels[None, :], [tf.shape(scores)[0], 1])  # (B, K)
-            return {"classes": classes, "scores": scores}
+            return {"classes": tile_labels(labels, scores), "scores": scores}
 
         archive.add_endpoint(name=CLASSIFY_SIGNATURE, fn=classify, input_signature=[examples])
         names.append(CLASSIFY_SIGNATURE)
@@ -158,6 +162,11 @@ def _add_endpoints(archive: Any, model: Any, io: ModelIO, class_names: Sequence[
         archive.add_endpoint(name=REGRESS_SIGNATURE, fn=regress, input_signature=[examples])
         names.append(REGRESS_SIGNATURE)
     return names
+
+
+def tile_labels(labels: Any, scores: Any) -> Any:
+    """The (K,) class names repeated for every row of (B, K) scores: (B, K) strings."""
+    return tf.tile(labels[None, :], [tf.shape(scores)[0], 1])
 
 
 def _values_per_example(shape: tuple[int | None, ...]) -> int | None:

@@ -19,7 +19,8 @@ def write_params(root: Path, **sections) -> Path:
             "raw_data": "data/raw",
             "prepared_data": "data/prepared",
         },
-        "tracking": {"experiment": "tests"},
+        # mlflow.models.evaluate costs seconds a run: on where a test asks for it
+        "tracking": {"experiment": "tests", "mlflow_evaluate": False},
         **sections,
     }
     path = root / "params.yaml"

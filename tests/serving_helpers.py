@@ -46,3 +46,9 @@ def text_classifier(seed: int = 0):  # noqa: ANN201
 
 def digit_images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 17, (count, 8, 8, 1)).astype("float32")
+
+
+def probabilities_of(predictions: list) -> np.ndarray:
+    """The `probabilities` of REST row-format answers from a classifier: serving_default names
+    its classes too, so each row is {"probabilities": [...], "classes": [...]}."""
+    return np.asarray([row["probabilities"] for row in predictions], dtype="float32")

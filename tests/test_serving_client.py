@@ -17,7 +17,7 @@ from kerasops.serving.client import ServingClientError, connect
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.export import export_saved_model
 from kerasops.serving.server import EmbeddedServer, model_entries
-from tests.serving_helpers import digit_images, digits_cnn, regressor
+from tests.serving_helpers import digit_images, digits_cnn, probabilities_of, regressor
 
 pytest.importorskip("tensorflow_serving.apis")
 
@@ -84,10 +84,56 @@ def test_predict_command_prints_outputs(served, tmp_path: Path, capsys, use_grpc
     np.save(tmp_path / "images.npy", images.astype("float64"))  # cast to the signature's dtype
     url = f"127.0.0.1:{server.grpc_port}" if use_grpc else f"http://127.0.0.1:{server.rest_port}"
     argv = ["predict", "cnn-digits", "--input", str(tmp_path / "images.npy"), "--url", url]
-    assert cli.main(argv + (["--grpc"] if use_grpc else [])) == 0
+    assert cli.main(argv + ["--raw"] + (["--grpc"] if use_grpc else [])) == 0
     printed = json.loads(capsys.readouterr().out)
     want = np.asarray(model(images, training=False))
     np.testing.assert_allclose(printed["probabilities"], want, atol=1e-5)
+    assert printed["classes"] == [[str(k) for k in range(10)]] * 2  # serving_default names them
+
+
+@pytest.mark.parametrize("use_grpc", [False, True])
+def test_predict_takes_image_files_and_names_the_classes(
+    served, tmp_path: Path, capsys, use_grpc: bool
+) -> None:  # noqa: ANN001, E501
+    from PIL import Image
+
+    server, model, _ = served
+    rng = np.random.default_rng(3)
+    # an RGB photo of another size and a grayscale one: both become the model's 8x8x1 pixels
+    Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8), "RGB").save(
+        tmp_path / "a.png"
+    )
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / "b.jpg")
+    url = f"127.0.0.1:{server.grpc_port}" if use_grpc else f"http://127.0.0.1:{server.rest_port}"
+    argv = ["predict", "cnn-digits", "--input", str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    argv += ["--url", url, "--top", "3"] + (["--grpc"] if use_grpc else [])
+    assert cli.main(argv) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    from kerasops.data.readers import read_image
+
+    pixels = np.stack([read_image(tmp_path / n, (8, 8), "grayscale") for n in ("a.png", "b.jpg")])
+    want = np.asarray(model(pixels[..., None], training=False))
+    assert [a["input"] for a in answers] == ["a.png", "b.jpg"]
+    for answer, row in zip(answers, want, strict=True):
+        assert answer["class"] == str(int(np.argmax(row)))
+        assert len(answer["probabilities"]) == 3
+        top = sorted(answer["probabilities"].items(), key=lambda kv: -kv[1])
+        assert top[0][0] == answer["class"]
+        assert abs(top[0][1] - float(row.max())) < 1e-5
+
+
+def test_predict_reads_csv_rows_for_a_feature_model(served, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    server, _, _ = served
+    (tmp_path / "rows.csv").write_text("id,a,b,c,d\nx,1,2,3,4\ny,0,0,0,1\n")
+    url = f"http://127.0.0.1:{server.rest_port}"
+    assert cli.main(["predict", "reg", "--input", str(tmp_path / "rows.csv"), "--url", url]) == 0
+    (outputs,) = json.loads(capsys.readouterr().out).values()
+    assert np.asarray(outputs).shape[0] == 2
+    (tmp_path / "short.csv").write_text("a,b\n1,2\n")
+    assert cli.main(["predict", "reg", "--input", str(tmp_path / "short.csv"), "--url", url]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "takes 4 values per row" in error, error
 
 
 def test_cli_mistakes_are_one_line_errors(served, tmp_path: Path, capsys) -> None:  # noqa: ANN001
@@ -130,7 +176,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa:
         response = pending.result()
     assert response.status_code == 200
     want = np.asarray(model(images, training=False))
-    np.testing.assert_allclose(response.json()["predictions"], want, atol=1e-5)
+    np.testing.assert_allclose(probabilities_of(response.json()["predictions"]), want, atol=1e-5)
 
 
 @pytest.mark.slow  # MLflow's SQLite store setup and log_model take most of a minute here

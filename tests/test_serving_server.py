@@ -17,7 +17,13 @@ import pytest
 from kerasops.serving.config import BatchingConfig, ServingConfig
 from kerasops.serving.export import export_saved_model
 from kerasops.serving.server import EmbeddedServer, model_entries
-from tests.serving_helpers import digit_images, digits_cnn, regressor, text_classifier
+from tests.serving_helpers import (
+    digit_images,
+    digits_cnn,
+    probabilities_of,
+    regressor,
+    text_classifier,
+)
 
 pytest.importorskip("tensorflow_serving.apis")
 tf = pytest.importorskip("tensorflow")
@@ -98,8 +104,9 @@ def expected(model, inputs) -> np.ndarray:  # noqa: ANN001
 def test_rest_predict_rows_equal_in_process(env: Env) -> None:
     response = env.predict("digits", {"instances": env.images.tolist()})
     assert response.status_code == 200, response.text
-    predictions = np.asarray(response.json()["predictions"])
+    predictions = probabilities_of(response.json()["predictions"])
     np.testing.assert_allclose(predictions, expected(env.digits, env.images), atol=1e-5)
+    assert response.json()["predictions"][0]["classes"] == [str(k) for k in range(10)]
 
 
 def test_rest_predict_columnar_and_named_instances(env: Env) -> None:
@@ -107,8 +114,8 @@ def test_rest_predict_columnar_and_named_instances(env: Env) -> None:
     assert list(columnar.json()) == ["outputs"]
     named = env.predict("digits/labels/stable", {"instances": [{"image": env.images[0].tolist()}]})
     want = expected(env.digits, env.images[:2])
-    np.testing.assert_allclose(columnar.json()["outputs"], want, atol=1e-5)
-    np.testing.assert_allclose(named.json()["predictions"], want[:1], atol=1e-5)
+    np.testing.assert_allclose(columnar.json()["outputs"]["probabilities"], want, atol=1e-5)
+    np.testing.assert_allclose(probabilities_of(named.json()["predictions"]), want[:1], atol=1e-5)
 
 
 def test_rest_status_and_metadata(env: Env) -> None:
@@ -118,7 +125,7 @@ def test_rest_status_and_metadata(env: Env) -> None:
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
     default = signatures["serving_default"]
     assert list(default["inputs"]) == ["image"]
-    assert list(default["outputs"]) == ["probabilities"]
+    assert sorted(default["outputs"]) == ["classes", "probabilities"]
     assert {"classify", "serving_default"} <= set(signatures)
 
 
@@ -149,7 +156,7 @@ def test_rest_text_model_with_b64_and_plain_strings(env: Env) -> None:
     response = env.predict("text", {"instances": ["good movie", {"b64": encoded}]})
     assert response.status_code == 200, response.text
     want = expected(env.text, tf.constant(["good movie", "bad film"]))
-    np.testing.assert_allclose(response.json()["predictions"], want, atol=1e-5)
+    np.testing.assert_allclose(probabilities_of(response.json()["predictions"]), want, atol=1e-5)
 
 
 # -- gRPC -----------------------------------------------------------------------------------------
@@ -317,7 +324,7 @@ def test_concurrent_requests_are_batched_and_correct(env: Env) -> None:
 
     def call(i: int) -> np.ndarray:
         response = env.predict("digits", {"instances": images[i : i + 1].tolist()})
-        return np.asarray(response.json()["predictions"])[0]
+        return probabilities_of(response.json()["predictions"])[0]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         got = list(pool.map(call, range(32)))
@@ -364,7 +371,7 @@ def test_new_version_is_served_without_restart(env: Env) -> None:
     env.wait_for(lambda: 1 not in env.server.manager.loaded_versions()["digits"])
     response = env.predict("digits", {"instances": env.images[:2].tolist()})
     np.testing.assert_allclose(
-        response.json()["predictions"], expected(newer, env.images[:2]), atol=1e-5
+        probabilities_of(response.json()["predictions"]), expected(newer, env.images[:2]), atol=1e-5
     )
     grpc_response = env.predict_stub.Predict(predict_request("digits", env.images[:2]))
     assert grpc_response.model_spec.version.value == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -27,6 +28,7 @@ def params(project):
 
 @pytest.mark.slow
 def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
+    params = params.replace(tracking=params.tracking.replace(mlflow_evaluate=True))
     result = train_run(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
     metrics = result.metrics
     assert metrics["test_accuracy"] > 0.85 > metrics["baseline_majority_accuracy"] + 0.5
@@ -126,11 +128,15 @@ def assert_tracked_as_mlflow_users_expect(run, params) -> None:
     from kerasops.pipelines.tracking.lineage import dataset_version
 
     client = MlflowClient()
-    (data,) = run.inputs.dataset_inputs
+    contexts = {
+        {t.key: t.value for t in i.tags}.get("mlflow.data.context"): i
+        for i in run.inputs.dataset_inputs
+    }
+    data = contexts["training"]  # mlflow.models.evaluate logs its test predictions too
+    assert len(contexts) == 2
     assert data.dataset.name == "digits"
     assert data.dataset.digest == dataset_version(params, "digits")
     assert data.dataset.source_type == "local" and "prepared/digits" in data.dataset.source
-    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
@@ -138,3 +144,11 @@ def assert_tracked_as_mlflow_users_expect(run, params) -> None:
     assert model.signature.inputs.input_names() == ["image"]
     assert model.signature.outputs.input_names() == ["probabilities"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][0] == 1
+    # mlflow.models.evaluate on the same test predictions agrees with the project's own score
+    assert run.data.metrics["accuracy_score"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert run.data.metrics["example_count"] == sum(map(sum, run_confusion(run)))
+
+
+def run_confusion(run) -> list[list[int]]:
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="outputs")
+    return json.loads((Path(path) / "evaluation.json").read_text())["confusion_matrix"]

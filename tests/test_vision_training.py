@@ -17,6 +17,7 @@ from kerasops.pipelines.config import load_params
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.runs import compare_runs, format_table
 from tests.conftest import write_params
+from tests.serving_helpers import probabilities_of
 
 pytestmark = pytest.mark.slow  # trains the ViT, autoencoder and GAN
 
@@ -131,7 +132,9 @@ def test_exported_models_answer_rest_predicts(
 
         vit = http.post("/v1/models/vit:predict", json={"instances": images})
         assert vit.status_code == 200, vit.text
-        assert np.allclose(np.asarray(vit.json()["predictions"]).sum(axis=1), 1.0, atol=1e-4)
+        answers = vit.json()["predictions"]  # a classifier: probabilities and class names
+        assert np.allclose(probabilities_of(answers).sum(axis=1), 1.0, atol=1e-4)
+        assert all(len(row["classes"]) == len(row["probabilities"]) for row in answers)
 
         scores = http.post("/v1/models/autoencoder:predict", json={"instances": images})
         assert scores.status_code == 200, scores.text

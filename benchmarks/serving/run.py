@@ -158,7 +158,8 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
         one = images[:1]
         body = json.dumps({"instances": one.tolist()}).encode()
         answer = httpx.post(f"http://127.0.0.1:{rest}/v1/models/digits:predict", content=body)
-        np.testing.assert_allclose(answer.json()["predictions"], want[:1], atol=1e-5)
+        (row,) = answer.json()["predictions"]  # probabilities beside the class names
+        np.testing.assert_allclose([row["probabilities"]], want[:1], atol=1e-5)
         print("  embedded server, REST", flush=True)
         rest_results = run_loads(
             lambda c: rest_load(

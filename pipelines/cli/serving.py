@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasops.errors import ConfigError, KerasopsError
+from kerasops.errors import ConfigError
 from kerasops.pipelines.cli.common import params_of
 
 
@@ -66,12 +66,25 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="call a served model with inputs from a file")
+    parser = subparsers.add_parser(
+        "predict",
+        help="call a served model with image files, CSV rows, text lines or an array file",
+        description=(
+            "Image files (or a folder of them) are converted to the model's input size and "
+            "channels; a CSV gives feature rows or, for a sequence model, its last rows as one "
+            "window; a .txt gives one text per line; .npy/.json pass a batch as is. A "
+            "classifier's answer names the classes, most likely first."
+        ),
+    )
     parser.add_argument("model", help="served model name")
     parser.add_argument(
         "--input",
         required=True,
-        help=".npy array, or .json: a list of examples or a TF Serving request body",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="image files or a folder of them, .csv, .txt, .npy, or .json (a list of examples "
+        "or a TF Serving request body)",
     )
     parser.add_argument("--grpc", action="store_true", help="call over gRPC instead of REST")
     choice = parser.add_mutually_exclusive_group()
@@ -79,6 +92,12 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     choice.add_argument("--label", help="version label")
     parser.add_argument("--signature", help="signature name (default serving_default)")
     parser.add_argument("--url", help="REST URL or gRPC host:port (default: local server)")
+    parser.add_argument(
+        "--top", type=int, default=5, help="classes listed per example for a classifier (5)"
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="print the outputs as the server returns them"
+    )
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
     )
@@ -140,42 +159,54 @@ def serve_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     # deferred: the gRPC client loads TensorFlow
     from kerasops.serving.client import connect
+    from kerasops.serving.inputs import read_batch
 
-    inputs = read_inputs(Path(args.input))
+    ref = {"version": args.version, "label": args.label}
+    paths = [Path(path) for path in args.input]
     with connect(args.url, grpc=args.grpc, timeout=args.timeout) as client:
-        outputs = client.predict(
-            args.model,
-            inputs,
-            version=args.version,
-            label=args.label,
-            signature_name=args.signature,
+        arrays_only = all(path.suffix in (".npy", ".json") for path in paths)
+        spec = (
+            None
+            if arrays_only
+            else client.input_spec(args.model, **ref, signature_name=args.signature)
         )
-    print(json.dumps({key: _jsonable(value) for key, value in outputs.items()}))
+        batch = read_batch(paths, spec)
+        outputs = client.predict(args.model, batch.values, **ref, signature_name=args.signature)
+    if "probabilities" in outputs and not args.raw:
+        for line in labelled_answers(outputs, batch.names, args.top):
+            print(json.dumps(line))
+    else:
+        print(json.dumps({key: _jsonable(value) for key, value in outputs.items()}))
     return 0
 
 
-def read_inputs(path: Path) -> Any:
-    """A batch from .npy, or from .json (a list of examples, or `instances`/`inputs`)."""
-    if not path.is_file():
-        raise KerasopsError(f"input file not found: {path}")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix != ".json":
-        raise KerasopsError(f"unsupported input file {path.name}: use .npy or .json")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise KerasopsError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(document, dict) and "inputs" in document:
-        document = document["inputs"]
-    elif isinstance(document, dict) and "instances" in document:
-        document = document["instances"]
-    if isinstance(document, dict):
-        return {key: np.asarray(value) for key, value in document.items()}
-    return np.asarray(document)
+def labelled_answers(outputs: dict[str, np.ndarray], names: tuple[str, ...], top: int) -> list:
+    """One answer per example: its most likely class and the `top` classes' probabilities, named
+    by the model's `classes` output (class indices for a model exported without one)."""
+    probabilities = np.asarray(outputs["probabilities"], dtype=float)
+    probabilities = probabilities.reshape(len(probabilities), -1)
+    classes = outputs.get("classes")
+    answers = []
+    for i, row in enumerate(probabilities):
+        labels = [str(n) for n in range(row.size)] if classes is None else _texts(classes[i])
+        order = np.argsort(-row, kind="stable")[:top]
+        answers.append(
+            {
+                "input": names[i] if i < len(names) else f"example {i}",
+                "class": labels[order[0]],
+                "probabilities": {labels[k]: round(float(row[k]), 6) for k in order},
+            }
+        )
+    return answers
 
 
-def _jsonable(value: np.ndarray) -> Any:
-    if value.dtype == object:
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value.tolist()]
-    return value.tolist()
+def _texts(values: np.ndarray) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

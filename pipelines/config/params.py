@@ -40,6 +40,9 @@ class TrackingConfig(StrictConfig):
             `MLFLOW_TRACKING_URI` in the environment takes precedence.
         system_metrics: record CPU, memory, disk and network use beside each training run.
         system_metrics_interval_s: seconds between two system metrics samples.
+        mlflow_evaluate: score classifiers once more through `mlflow.models.evaluate` on the
+            test split's predictions (its accuracy_score, f1_score, per-class metrics and
+            confusion-matrix plot beside the project's own test_* metrics).
     """
 
     experiment: str = "kerasops"
@@ -47,6 +50,7 @@ class TrackingConfig(StrictConfig):
     tracking_uri: str = ""
     system_metrics: bool = True
     system_metrics_interval_s: float = 5.0
+    mlflow_evaluate: bool = True
 
     def validate(self) -> None:
         require(bool(self.experiment.strip()), "tracking.experiment must not be empty")

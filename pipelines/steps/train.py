@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -127,6 +128,8 @@ def train_model(
         stage.mkdir()
         log_data_input(params, run.dataset, run_tags[f"dvc.prepared.{run.dataset}"])
         metrics = fit_and_record(built, run, stage, tracked.info.run_id)
+        if built.chief and params.tracking.mlflow_evaluate:
+            log_mlflow_evaluation(stage)
         if built.chief:
             publish_run(stage, runs_root / run.name)
     run_id = tracked.info.run_id if built.chief else ""
@@ -165,6 +168,31 @@ def fit_and_record(built: Built, run: RunConfig, stage: Path, run_id: str) -> di
     logged = log_model(served, built.recipe.example_inputs(served, built.prepared))
     mlflow.set_tag(MODEL_URI_TAG, logged.model_uri)
     return metrics
+
+
+def log_mlflow_evaluation(stage: Path) -> None:
+    """`mlflow.models.evaluate` on a classifier's test predictions (a static dataset: no second
+    inference), so the run carries MLflow's own classifier metrics and plots too."""
+    evaluation = json.loads((stage / "evaluation.json").read_text())
+    confusion, classes = evaluation.get("confusion_matrix"), evaluation.get("classes")
+    if not confusion or not classes:
+        return  # not a classifier: the project's own metrics are the whole evaluation
+    pairs = [
+        (classes[i], classes[j])
+        for i, counts in enumerate(confusion)
+        for j, count in enumerate(counts)
+        for _ in range(int(count))
+    ]
+    frame = pd.DataFrame(pairs, columns=["label", "prediction"])
+    with warnings.catch_warnings():  # its SHAP explainer skips string labels with a warning
+        warnings.simplefilter("ignore")
+        mlflow.models.evaluate(
+            data=frame,
+            targets="label",
+            predictions="prediction",
+            model_type="classifier",
+            evaluator_config={"label_list": list(classes), "log_explainer": False},
+        )
 
 
 def log_run_params(built: Built, run: RunConfig) -> None:
