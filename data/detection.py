@@ -22,6 +22,7 @@ from PIL import Image
 
 from kerasops.data.errors import DataError
 from kerasops.data.materialize import write_csv, write_if_changed
+from kerasops.data.progress import progress
 from kerasops.data.readers import ColorMode, read_csv, read_image, to_number
 
 ANNOTATION_COLUMNS = ("image", "label", "ymin", "xmin", "ymax", "xmax")
@@ -138,7 +139,8 @@ def read_detection_csv(
     x = np.zeros((len(per_image), *image_size, channels), dtype=np.float32)  # (N, H, W, C)
     y = np.zeros((len(per_image), max_objects, 5), dtype=np.float32)  # (N, M, 5)
     y[..., 4] = PADDING_CLASS
-    for n, (name, boxes) in enumerate(sorted(per_image.items())):
+    listed = sorted(per_image.items())
+    for n, (name, boxes) in enumerate(progress(listed, len(listed), f"reading {path.name}", "img")):
         image_path = path.parent / name
         if not image_path.is_file():
             raise DataError(f"{path}: image {name} does not exist beside the CSV")

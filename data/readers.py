@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from kerasops.data.errors import DataError
+from kerasops.data.progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ColorMode = Literal["grayscale", "rgb"]
@@ -47,7 +48,7 @@ def read_image_folder(
     files = _image_files(folder)
     channels = 1 if color_mode == "grayscale" else 3
     x = np.zeros((len(files), *image_size, channels), dtype=np.float32)  # (N, H, W, C)
-    for i, path in enumerate(files):
+    for i, path in enumerate(progress(files, len(files), f"reading {folder.name}", "img")):
         x[i] = read_image(path, image_size, color_mode).reshape(*image_size, channels)
     labels = np.array([p.parent.name for p in files], dtype=str)
     return LabeledExamples(x=x, labels=labels)

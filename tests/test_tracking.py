@@ -49,3 +49,26 @@ def test_compare_shows_each_familys_headline_metric_beside_its_baseline():
     assert headline(classifier)["seconds"] == 9.0
     assert headline({"anomaly_roc_auc": 0.9})["metric"] == "anomaly_auc"
     assert headline({})["metric"] is None  # a failed run has no metrics
+
+
+def test_report_links_follow_the_mlflow_ui_in_use(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = project_params(tmp_path / "project")
+    assert tracking.ui_url(params) == "http://127.0.0.1:5000"  # nothing running: the default
+    tracking.record_ui(params, "http://127.0.0.1:5123")  # what `kerasops ui --port 5123` writes
+    assert tracking.ui_url(params) == "http://127.0.0.1:5123"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    ui_file = params.path("artifacts") / tracking.UI_FILE
+    ui_file.write_text(json.dumps({"url": "http://127.0.0.1:5124", "pid": int(gone.stdout)}))
+    assert tracking.ui_url(params) == "http://127.0.0.1:5000"  # that UI has stopped
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert tracking.ui_url(params) == "http://mlflow.internal:5000"  # a server is its own UI

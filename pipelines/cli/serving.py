@@ -105,8 +105,10 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    # deferred: the spinner's terminal library is needed only when exporting
+    from rich.console import Console
+
     # deferred: loading and exporting a model loads TensorFlow and MLflow
-    # deferred: loading a model loads TensorFlow and MLflow
     from kerasops.pipelines.steps.export import export_model
     from kerasops.pipelines.tracking import store
     from kerasops.pipelines.tracking.runs import resolve_run_id
@@ -136,9 +138,10 @@ def export_command(args: argparse.Namespace) -> int:
         run_id = resolve_run_id(params, args.run_id) if args.run_id else None
         source = load_from_mlflow(args.model_uri or f"runs:/{run_id}/model")
     prepared = Path(args.prepared_root).resolve() if args.prepared_root else None
-    result = export_model(
-        params, source, args.name, args.version, args.label, serving, prepared_root=prepared
-    )
+    with Console(stderr=True).status("exporting the SavedModel and its warmup requests"):
+        result = export_model(
+            params, source, args.name, args.version, args.label, serving, prepared_root=prepared
+        )
     print(
         f"exported {result.model_name} version {result.version} to {result.path} "
         f"(signatures: {', '.join(result.signatures)}; {result.warmup_records} warmup requests)"

@@ -90,7 +90,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     command += ["--port", str(args.port)]
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", store.artifact_root(params)]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})", flush=True)
+    url = f"http://{args.host}:{args.port}"
+    store.record_ui(params, url)  # reports link runs to this UI while it runs
+    print(f"MLflow UI on {url} (store {uri})", flush=True)
     bin_dir = os.path.dirname(sys.executable)
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     os.execvp(os.path.join(bin_dir, "mlflow"), command)

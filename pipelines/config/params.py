@@ -164,7 +164,8 @@ class Params(StrictConfig):
         if name not in BUILTIN_DATASETS:
             known = ", ".join(sorted({*BUILTIN_DATASETS, *self.datasets}))
             raise DataError(
-                f"unknown dataset {name!r}; known datasets: {known}. Declare your own under "
+                f"unknown dataset {name!r}; known datasets: {known}. Declare your own with "
+                f"`kerasops data add PATH --name {name} --source SOURCE`, or under "
                 f"`datasets:` in params.yaml, e.g. `{name}: {{source: image_folder, path: "
                 f"{name}, image_size: [64, 64]}}`"
             )

@@ -55,7 +55,8 @@ class PipelineConfig(StrictConfig):
         max_parallel: trainings run at once by the Prefect pipeline.
         retries: retries of a step that failed for a transient reason (never a user mistake).
         retry_delay_seconds: first retry delay; it doubles each retry.
-        mlflow_ui_url: base URL of the MLflow UI the report links runs to.
+        mlflow_ui_url: base URL of the MLflow UI the report links runs to when no tracking
+            server is configured and no `kerasops ui` is running on this store.
         validation: thresholds of the data checks, with `per_dataset` overrides.
     """
 

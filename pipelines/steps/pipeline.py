@@ -142,10 +142,7 @@ def gather_validations(
 
 def mlflow_link(params: Params, run_id: str) -> str:
     """URL of a run in the MLflow UI (the tracking server's, or `kerasops ui`'s)."""
-    uri = tracking.tracking_uri(params)
-    base = params.pipeline.mlflow_ui_url
-    if uri.startswith(("http://", "https://")):
-        base = uri
+    base = tracking.ui_url(params)
     experiment = mlflow.get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +31,30 @@ def artifact_root(params: Params) -> str:
 
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's ML view
+
+
+UI_FILE = "mlflow-ui.json"  # under paths.artifacts: where a running `kerasops ui` listens
+
+
+def record_ui(params: Params, url: str) -> None:
+    """Note that this process (about to become the MLflow UI) serves the store at `url`."""
+    target = params.path("artifacts") / UI_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+
+
+def ui_url(params: Params) -> str:
+    """Base URL of the MLflow UI in use: the tracking server's own, else a running
+    `kerasops ui` on this store (whatever its port), else `pipeline.mlflow_ui_url`."""
+    uri = tracking_uri(params)
+    if uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        running = json.loads((params.path("artifacts") / UI_FILE).read_text())
+        os.kill(int(running["pid"]), 0)  # still there (signal 0 only checks)
+        return str(running["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return params.pipeline.mlflow_ui_url
 
 
 def configure(params: Params, retraining: bool = False) -> str:
