@@ -126,7 +126,7 @@ def _images(files: list[Path], spec: InputSpec) -> Batch:
     except DataError as exc:
         raise KerasopsError(str(exc)) from None
     batch = np.stack(pixels).reshape(len(files), height, width, channels)
-    return Batch(batch.astype(_numpy_dtype(spec)), tuple(path.name for path in files))
+    return Batch(batch.astype(_numpy_dtype(spec)), tuple(str(path) for path in files))
 
 
 def _csv_rows(files: list[Path], spec: InputSpec) -> Batch:

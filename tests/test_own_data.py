@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from kerasops.pipelines.cli import main
 from kerasops.pipelines.cli.data import USER_SOURCES
 from kerasops.pipelines.config import load_params
 from kerasops.pipelines.config.edit import entry_yaml, write_dataset_entry
+from tests import services
 from tests.conftest import write_params
 
 
@@ -132,8 +134,8 @@ def test_an_entry_that_does_not_type_check_leaves_params_yaml_as_it_was(tmp_path
 
 
 @pytest.mark.slow
-def test_data_add_versions_the_folder_and_declares_it(tmp_path, capsys, monkeypatch):
-    """From a raw image folder to a declared, versioned dataset that trains (through the CLI)."""
+def dvc_project(tmp_path: Path, monkeypatch) -> Path:  # noqa: ANN001
+    """A git repository with params.yaml and DVC set up (a local remote), as working directory."""
     project = tmp_path / "project"
     project.mkdir()
     write_params(project)
@@ -144,6 +146,12 @@ def test_data_add_versions_the_folder_and_declares_it(tmp_path, capsys, monkeypa
     monkeypatch.chdir(project)
     monkeypatch.setenv("KERASOPS_DVC_REMOTE", str(tmp_path / "remote"))
     assert main(["data", "setup"]) == 0
+    return project
+
+
+def test_data_add_versions_the_folder_and_declares_it(tmp_path, capsys, monkeypatch):
+    """From a raw image folder to a declared, versioned dataset that trains (through the CLI)."""
+    project = dvc_project(tmp_path, monkeypatch)
     source = image_folder(tmp_path / "shapes", size=(8, 8))
     argv = ["data", "add", str(source), "--name", "shapes", "--source", "image_folder"]
     assert main([*argv, "--no-write"]) == 0
@@ -167,3 +175,57 @@ def test_data_add_versions_the_folder_and_declares_it(tmp_path, capsys, monkeypa
     assert "prepared shapes (image, classification)" in capsys.readouterr().out
     assert main([*argv[:-2], "--source", "text_csv"]) == 2  # does not fit: nothing changes
     assert "one CSV of text and label columns" in capsys.readouterr().err
+
+
+def drawn_shapes(root: Path, count: int = 40, size: int = 16) -> Path:
+    """Outlined circles and filled squares at random places and sizes, as RGB photos."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(1)
+    for label in ("circle", "square"):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            image = Image.new("RGB", (size, size), (0, 0, 0))
+            side = int(rng.integers(7, 12))
+            x, y = (int(v) for v in rng.integers(0, size - side, 2))
+            draw = ImageDraw.Draw(image)
+            if label == "circle":
+                draw.ellipse((x, y, x + side, y + side), outline=(255, 255, 255), width=2)
+            else:
+                draw.rectangle((x, y, x + side, y + side), fill=(255, 255, 255))
+            image.save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_from_a_raw_folder_to_a_served_prediction_of_a_png(tmp_path, capsys, monkeypatch):
+    """data add -> train -> export -> serve -> `kerasops predict --input photo.png`, all by the
+    CLI; the answer names the user's own classes."""
+    import json
+
+    dvc_project(tmp_path, monkeypatch)
+    source = drawn_shapes(tmp_path / "photos", count=120)
+    argv = ["data", "add", str(source), "--name", "shapes", "--source", "image_folder"]
+    assert main([*argv, "--set", "color_mode=grayscale"]) == 0
+    train = ["train", "cnn", "--dataset", "shapes", "--set", "epochs=30", "--set", "batch_size=16"]
+    assert main(train) == 0
+    assert main(["export", "artifacts/runs/cnn-shapes", "--name", "shapes"]) == 0
+    capsys.readouterr()
+
+    rest, grpc = services.free_port(), services.free_port()
+    kerasops = [sys.executable, "-m", "kerasops"]
+    serve = [*kerasops, "serve", "--rest-port", str(rest), "--grpc-port", str(grpc)]
+    photos = drawn_shapes(tmp_path / "new", count=6, size=24)  # another size, RGB
+    inputs = sorted(str(p) for p in photos.rglob("*.png"))
+    health = f"http://127.0.0.1:{rest}/v1/models/shapes"
+    with services.server(serve, health, tmp_path / "serve.log"):
+        predict = [*kerasops, "predict", "shapes", "--input", *inputs]
+        predict += ["--url", f"http://127.0.0.1:{rest}"]
+        done = subprocess.run(predict, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answers) == 12
+    assert all(set(a["probabilities"]) == {"circle", "square"} for a in answers)
+    truth = [Path(p).parent.name for p in inputs]
+    right = sum(a["class"] == t for a, t in zip(answers, truth, strict=True))
+    assert right >= 9, answers  # 12 new photos at another size than trained on

@@ -114,7 +114,7 @@ def test_predict_takes_image_files_and_names_the_classes(
 
     pixels = np.stack([read_image(tmp_path / n, (8, 8), "grayscale") for n in ("a.png", "b.jpg")])
     want = np.asarray(model(pixels[..., None], training=False))
-    assert [a["input"] for a in answers] == ["a.png", "b.jpg"]
+    assert [a["input"] for a in answers] == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
     for answer, row in zip(answers, want, strict=True):
         assert answer["class"] == str(int(np.argmax(row)))
         assert len(answer["probabilities"]) == 3
