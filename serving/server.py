@@ -258,5 +258,7 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
 
 def serve(config: ServingConfig, models_config: str | None, repository: str | None) -> None:
     """Entry point of `kerasops serve`."""
+    if repository:  # the repository served is also the one reloads may name
+        config = dataclasses.replace(config, model_repository=str(Path(repository).resolve()))
     entries, config_path = model_entries(config, models_config, repository)
     EmbeddedServer(config, entries, config_path).serve_forever()
