@@ -173,3 +173,17 @@ def test_batcher_rejects_when_the_queue_is_full_and_drains_on_close() -> None:
 
     done = asyncio.run(main())
     assert len(done) == 2
+
+
+def test_serving_benchmark_writes_untracked_results_unless_asked(tmp_path: Path) -> None:
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "serving" / "run.py"
+    spec = importlib.util.spec_from_file_location("serving_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = module.output_paths(argparse.Namespace(update_results=False, output=str(tmp_path)))
+    assert default == (tmp_path / "results.json", tmp_path / "RESULTS.md")
+    tracked = module.output_paths(argparse.Namespace(update_results=True, output=str(tmp_path)))
+    assert tracked[1] == path.parents[1] / "RESULTS.md"
