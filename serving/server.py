@@ -209,7 +209,6 @@ class EmbeddedServer:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_connection_idle_ms", int(self.config.idle_timeout_s * 1000)),
-                ("grpc.http2.max_ping_strikes", 2),
             ],
             maximum_concurrent_rpcs=self.config.max_connections,
         )
