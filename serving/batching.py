@@ -112,10 +112,11 @@ class Batcher:
             if batch is None:
                 return
             try:
-                self._execute(batch)
+                results = self._execute(batch)
             finally:
-                with self._cond:
+                with self._cond:  # before delivering: the next request may come right back
                     self._running -= 1
+            _deliver(batch, results)
 
     def _next_batch(self) -> list[_Task] | None:
         with self._cond:
@@ -150,9 +151,10 @@ class Batcher:
         self._queued_rows -= rows
         return batch
 
-    def _execute(self, batch: list[_Task]) -> None:
+    def _execute(self, batch: list[_Task]) -> list[Any]:
+        """One result (outputs or a ServingError) per task of `batch`."""
         if not batch:
-            return
+            return []
         if self._observe is not None:
             self._observe(sum(task.rows for task in batch))
         if len(batch) == 1:
@@ -167,7 +169,7 @@ class Batcher:
                 results = _split(outputs, [task.rows for task in batch])
             except Exception:  # noqa: BLE001 - retry alone so one bad request fails alone
                 results = [self._run_one(task) for task in batch]
-        _deliver(batch, results)
+        return results
 
     def _run_one(self, task: _Task) -> Any:
         try:
