@@ -12,8 +12,11 @@ from kerasops.serving.servable import Signature, check_shape
 CLASSIFY_INPUTS = "inputs"
 
 
-def check_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> int:
-    """Check names and shapes against the signature; return the batch size (rows)."""
+def check_inputs(
+    signature: Signature, inputs: dict[str, np.ndarray], max_rows: int | None = None
+) -> int:
+    """Check names and shapes against the signature; return the batch size (rows).
+    Raise INVALID_ARGUMENT beyond `max_rows` rows."""
     missing = sorted(set(signature.inputs) - set(inputs))
     extra = sorted(set(inputs) - set(signature.inputs))
     if missing or extra:
@@ -32,6 +35,8 @@ def check_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> int:
         rows = array.shape[0]
     if not rows:
         raise invalid("the request holds no examples")
+    if max_rows is not None and rows > max_rows:
+        raise invalid(f"the request holds {rows} examples; at most {max_rows} (serving.max_rows)")
     return rows
 
 
@@ -73,9 +78,13 @@ def _check_example_input(signature: Signature, kind: str) -> None:
         )
 
 
-def examples_array(serialized: list[bytes]) -> dict[str, np.ndarray]:
+def examples_array(serialized: list[bytes], max_rows: int | None = None) -> dict[str, np.ndarray]:
     if not serialized:
         raise invalid("the request holds no examples")
+    if max_rows is not None and len(serialized) > max_rows:
+        raise invalid(
+            f"the request holds {len(serialized)} examples; at most {max_rows} (serving.max_rows)"
+        )
     array = np.empty(len(serialized), dtype=object)
     array[:] = serialized
     return {CLASSIFY_INPUTS: array}

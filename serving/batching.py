@@ -1,7 +1,10 @@
 """Dynamic batching: concurrent requests for one signature merged into one call.
 
-Like TF Serving's basic batching scheduler: a batch runs once it holds `max_batch_size` rows or
-once its oldest request has waited `batch_timeout_micros`; while a batch runs, the next one fills.
+Adaptive, so batching never costs a lone client: a request that finds the queue empty and no
+batch running runs at once. Batches form under concurrency: requests arriving while a batch runs
+queue up and run together next; that batch waits up to `batch_timeout_micros` for more rows only
+while requests arrive faster than that timeout (an average of recent gaps), and never past
+`max_batch_size` rows.
 Only requests whose per-row shapes and dtypes agree are merged. A batch that fails is retried
 request by request, so one bad request never fails the others.
 """
@@ -25,7 +28,7 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "key", "future", "loop", "enqueued")
+    __slots__ = ("inputs", "rows", "key", "future", "loop", "enqueued", "found_idle")
 
     def __init__(self, inputs: dict[str, np.ndarray], rows: int, loop: Any, future: Any) -> None:
         self.inputs = inputs
@@ -34,6 +37,7 @@ class _Task:
         self.loop = loop
         self.future = future
         self.enqueued = time.monotonic()
+        self.found_idle = False  # queue empty and no batch running when it arrived
 
 
 class Batcher:
@@ -49,6 +53,9 @@ class Batcher:
         self._observe = observe
         self._queue: collections.deque[_Task] = collections.deque()
         self._queued_rows = 0
+        self._running = 0  # batches executing now
+        self._gap = float("inf")  # recent time between arrivals (moving average), seconds
+        self._last_arrival = 0.0
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -71,6 +78,11 @@ class Batcher:
                     "UNAVAILABLE",
                     "The batch scheduling queue to which this task was submitted is full",
                 )
+            task.found_idle = not self._queue and self._running == 0
+            if self._last_arrival:
+                gap = task.enqueued - self._last_arrival
+                self._gap = gap if self._gap == float("inf") else 0.8 * self._gap + 0.2 * gap
+            self._last_arrival = task.enqueued
             self._queue.append(task)
             self._queued_rows += rows
             # Wake a worker only when it has something new to decide: a first task starts
@@ -99,7 +111,12 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._execute(batch)
+            try:
+                results = self._execute(batch)
+            finally:
+                with self._cond:  # before delivering: the next request may come right back
+                    self._running -= 1
+            _deliver(batch, results)
 
     def _next_batch(self) -> list[_Task] | None:
         with self._cond:
@@ -107,12 +124,15 @@ class Batcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            deadline = self._queue[0].enqueued + self._timeout
+            head = self._queue[0]
+            more_expected = not head.found_idle and self._gap < self._timeout
+            deadline = head.enqueued + (self._timeout if more_expected else 0.0)
             while not self._closed and self._queued_rows < self._max_rows and self._queue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._running += 1
             return self._take()
 
     def _take(self) -> list[_Task]:
@@ -131,9 +151,10 @@ class Batcher:
         self._queued_rows -= rows
         return batch
 
-    def _execute(self, batch: list[_Task]) -> None:
+    def _execute(self, batch: list[_Task]) -> list[Any]:
+        """One result (outputs or a ServingError) per task of `batch`."""
         if not batch:
-            return
+            return []
         if self._observe is not None:
             self._observe(sum(task.rows for task in batch))
         if len(batch) == 1:
@@ -148,7 +169,7 @@ class Batcher:
                 results = _split(outputs, [task.rows for task in batch])
             except Exception:  # noqa: BLE001 - retry alone so one bad request fails alone
                 results = [self._run_one(task) for task in batch]
-        _deliver(batch, results)
+        return results
 
     def _run_one(self, task: _Task) -> Any:
         try:

@@ -46,6 +46,30 @@ class VersionPolicyConfig(StrictConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsConfig(StrictConfig):
+    """TLS on both ports: PEM certificate and key; with `client_ca_file`, mutual TLS (clients
+    must present a certificate that CA signed)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    def validate(self) -> None:
+        require(
+            bool(self.cert_file) == bool(self.key_file),
+            "serving.tls needs both cert_file and key_file (or neither)",
+        )
+        require(
+            not self.client_ca_file or bool(self.cert_file),
+            "serving.tls.client_ca_file needs cert_file and key_file too",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class ServingConfig(StrictConfig):
     """Everything the embedded server and the exporter need to know."""
 
@@ -61,6 +85,22 @@ class ServingConfig(StrictConfig):
     warmup: bool = True
     num_warmup_records: int = 8
     shutdown_grace_s: float = 10.0
+    # model control (HandleReloadConfigRequest): off unless enabled, then a bearer token
+    allow_reload: bool = False
+    control_token_env: str = "KERASOPS_CONTROL_TOKEN"  # env var holding the token
+    control_token_file: str = ""  # or a file holding it (wins over the env var)
+    reload_roots: tuple[str, ...] = ()  # base paths a reload may name, besides model_repository
+    # inference auth: off unless one of these names a token
+    inference_token_env: str = ""
+    inference_token_file: str = ""
+    # slow clients and request limits
+    header_timeout_s: float = 10.0  # from connect (or request start) to the end of the headers
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
+    idle_timeout_s: float = 5.0  # keep-alive connection with no request
+    max_connections: int = 1024  # concurrent REST connections; gRPC: concurrent RPCs
+    max_rows: int = 4096  # examples in one request (400 beyond)
+    max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
+    tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     version_policy: VersionPolicyConfig = dataclasses.field(default_factory=VersionPolicyConfig)
     batching: BatchingConfig = dataclasses.field(default_factory=BatchingConfig)
 
@@ -76,12 +116,28 @@ class ServingConfig(StrictConfig):
         require(self.max_body_bytes >= 1024, "serving.max_body_bytes must be >= 1024")
         require(self.num_warmup_records >= 0, "serving.num_warmup_records must be >= 0")
         require(self.shutdown_grace_s >= 0, "serving.shutdown_grace_s must be >= 0")
+        for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            require(getattr(self, key) > 0, f"serving.{key} must be > 0")
+        for key in ("max_connections", "max_rows", "max_json_depth"):
+            require(getattr(self, key) >= 1, f"serving.{key} must be >= 1")
 
     def at_root(self, root: Path) -> ServingConfig:
         """This config with a relative repository and models.config resolved against `root`
         (the project root: the folder of params.yaml)."""
+
+        def resolved(path: str) -> str:
+            return str((root / path).resolve()) if path else path
+
         return dataclasses.replace(
             self,
-            model_repository=str((root / self.model_repository).resolve()),
-            models_config=str((root / self.models_config).resolve()),
+            model_repository=resolved(self.model_repository),
+            models_config=resolved(self.models_config),
+            control_token_file=resolved(self.control_token_file),
+            inference_token_file=resolved(self.inference_token_file),
+            reload_roots=tuple(resolved(p) for p in self.reload_roots),
+            tls=TlsConfig(
+                resolved(self.tls.cert_file),
+                resolved(self.tls.key_file),
+                resolved(self.tls.client_ca_file),
+            ),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -64,7 +65,40 @@ def from_tf_error(exc: Exception) -> ServingError:
             "FailedPreconditionError": "FAILED_PRECONDITION",
             "UnimplementedError": "UNIMPLEMENTED",
         }.get(type(exc).__name__, "INTERNAL")
-        return ServingError(name, exc.message.strip().splitlines()[0])
+        return ServingError(name, root_cause(exc.message))
     if isinstance(exc, ValueError | TypeError):
         return invalid(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+_PARSE_EXAMPLE = [
+    (
+        re.compile(
+            r"Key: (?P<key>[^,]+), Index: (?P<index>\d+)\.\s+Data types don't match\. "
+            r"Data type: (?P<got>\w+) but expected type: (?P<want>\w+)"
+        ),
+        "example {index}: feature '{key}' holds {got} values; the signature expects {want}",
+    ),
+    (
+        re.compile(
+            r"Key: (?P<key>[^,]+), Index: (?P<index>\d+)\.\s+Number of (?P<want>\w+) values "
+            r"!= expected\.\s+Values size: (?P<got>\d+) but output shape: (?P<shape>\[[^\]]*\])"
+        ),
+        "example {index}: feature '{key}' holds {got} values; the signature expects {want} "
+        "values of shape {shape}",
+    ),
+]
+
+
+def root_cause(message: str) -> str:
+    """The line of a TensorFlow error that says what was wrong (not "Graph execution error:"
+    and the node trace), with tf.Example parsing errors restated as feature, expected, got."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_NOISE)]
+    cause = re.sub(r"\s*\[Op:[^\]]*\]$", "", useful[-1] if useful else lines[0])
+    for pattern, text in _PARSE_EXAMPLE:
+        match = pattern.search(cause)
+        if match:
+            return text.format(**match.groupdict())
+    return cause

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -26,6 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from kerasops.serving import api
+from kerasops.serving.auth import Tokens, check_under_roots, reload_roots
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.errors import ServingError, invalid
 from kerasops.serving.manager import ModelManager
@@ -95,18 +97,30 @@ class TensorflowServing:
         metrics: ServingMetrics,
         config: ServingConfig,
         models_config_path: Path | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.config = config
         self.models_config_path = models_config_path
+        self.tokens = tokens or Tokens(config)
 
     async def _answer(
-        self, api_name: str, request: Any, context: Any, handler: Callable[[], Awaitable[Any]]
+        self,
+        api_name: str,
+        request: Any,
+        context: Any,
+        handler: Callable[[], Awaitable[Any]],
+        control: bool = False,
     ) -> Any:
         started = time.perf_counter()
         model = getattr(getattr(request, "model_spec", None), "name", "")
         try:
+            authorization = _metadata(context, "authorization")
+            if control:
+                self.tokens.check_control(authorization)
+            else:
+                self.tokens.check_inference(authorization)
             response = await handler()
         except ServingError as exc:
             self.metrics.observe(model, api_name, "grpc", exc.code, time.perf_counter() - started)
@@ -137,7 +151,7 @@ class TensorflowServing:
                 expected = ", ".join(sorted(signature.inputs))
                 raise invalid(f"input '{key}' is not in signature; expected: {expected}")
             inputs[key] = _tensor_to_array(proto, spec, self.config.allow_nan)
-        rows = api.check_inputs(signature, inputs)
+        rows = api.check_inputs(signature, inputs, self.config.max_rows)
         outputs = await signature.run_async(inputs, rows)
         outputs = api.filter_outputs(outputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
@@ -188,7 +202,7 @@ class TensorflowServing:
         servable = self._resolve(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name or None)
         check(signature)
-        inputs = api.examples_array(_serialized_examples(request.input))
+        inputs = api.examples_array(_serialized_examples(request.input), self.config.max_rows)
         outputs = await signature.run_async(inputs, len(inputs[api.CLASSIFY_INPUTS]))
         return servable, signature, outputs
 
@@ -207,10 +221,41 @@ class TensorflowServing:
         return response
 
     async def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
-        async def unimplemented() -> Any:
-            raise ServingError("UNIMPLEMENTED", "MultiInference is not supported; use Predict")
+        return await self._answer(
+            "multi_inference", request, context, lambda: self._multi_inference(request)
+        )
 
-        return await self._answer("multi_inference", request, context, unimplemented)
+    async def _multi_inference(self, request: Any) -> Any:
+        """Classify and/or Regress on one model, the same examples, each task its signature
+        (TF Serving's multi_inference.cc: one model, distinct signatures, results in order)."""
+        if not request.tasks:
+            raise invalid("MultiInferenceRequest must name at least one task")
+        names = {task.model_spec.name for task in request.tasks}
+        if len(names) != 1:
+            raise invalid("all tasks of a MultiInferenceRequest must name the same model")
+        signature_names = [
+            task.model_spec.signature_name or "serving_default" for task in request.tasks
+        ]
+        if len(set(signature_names)) != len(signature_names):
+            raise invalid("duplicate evaluation of a signature in one MultiInferenceRequest")
+        inputs = api.examples_array(_serialized_examples(request.input), self.config.max_rows)
+        rows = len(inputs[api.CLASSIFY_INPUTS])
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            check, fill = _MULTI_METHODS.get(task.method_name, (None, None))
+            if check is None:
+                raise invalid(
+                    f"unsupported method_name {task.method_name!r} in a MultiInference task: "
+                    f"use one of {', '.join(sorted(_MULTI_METHODS))}"
+                )
+            servable = self._resolve(task.model_spec)
+            signature = servable.signature(task.model_spec.signature_name or None)
+            check(signature)
+            outputs = await signature.run_async(inputs, rows)
+            result = response.results.add()
+            self._fill_spec(result.model_spec, servable, signature.name)
+            fill(result, outputs)
+        return response
 
     # -- ModelService -----------------------------------------------------------------------
     async def GetModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -233,7 +278,9 @@ class TensorflowServing:
         return response
 
     async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return await self._answer("reload", request, context, lambda: self._reload(request))
+        return await self._answer(
+            "reload", request, context, lambda: self._reload(request), control=True
+        )
 
     async def _reload(self, request: Any) -> Any:
 
@@ -244,10 +291,38 @@ class TensorflowServing:
             )
         except (RepositoryError, ValueError) as exc:
             raise invalid(str(exc)) from None
+        roots = reload_roots(self.config)
+        for entry in entries:
+            check_under_roots(entry.name, entry.base_path, roots)
         await asyncio.to_thread(self.manager.reload_config, entries)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
         return response
+
+
+def _fill_classification(result: Any, outputs: dict[str, np.ndarray]) -> None:
+    for row in api.classifications(outputs):
+        classes = result.classification_result.classifications.add()
+        for label, score in row:
+            classes.classes.add(label=label, score=score)
+
+
+def _fill_regression(result: Any, outputs: dict[str, np.ndarray]) -> None:
+    for value in api.regressions(outputs):
+        result.regression_result.regressions.add(value=value)
+
+
+_MULTI_METHODS = {
+    "tensorflow/serving/classify": (api.check_classify_signature, _fill_classification),
+    "tensorflow/serving/regress": (api.check_regress_signature, _fill_regression),
+}
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value
+    return None
 
 
 def _code_value(name: str) -> int:

@@ -119,6 +119,18 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return sorted(self._routes)
 
+    def served_names(self) -> list[str]:
+        """Models with at least one version loaded."""
+        return sorted(name for name, route in self._routes.items() if route.servables)
+
+    def unservable(self) -> list[tuple[str, Path]]:
+        """(name, base path) of each configured model with no version loaded."""
+        return sorted(
+            (name, route.entry.base_path)
+            for name, route in self._routes.items()
+            if not route.servables
+        )
+
     def ready(self) -> bool:
         """True when every configured model has at least one available version."""
         return all(route.servables for route in self._routes.values())
@@ -198,7 +210,8 @@ class ModelManager:
     def _wanted(self, name: str, on_disk: list[int]) -> list[int]:
         entry, states = self._entries[name], self._states[name]
         loadable = [v for v in on_disk if not self._failed(states.get(v), entry.base_path / str(v))]
-        return select_versions(loadable, entry.policy)
+        labelled = set(entry.label_map().values()) & set(loadable)  # a label never dangles
+        return sorted(set(select_versions(loadable, entry.policy)) | labelled)
 
     def _failed(self, state: VersionState | None, path: Path) -> bool:
         return bool(state and state.error_code != "OK" and state.stamp == _mtime(path))

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 
 from kerasops.serving import api
+from kerasops.serving.auth import Tokens
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.errors import ServingError, invalid
 from kerasops.serving.manager import ModelManager
@@ -40,6 +41,7 @@ _ROUTE = re.compile(
     r"(?P<tail>/metadata|:predict|:classify|:regress)?/?$"
 )
 _JSON = (b"content-type", b"application/json")
+_BOOLS_POSSIBLE = " bools"  # set on a predict document whose body holds `true` or `false`
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
 
@@ -48,13 +50,24 @@ class BodyTooLarge(ServingError):
         super().__init__("INVALID_ARGUMENT", f"request body exceeds {limit} bytes", 413)
 
 
+class ClientGone(Exception):
+    """The client closed the connection (or was cut off) before its body arrived."""
+
+
 class RestApp:
     """ASGI application answering TF Serving's REST API from a ModelManager."""
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, config: ServingConfig):
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServingMetrics,
+        config: ServingConfig,
+        tokens: Tokens | None = None,
+    ):
         self.manager = manager
         self.metrics = metrics
         self.config = config
+        self.tokens = tokens or Tokens(config)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -67,7 +80,11 @@ class RestApp:
         model, verb = "", "other"
         try:
             if path.startswith("/v1/models"):
-                body = await self._read_body(scope, receive) if method == "POST" else b""
+                self.tokens.check_inference(_header(scope, b"authorization"))
+                body = b""
+                if method == "POST":
+                    _check_content_type(_header(scope, b"content-type"))
+                    body = await self._read_body(scope, receive)
                 model, verb, payload = await self._models(method, path, body)
                 await _respond(send, 200, payload)
                 self.metrics.observe(model, verb, "rest", "OK", time.perf_counter() - started)
@@ -76,6 +93,8 @@ class RestApp:
         except ServingError as exc:
             await _respond(send, exc.http_status, orjson.dumps({"error": exc.message}))
             self.metrics.observe(model, verb, "rest", exc.code, time.perf_counter() - started)
+        except ClientGone:
+            return
         except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
             log.exception("unexpected error answering %s %s", method, path)
             await _respond(send, 500, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
@@ -101,6 +120,8 @@ class RestApp:
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -128,7 +149,10 @@ class RestApp:
             verb = tail[1:]
             servable = self.manager.resolve(name, version, label)
             handler = {"predict": _predict, "classify": _classify, "regress": _regress}[verb]
-            return name, verb, await handler(servable, _parse_json(body), self.config)
+            document = _parse_json(body, self.config.max_json_depth)
+            if verb == "predict" and (b"true" in body or b"false" in body):
+                document = {**document, _BOOLS_POSSIBLE: True}
+            return name, verb, await handler(servable, document, self.config)
         raise ServingError("NOT_FOUND", f"Malformed request: {method} {path}")
 
     def _status(self, name: str, version: int | None, label: str | None) -> bytes:
@@ -190,17 +214,79 @@ def _version(text: str | None) -> int | None:
     return int(text)
 
 
-def _parse_json(body: bytes) -> dict[str, Any]:
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _check_content_type(value: bytes | None) -> None:
+    """JSON bodies only: `application/json` or `application/*+json` (or no header at all)."""
+    if value is None:
+        return
+    media = value.split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    ):
+        return
+    raise ServingError(
+        "INVALID_ARGUMENT",
+        f"unsupported Content-Type {media.decode('latin-1')!r}: send application/json",
+        415,
+    )
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of `[`/`{` in a JSON text (brackets inside strings not counted)."""
+    if b'"' in body:
+        body = _STRINGS.sub(b'""', body)
+    depth = deepest = 0
+    for opened, _closed in _BRACKETS.findall(body):
+        if opened:
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"([\[{])|([\]}])")
+
+
+def _parse_json(body: bytes, max_depth: int = 64) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if json_depth(body) > max_depth:
+            raise invalid(f"JSON Parse error: nested deeper than {max_depth} levels") from None
         try:  # the standard parser also reads NaN and Infinity, as TF Serving's does
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise invalid(f"JSON Parse error: {exc}") from None
     if not isinstance(document, dict):
         raise invalid("JSON Value: the request body must be a JSON object")
+    if _deeper_than(document, max_depth):
+        raise invalid(f"JSON Parse error: nested deeper than {max_depth} levels")
     return document
+
+
+def _deeper_than(document: dict[str, Any], max_depth: int) -> bool:
+    """True when a value nests deeper than `max_depth` (walks only the first element of each
+    list: a tensor's rows share one depth, and a ragged one is refused later anyway)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list) and value:
+            stack.append((value[0], depth + 1))
+            if len(value) > 1:
+                stack.append((value[-1], depth + 1))
+    return False
 
 
 # -- predict ------------------------------------------------------------------------------------
@@ -215,13 +301,33 @@ async def _predict(servable: Any, document: dict[str, Any], config: ServingConfi
         inputs = _decode_rows(document["instances"], signature, config.allow_nan)
     else:
         inputs = _decode_columns(document["inputs"], signature, config.allow_nan)
-    rows = api.check_inputs(signature, inputs)
+    if document.get(_BOOLS_POSSIBLE):
+        raw = document["instances"] if has_instances else document["inputs"]
+        _refuse_bools(raw, signature)
+    rows = api.check_inputs(signature, inputs, config.max_rows)
     outputs = await signature.run_async(inputs, rows)
     if has_instances:
         return _dumps({"predictions": _rows_payload(outputs)})
     if len(outputs) == 1:
         return _dumps({"outputs": _jsonable(next(iter(outputs.values())), _first(outputs))})
     return _dumps({"outputs": {k: _jsonable(v, k) for k, v in outputs.items()}})
+
+
+def _refuse_bools(value: Any, signature: Signature) -> None:
+    """400 when a JSON boolean stands where a number is expected (numpy would read 1.0)."""
+    numeric = {name for name, spec in signature.inputs.items() if spec.dtype.kind in "iuf"}
+    stack = [value] if numeric else []
+    while stack:
+        item = stack.pop()
+        if item is True or item is False:
+            raise invalid(
+                f"a boolean ({str(item).lower()}) where a number is expected "
+                f"(numeric inputs: {', '.join(sorted(numeric))})"
+            )
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k in numeric)
 
 
 def _signature_name(document: dict[str, Any]) -> str | None:
@@ -332,7 +438,7 @@ def _dumps(payload: Any) -> bytes:
 async def _classify(servable: Any, document: dict[str, Any], config: ServingConfig) -> bytes:
     signature = servable.signature(_signature_name(document))
     api.check_classify_signature(signature)
-    outputs = await _run_examples(signature, document)
+    outputs = await _run_examples(signature, document, config)
     result = [[[label, score] for label, score in row] for row in api.classifications(outputs)]
     return _dumps({"result": result})
 
@@ -340,17 +446,21 @@ async def _classify(servable: Any, document: dict[str, Any], config: ServingConf
 async def _regress(servable: Any, document: dict[str, Any], config: ServingConfig) -> bytes:
     signature = servable.signature(_signature_name(document))
     api.check_regress_signature(signature)
-    outputs = await _run_examples(signature, document)
+    outputs = await _run_examples(signature, document, config)
     return _dumps({"result": api.regressions(outputs)})
 
 
-async def _run_examples(signature: Signature, document: dict[str, Any]) -> dict[str, np.ndarray]:
+async def _run_examples(
+    signature: Signature, document: dict[str, Any], config: ServingConfig
+) -> dict[str, np.ndarray]:
     examples = document.get("examples")
     context = document.get("context") or {}
     if not isinstance(examples, list) or not examples:
         raise invalid("'examples' must be a non-empty list of objects")
     if not isinstance(context, dict):
         raise invalid("'context' must be an object")
+    if len(examples) > config.max_rows:
+        raise invalid(f"the request holds {len(examples)} examples; at most {config.max_rows}")
     serialized = [_json_example(example, context) for example in examples]
     inputs = api.examples_array(serialized)
     return await signature.run_async(inputs, len(serialized))

@@ -57,7 +57,24 @@ class Signature:
             outputs = self._function(**tensors)
             return {key: value.numpy() for key, value in outputs.items()}
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status for the caller
-            raise from_tf_error(exc) from None
+            error = from_tf_error(exc)
+            if isinstance(exc, tf.errors.InvalidArgumentError):
+                error.message = f"{error.message} ({self._describe(inputs)})"
+            raise error from None
+
+    def _describe(self, inputs: dict[str, np.ndarray]) -> str:
+        """What arrived beside what the signature expects, per input."""
+        parts = []
+        for key, value in inputs.items():
+            spec = self.inputs.get(key)
+            want = "?" if spec is None or spec.shape is None else _shape_text(spec.shape)
+            dtype = "string" if value.dtype == object else value.dtype.name
+            want_dtype = "?" if spec is None else ("string" if spec.is_string else spec.dtype.name)
+            parts.append(
+                f"input '{key}': got {dtype} {list(value.shape)}, "
+                f"signature '{self.name}' expects {want_dtype} {want}"
+            )
+        return "; ".join(parts)
 
     async def run_async(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Run through the dynamic batcher (or in a worker thread when batching is off)."""
@@ -164,6 +181,10 @@ def _cast(raw: np.ndarray, spec: TensorSpecInfo, allow_nan: bool) -> np.ndarray:
     if spec.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
         raise invalid(f"input '{spec.name}' contains NaN or infinite values")
     return array
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
 def check_shape(array: np.ndarray, spec: TensorSpecInfo) -> None:

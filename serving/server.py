@@ -4,9 +4,11 @@ ModelManager, each on its own thread and event loop, sharing the dynamic batcher
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -16,8 +18,11 @@ import grpc
 import uvicorn
 
 from kerasops.errors import KerasopsError
+from kerasops.serving.auth import Tokens
 from kerasops.serving.config import ServingConfig
+from kerasops.serving.errors import ServingError
 from kerasops.serving.grpc_service import TensorflowServing, add_services
+from kerasops.serving.http_guard import Limits, guarded_protocol
 from kerasops.serving.manager import ModelManager
 from kerasops.serving.metrics import ServingMetrics
 from kerasops.serving.repository import (
@@ -39,7 +44,11 @@ def model_entries(
     config: ServingConfig, models_config: str | None = None, repository: str | None = None
 ) -> tuple[list[ModelEntry], Path | None]:
     """Entries to serve: an explicit models.config or repository, else the configured
-    models.config when it exists, else every model folder of the configured repository."""
+    models.config when it exists, else every model folder of the configured repository.
+    With both, the models.config's base paths under `models_config_base_path` are folders of
+    `repository` (where `kerasops export --model-repository` put them)."""
+    if repository and models_config:
+        config = dataclasses.replace(config, model_repository=str(Path(repository).resolve()))
     mapping = mapping_for(config)
     if models_config:
         return read_models_config(Path(models_config), mapping), Path(models_config)
@@ -63,9 +72,15 @@ class EmbeddedServer:
         if not entries:
             raise ServerError("no models to serve: export one with `kerasops export` first")
         self.config = config
+        try:
+            self.tokens = Tokens(config)
+        except ServingError as exc:
+            raise ServerError(exc.message) from None
         self.metrics = ServingMetrics()
         self.manager = ModelManager(entries, config, self.metrics, models_config_path)
-        self.servicer = TensorflowServing(self.manager, self.metrics, config, models_config_path)
+        self.servicer = TensorflowServing(
+            self.manager, self.metrics, config, models_config_path, self.tokens
+        )
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
         self._uvicorn: Any = None
@@ -78,6 +93,8 @@ class EmbeddedServer:
     def start(self, timeout: float = 60.0) -> None:
         """Load the models, then open the gRPC and REST ports; raise ServerError on failure."""
         self.manager.poll_once()
+        for name, path in self.manager.unservable():
+            log.warning("model %s has no loadable version in %s: nothing served for it", name, path)
         self.manager.start_polling()
         try:
             self._start_grpc(timeout)
@@ -86,8 +103,9 @@ class EmbeddedServer:
             self.stop()
             raise
         log.info(
-            "serving %s: REST http://%s:%d, gRPC %s:%d",
-            ", ".join(self.manager.model_names()),
+            "serving %s: REST %s://%s:%d, gRPC %s:%d",
+            ", ".join(self.manager.served_names()) or "nothing yet",
+            "https" if self.config.tls.enabled else "http",
             self.config.host,
             self.rest_port,
             self.config.host,
@@ -110,9 +128,10 @@ class EmbeddedServer:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         self.start()
+        scheme = "https" if self.config.tls.enabled else "http"
         print(
-            f"serving {', '.join(self.manager.model_names())}: "
-            f"REST http://{self.config.host}:{self.rest_port}  "
+            f"serving {', '.join(self.manager.served_names()) or 'nothing yet'}: "
+            f"REST {scheme}://{self.config.host}:{self.rest_port}  "
             f"gRPC {self.config.host}:{self.grpc_port}  (Ctrl-C stops)",
             flush=True,
         )
@@ -125,9 +144,19 @@ class EmbeddedServer:
 
         sock = _bind(self.config.host, self.config.rest_port, "REST")
         self.rest_port = sock.getsockname()[1]
-        app = RestApp(self.manager, self.metrics, self.config)
+        app = RestApp(self.manager, self.metrics, self.config, self.tokens)
+        limits = Limits(
+            self.config.header_timeout_s, self.config.body_timeout_s, self.config.max_connections
+        )
+        tls = self.config.tls
         server_config = uvicorn.Config(
             app,
+            http=guarded_protocol(limits),
+            timeout_keep_alive=self.config.idle_timeout_s,  # type: ignore[arg-type]
+            ssl_certfile=tls.cert_file or None,
+            ssl_keyfile=tls.key_file or None,
+            ssl_ca_certs=tls.client_ca_file or None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca_file else ssl.CERT_NONE,
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -179,12 +208,20 @@ class EmbeddedServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
-            ]
+                ("grpc.max_connection_idle_ms", int(self.config.idle_timeout_s * 1000)),
+            ],
+            maximum_concurrent_rpcs=self.config.max_connections,
         )
         add_services(server, self.servicer)
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            credentials = _grpc_credentials(self.config)
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
+        except OSError as exc:
+            raise ServerError(f"cannot read the TLS files for gRPC: {exc}") from None
         except RuntimeError as exc:
             raise ServerError(f"cannot listen for gRPC on {address}: {exc}") from None
         self._grpc_stop = asyncio.Event()
@@ -192,6 +229,18 @@ class EmbeddedServer:
         self._grpc_ready.set()
         await self._grpc_stop.wait()
         await server.stop(self.config.shutdown_grace_s)
+
+
+def _grpc_credentials(config: ServingConfig) -> Any:
+    """Server credentials for `serving.tls` (None: plaintext); mutual TLS with a client CA."""
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    key, cert = Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes()
+    client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -208,5 +257,7 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
 
 def serve(config: ServingConfig, models_config: str | None, repository: str | None) -> None:
     """Entry point of `kerasops serve`."""
+    if repository:  # the repository served is also the one reloads may name
+        config = dataclasses.replace(config, model_repository=str(Path(repository).resolve()))
     entries, config_path = model_entries(config, models_config, repository)
     EmbeddedServer(config, entries, config_path).serve_forever()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -165,13 +166,18 @@ def test_graceful_shutdown_finishes_in_flight_requests(served) -> None:  # noqa:
     server.start()
     images = digit_images(1, seed=7)
     url = f"http://127.0.0.1:{server.rest_port}/v1/models/cnn-digits:predict"
+    batcher = server.manager.resolve("cnn-digits").signature(None).batcher
+    running, run = threading.Event(), batcher._run
+
+    def slow_run(inputs):  # noqa: ANN001, ANN202 - the request is in flight while stop() begins
+        running.set()
+        time.sleep(0.5)
+        return run(inputs)
+
+    batcher._run = slow_run
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, url, json={"instances": images.tolist()}, timeout=30)
-        batcher = server.manager.resolve("cnn-digits").signature(None).batcher
-        deadline = time.monotonic() + 20
-        while batcher.queued_rows == 0:  # wait until it waits in the batcher (0.5 s timeout)
-            assert time.monotonic() < deadline and not pending.done()
-            time.sleep(0.005)
+        assert running.wait(20) and not pending.done()
         server.stop()
         response = pending.result()
     assert response.status_code == 200

@@ -44,7 +44,10 @@ class Env:
     """The running server, its clients and the models behind it."""
 
     def __init__(self, root: Path) -> None:
+        (root / "control.token").write_text("s3cret-control\n")
         self.config = ServingConfig(
+            allow_reload=True,
+            control_token_file=str(root / "control.token"),
             model_repository=str(root / "models"),
             models_config=str(root / "models.config"),
             rest_port=0,
@@ -368,7 +371,9 @@ def test_new_version_is_served_without_restart(env: Env) -> None:
             == "AVAILABLE"
         )
     )
-    env.wait_for(lambda: 1 not in env.server.manager.loaded_versions()["digits"])
+    # version 1 carries the label "stable": the policy (latest 1) keeps it for the label
+    assert env.server.manager.loaded_versions()["digits"] == [1, 2]
+    assert env.predict("digits/labels/stable", {"instances": env.images[:1].tolist()}).is_success
     response = env.predict("digits", {"instances": env.images[:2].tolist()})
     np.testing.assert_allclose(
         probabilities_of(response.json()["predictions"]), expected(newer, env.images[:2]), atol=1e-5
@@ -396,7 +401,7 @@ def test_broken_version_leaves_the_old_one_serving(env: Env) -> None:
     assert status["state"] == "END" and "Failed to load" in status["status"]["error_message"]
     response = env.predict("digits", {"instances": env.images[:1].tolist()})
     assert response.status_code == 200
-    assert env.server.manager.loaded_versions()["digits"] == [2]
+    assert env.server.manager.loaded_versions()["digits"] == [1, 2]
     shutil.rmtree(base / "3")
 
 
@@ -409,7 +414,8 @@ def test_reload_config_request_replaces_the_model_list(env: Env) -> None:
     text = f'model_config_list {{ config {{ name: "reg" base_path: "{base_path}" }} }}'
     text_format.Parse(text, config)
     response = env.model_stub.HandleReloadConfigRequest(
-        model_management_pb2.ReloadConfigRequest(config=config)
+        model_management_pb2.ReloadConfigRequest(config=config),
+        metadata=[("authorization", "Bearer s3cret-control")],
     )
     assert response.status.error_code == 0
     assert env.server.manager.model_names() == ["reg"]

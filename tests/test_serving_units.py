@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,19 +103,39 @@ def _run_batched(batcher: Batcher, requests: list[np.ndarray]) -> list:
 def test_batcher_merges_concurrent_requests_into_one_call() -> None:
     calls: list[int] = []
     lock = threading.Lock()
+    release = threading.Event()
 
     def run(inputs: dict) -> dict:
         with lock:
             calls.append(len(inputs["x"]))
+        release.wait(5)  # the first call holds the worker while the others queue up
         return {"y": inputs["x"] * 2}
 
     config = BatchingConfig(max_batch_size=8, batch_timeout_micros=50_000)
     batcher = Batcher(run, config)
-    results = _run_batched(batcher, [np.full((1, 2), i, "float32") for i in range(8)])
+
+    async def main() -> list:
+        first = batcher.submit({"x": np.full((1, 2), -1, "float32")}, 1)
+        await asyncio.sleep(0.05)
+        futures = [batcher.submit({"x": np.full((1, 2), i, "float32")}, 1) for i in range(8)]
+        release.set()
+        return await asyncio.gather(first, *futures)
+
+    results = asyncio.run(main())[1:]
     batcher.close()
-    assert calls == [8]
+    assert calls == [1, 8]  # the lone first request ran at once, the queued eight together
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * i))
+
+
+def test_batcher_runs_a_lone_request_at_once() -> None:
+    config = BatchingConfig(max_batch_size=64, batch_timeout_micros=500_000)
+    batcher = Batcher(lambda inputs: {"y": inputs["x"]}, config)
+    started = time.monotonic()
+    for _ in range(3):  # one client, one request at a time: never waits for the timeout
+        _run_batched(batcher, [np.ones((1, 2), "float32")])
+    batcher.close()
+    assert time.monotonic() - started < 0.3
 
 
 def test_batcher_isolates_a_failing_request() -> None:
@@ -152,3 +173,17 @@ def test_batcher_rejects_when_the_queue_is_full_and_drains_on_close() -> None:
 
     done = asyncio.run(main())
     assert len(done) == 2
+
+
+def test_serving_benchmark_writes_untracked_results_unless_asked(tmp_path: Path) -> None:
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "serving" / "run.py"
+    spec = importlib.util.spec_from_file_location("serving_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = module.output_paths(argparse.Namespace(update_results=False, output=str(tmp_path)))
+    assert default == (tmp_path / "results.json", tmp_path / "RESULTS.md")
+    tracked = module.output_paths(argparse.Namespace(update_results=True, output=str(tmp_path)))
+    assert tracked[1] == path.parents[1] / "RESULTS.md"

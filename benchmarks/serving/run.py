@@ -1,7 +1,11 @@
 """Serving benchmark: the embedded server (REST and gRPC) against the in-process signature call
 and `mlflow models serve`, on the same model, in one run on this machine.
 
-    python benchmarks/serving/run.py --model artifacts/runs/cnn-digits
+    python benchmarks/serving/run.py --model artifacts/runs/cnn-digits [--update-results]
+
+Results go to artifacts/benchmarks/serving/ (RESULTS.md, results.json; untracked) or `--output`;
+only `--update-results` rewrites the tracked benchmarks/RESULTS.md and results.json. Each run
+records the load average (1, 5, 15 min) when it started and when it ended.
 
 Each server runs in its own process; the closed-loop load generator (loadgen.py) runs in this
 one, on loopback. In-process figures are taken first, with no server running.
@@ -306,13 +310,19 @@ def report(results: dict[str, Any], command: str) -> str:
         f"- in-process best batch ({inproc['best_batch']}): "
         f"{inproc['best']['rows_per_s']:.0f} examples/s, the ceiling for any server here",
         "",
-        f"Load average {results['load_before']:.1f} when the run started: other jobs shared "
+        f"Load average (1/5/15 min) {_loads(results, 'start')} at the start, "
+        f"{_loads(results, 'end')} at the end. Other jobs shared "
         "the 2 CPUs, which slows single-example calls (each one waits for TensorFlow's threads "
         "to be scheduled) more than batched ones, so the ratios to the batch-1 call rate are "
         "higher than on an idle machine; all figures of a run are taken under the same load.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _loads(results: dict[str, Any], when: str) -> str:
+    loads = results.get("load_average", {}).get(when) or (results["load_before"],)
+    return "/".join(f"{value:.1f}" for value in loads)
 
 
 def write_results(markdown: str, target: Path) -> None:
@@ -336,14 +346,24 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64]
     )
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument(
+        "--output",
+        default=str(ROOT / "artifacts" / "benchmarks" / "serving"),
+        help="folder for RESULTS.md and results.json (default: untracked, under artifacts/)",
+    )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write the tracked benchmarks/RESULTS.md and benchmarks/serving/results.json",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from kerasops.serving.config import ServingConfig
     from kerasops.serving.export import export_saved_model
 
-    load_before = os.getloadavg()[0]
+    load_at_start = os.getloadavg()
+    load_before = load_at_start[0]
     model, images, description = load_model(args)
     want = np.asarray(model(images, training=False))
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
@@ -381,12 +401,24 @@ def main() -> None:
         "mlflow": [r.row() for r in mlflow_results],
         "mean_batch": batch,
         "load_before": load_before,
+        "load_average": {"start": load_at_start, "end": os.getloadavg()},
     }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    json_path, markdown_path = output_paths(args)
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     markdown = report(results, command)
-    write_results(markdown, Path(args.results))
+    write_results(markdown, markdown_path)
     print(markdown)
+    print(f"results written to {markdown_path} and {json_path}")
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(results.json, RESULTS.md): the tracked ones only with --update-results."""
+    if args.update_results:
+        return HERE / "results.json", ROOT / "benchmarks" / "RESULTS.md"
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "results.json", folder / "RESULTS.md"
 
 
 if __name__ == "__main__":

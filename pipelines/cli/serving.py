@@ -56,9 +56,14 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve the model repository over TF Serving's REST and gRPC APIs"
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--models-config", help="models.config (model_config_list) to serve")
-    source.add_argument("--model-repository", help="serve every model folder of a repository")
+    parser.add_argument(
+        "--models-config",
+        help="models.config (model_config_list) to serve; with --model-repository, its "
+        "base paths under serving.models_config_base_path are folders of that repository",
+    )
+    parser.add_argument(
+        "--model-repository", help="serve every model folder of a repository (see --models-config)"
+    )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--rest-port", type=int, help="REST port (default 8501)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8500)")
