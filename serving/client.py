@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ssl
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,6 +57,27 @@ Inputs = np.ndarray | dict[str, Any] | list
 
 
 @dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a guarded server asks of a client: a bearer token (`serving.inference_token_*`)
+    and, for TLS, the CA that signed the server's certificate (`ca_file`) plus the client's
+    own certificate and key for mutual TLS."""
+
+    token: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+NO_CREDENTIALS = Credentials()
+
+
+@dataclasses.dataclass(frozen=True)
 class InputSpec:
     """A signature's single input as its metadata states it."""
 
@@ -66,9 +89,19 @@ class InputSpec:
 class RestClient:
     """TF Serving REST API client (columnar `inputs` format in, numpy arrays out)."""
 
-    def __init__(self, url: str = DEFAULT_REST_URL, timeout: float = 30.0) -> None:
-
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self,
+        url: str = DEFAULT_REST_URL,
+        timeout: float = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
+        cert = (credentials.cert_file, credentials.key_file) if credentials.cert_file else None
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            timeout=timeout,
+            headers=credentials.headers(),
+            verify=_ssl_context(credentials.ca_file, cert) if credentials.ca_file else True,
+        )
         self._signatures: dict[ModelRef, dict] = {}
 
     def close(self) -> None:
@@ -188,11 +221,25 @@ class RestClient:
 class GrpcClient:
     """TF Serving gRPC client on the official `tensorflow-serving-api` stubs."""
 
-    def __init__(self, target: str = DEFAULT_GRPC_TARGET, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_GRPC_TARGET,
+        timeout: float = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         # deferred: TensorFlow loads slowly; a REST-only client never needs it
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        self._channel = grpc.insecure_channel(target)
+        if credentials.ca_file:
+            secure = grpc.ssl_channel_credentials(
+                root_certificates=_read(credentials.ca_file),
+                private_key=_read(credentials.key_file) if credentials.key_file else None,
+                certificate_chain=_read(credentials.cert_file) if credentials.cert_file else None,
+            )
+            self._channel = grpc.secure_channel(target, secure)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._metadata = credentials.metadata()
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout = timeout
@@ -211,7 +258,7 @@ class GrpcClient:
     def _call(self, method: Any, request: Any) -> Any:
 
         try:
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout, metadata=self._metadata or None)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             raise ServingClientError(f"{code}: {exc.details()}", code) from None
@@ -345,11 +392,33 @@ class GrpcClient:
         return [r.value for r in result.regressions]
 
 
-def connect(address: str | None = None, grpc: bool = False, timeout: float = 30.0) -> Any:
+def connect(
+    address: str | None = None,
+    grpc: bool = False,
+    timeout: float = 30.0,
+    credentials: Credentials = NO_CREDENTIALS,
+) -> Any:
     """A RestClient for an http(s) URL, or a GrpcClient for host:port when `grpc` is true."""
     if grpc:
-        return GrpcClient(address or DEFAULT_GRPC_TARGET, timeout)
-    return RestClient(address or DEFAULT_REST_URL, timeout)
+        return GrpcClient(address or DEFAULT_GRPC_TARGET, timeout, credentials)
+    return RestClient(address or DEFAULT_REST_URL, timeout, credentials)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ServingClientError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _ssl_context(ca_file: str, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert:
+            context.load_cert_chain(*cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServingClientError(f"cannot use the TLS files {ca_file}, {cert}: {exc}") from None
+    return context
 
 
 def _as_array(value: Any) -> np.ndarray:

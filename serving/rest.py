@@ -222,11 +222,13 @@ def _header(scope: dict, name: bytes) -> bytes | None:
 
 
 def _check_content_type(value: bytes | None) -> None:
-    """JSON bodies only: `application/json` or `application/*+json` (or no header at all)."""
+    """JSON bodies only: `application/json`, `application/*+json`, no header at all, or
+    `application/x-www-form-urlencoded`: what `curl -d` sends, as TF Serving's own REST examples
+    call it (TF Serving reads the body as JSON whatever the header)."""
     if value is None:
         return
     media = value.split(b";", 1)[0].strip().lower()
-    if media == b"application/json" or (
+    if media in (b"application/json", b"application/x-www-form-urlencoded") or (
         media.startswith(b"application/") and media.endswith(b"+json")
     ):
         return

@@ -416,14 +416,19 @@ def test_booleans_and_strings_are_refused_for_float_inputs(plain: Server) -> Non
     assert response.status_code == 400 and "boolean" in response.json()["error"]
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data", "image/png"])
 def test_non_json_content_type_is_415(plain: Server, content_type: str) -> None:
     body = json.dumps({"instances": [IMAGE]})
     response = plain.http.post(
         "/v1/models/digits:predict", content=body, headers={"Content-Type": content_type}
     )
     assert response.status_code == 415 and "application/json" in response.json()["error"]
-    for good in ("application/json; charset=utf-8", "application/vnd.api+json"):
+    # curl -d sends application/x-www-form-urlencoded: TF Serving's own examples rely on it
+    for good in (
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "application/x-www-form-urlencoded",
+    ):
         ok = plain.http.post(
             "/v1/models/digits:predict", content=body, headers={"Content-Type": good}
         )
@@ -532,3 +537,26 @@ def test_multi_inference_rejects_mixed_models_and_unknown_methods(plain: Server)
     with pytest.raises(grpc.RpcError) as caught:
         plain.predict_stub.MultiInference(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("use_grpc", [False, True])
+def test_kerasops_predict_reaches_a_guarded_server(
+    secure: Server, tmp_path: Path, capsys, use_grpc: bool
+) -> None:  # noqa: ANN001, E501
+    from kerasops.pipelines import cli
+
+    np.save(tmp_path / "images.npy", secure.images[:2])
+    port = secure.server.grpc_port if use_grpc else secure.rest[1]
+    url = f"localhost:{port}" if use_grpc else f"https://localhost:{port}"
+    certs = secure.certs
+    argv = ["predict", "digits", "--input", str(tmp_path / "images.npy"), "--url", url]
+    argv += ["--ca-file", str(certs["ca.pem"]), "--cert-file", str(certs["client.pem"])]
+    argv += ["--key-file", str(certs["client.key"])] + (["--grpc"] if use_grpc else [])
+    token = tmp_path / "token"
+    token.write_text(INFERENCE + "\n")
+    assert cli.main([*argv, "--token-file", str(token)]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == 2 and all(len(a["probabilities"]) == 5 for a in answers)
+    assert cli.main(argv) == 2  # no token: refused, one line
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, error

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kerasops.errors import ConfigError
+from kerasops.errors import ConfigError, KerasopsError
 from kerasops.pipelines.cli.common import params_of
 
 
@@ -70,6 +71,9 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=serve_command)
 
 
+TOKEN_VARIABLE = "KERASOPS_INFERENCE_TOKEN"
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -106,7 +110,31 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
     )
+    guarded = parser.add_argument_group("a guarded server (serving.inference_token_*, serving.tls)")
+    guarded.add_argument(
+        "--token-file",
+        help=f"file holding the inference bearer token (default: ${TOKEN_VARIABLE} if set)",
+    )
+    guarded.add_argument("--ca-file", help="CA certificate that signed the server's (TLS)")
+    guarded.add_argument("--cert-file", help="client certificate, for mutual TLS")
+    guarded.add_argument("--key-file", help="client private key, for mutual TLS")
     parser.set_defaults(func=predict_command, needs_tensorflow=lambda args: args.grpc)
+
+
+def credentials_of(args: argparse.Namespace) -> Any:
+    """The token and TLS files `predict` was given, as the client takes them."""
+    from kerasops.serving.client import Credentials  # deferred: the client loads gRPC
+
+    token = os.environ.get(TOKEN_VARIABLE, "")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            message = f"cannot read --token-file {args.token_file}: {exc.strerror}"
+            raise KerasopsError(message) from None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ConfigError("predict: --cert-file and --key-file go together (mutual TLS)")
+    return Credentials(token, args.ca_file or "", args.cert_file or "", args.key_file or "")
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -171,7 +199,8 @@ def predict_command(args: argparse.Namespace) -> int:
 
     ref = {"version": args.version, "label": args.label}
     paths = [Path(path) for path in args.input]
-    with connect(args.url, grpc=args.grpc, timeout=args.timeout) as client:
+    credentials = credentials_of(args)
+    with connect(args.url, args.grpc, args.timeout, credentials) as client:
         arrays_only = all(path.suffix in (".npy", ".json") for path in paths)
         spec = (
             None

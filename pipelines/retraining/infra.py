@@ -22,14 +22,24 @@ from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import registry
 from kerasops.pipelines.tracking.registry import TAG_DATA, load_version
 from kerasops.serving.client import GrpcClient, RestClient
-from kerasops.serving.config import ServingConfig
+from kerasops.serving.config import ServingConfig, TlsConfig
 from kerasops.serving.server import EmbeddedServer, model_entries
 
 
 def staging_config(params: Params, folder: Path) -> ServingConfig:
-    """The serving config of a staging repository in `folder` (`models/`, `models.config`)."""
+    """The serving config of a staging repository in `folder` (`models/`, `models.config`).
+
+    The staging server is private to the check, on loopback: it answers without the inference
+    token, TLS or model control the production server may require (it validates the export's
+    answers and latency, not the transport)."""
     return params.serving.replace(
-        model_repository=str(folder / "models"), models_config=str(folder / "models.config")
+        model_repository=str(folder / "models"),
+        models_config=str(folder / "models.config"),
+        host="127.0.0.1",
+        allow_reload=False,
+        inference_token_env="",
+        inference_token_file="",
+        tls=TlsConfig(),
     )
 
 
