@@ -150,14 +150,25 @@ def _exchange(
                 started = time.perf_counter()
                 outputs = serving_client.predict(name, inputs, version=1)
                 latency[protocol].append((time.perf_counter() - started) * 1000)
-                if set(expected) == {""}:  # one unnamed output: the signature names it
-                    outputs = {"": next(iter(outputs.values()))}
+                if set(expected) == {""}:  # one unnamed output: the signature names it,
+                    # beside a classifier's `classes` (its class names)
+                    outputs = {"": outputs[served_name(model, outputs)]}
                 diff = max(difference(outputs[key], expected[key]) for key in expected)
                 diffs[protocol] = max(diffs[protocol], diff)
     finally:
         for serving_client in clients.values():
             serving_client.close()
     return latency, diffs
+
+
+def served_name(model: Any, outputs: dict[str, Any]) -> str:
+    """Which served output answers for a model's single output: the one named like its output
+    layer (e.g. `probabilities` beside `classes`), else the only one."""
+    names = list(getattr(model, "output_names", None) or [])
+    if names and names[0] in outputs:
+        return names[0]
+    others = [key for key in outputs if key != "classes"]
+    return others[0] if len(others) == 1 else next(iter(outputs))
 
 
 def outputs_of(predicted: Any) -> dict[str, np.ndarray]:
