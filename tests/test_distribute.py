@@ -110,7 +110,9 @@ for model, dataset, preset, extra in json.loads(sys.argv[1]):
     scores[model] = train_model(params, run).metrics
 print("SCORES " + json.dumps(scores))
 """
-# One run per recipe that builds or compiles in its own `fit`, or evaluates on its own terms.
+# One run per recipe whose `fit` builds, compiles or targets on its own (a second phase, a custom
+# train step, reconstruction targets, a custom loss, teacher forcing). The language model fits
+# on the standard path, which test_mirrored_on_two_cpu_devices_matches_default_strategy covers.
 RECIPE_RUNS = [
     [
         "transfer",
@@ -127,7 +129,6 @@ RECIPE_RUNS = [
     ["gan", "digits", "gan_small", []],
     ["autoencoder", "digits", "autoencoder_dense_small", []],
     ["detector", "detection_digits", "detector_tiny", []],
-    ["language_model", "bbc_news_lm", "language_model_tiny", []],
     ["translator", "dates", "translator_tiny", []],
 ]
 
@@ -137,7 +138,6 @@ def test_every_recipe_trains_and_evaluates_under_mirrored(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     datasets = {
         # small on purpose: each recipe's own fit and evaluate under the strategy is the point
-        "bbc_news_lm": {"max_documents": 20, "window": 48},
         "dates": {"examples": 400},
         "detection_digits": {"source": "digits_detection", "num_images": 150},
     }
@@ -153,7 +153,6 @@ def test_every_recipe_trains_and_evaluates_under_mirrored(tmp_path, monkeypatch)
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads(done.stdout.split("SCORES ", 1)[1])
     assert sorted(scores) == sorted(run[0] for run in RECIPE_RUNS)
-    assert scores["language_model"]["test_perplexity"] > 1.0
     assert scores["transfer"]["epochs_run"] == 2.0  # phase 2 recompiled in scope and ran
     assert "test_map50" in scores["detector"]
 

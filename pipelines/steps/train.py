@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -184,7 +185,11 @@ def log_mlflow_evaluation(stage: Path) -> None:
         for _ in range(int(count))
     ]
     frame = pd.DataFrame(pairs, columns=["label", "prediction"])
-    with warnings.catch_warnings():  # its SHAP explainer skips string labels with a warning
+    shap_log = logging.getLogger("mlflow.models.evaluation.evaluators.shap")
+    level = shap_log.level
+    shap_log.setLevel(logging.ERROR)  # it says, each run, that it skips string labels
+    with warnings.catch_warnings(), contextlib.ExitStack() as restore:
+        restore.callback(shap_log.setLevel, level)
         warnings.simplefilter("ignore")
         mlflow.models.evaluate(
             data=frame,
