@@ -214,9 +214,6 @@ class RestClient:
         shape = tuple(None if int(d.get("size", -1)) < 0 else int(d["size"]) for d in dims)
         return InputSpec(name, info.get("dtype", "DT_INVALID"), shape)
 
-    def output_names(self, model: str, **ref: Any) -> list[str]:
-        return list(self._signature(ModelRef(model, **ref))["outputs"])
-
 
 class GrpcClient:
     """TF Serving gRPC client on the official `tensorflow-serving-api` stubs."""
@@ -349,9 +346,6 @@ class GrpcClient:
         name, info = next(iter(signature.inputs.items()))
         shape = tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
         return InputSpec(name, types_pb2.DataType.Name(info.dtype), shape)
-
-    def output_names(self, model: str, **ref: Any) -> list[str]:
-        return list(self._signature(ModelRef(model, **ref)).outputs)
 
     def classify(
         self,
