@@ -8,6 +8,7 @@ any mistake, so a typo in `params.yaml` or `--set` is an error, never silently i
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Self, get_args, get_origin, get_type_hints
@@ -15,6 +16,9 @@ from typing import Any, Literal, Self, get_args, get_origin, get_type_hints
 import yaml
 
 from kerasops.errors import ConfigError
+
+# A float in exponent notation without a dot, which YAML 1.1 leaves a string.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -82,6 +86,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `1e-3`: YAML 1.1 (PyYAML) reads it as a string
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -8,6 +8,7 @@ in `kerasops.pipelines.tracking`, `NullRunLog` anywhere else).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from kerasops.config import StrictConfig, require
 from kerasops.data import PreparedData, Split, make_tf_dataset
+from kerasops.errors import KerasopsError
 
 History = dict[str, list[float]]  # metric name -> one value per epoch
 
@@ -42,6 +44,18 @@ class TrainConfig(StrictConfig):
             stay float32.
         jit_compile: XLA-compile the train step (`true`/`false`); `auto` is Keras's choice
             (XLA on a GPU without a distribution strategy, off on CPU).
+        clipnorm: cap each gradient tensor's L2 norm (at most one of the three clips).
+        clipvalue: cap each gradient element to `[-clipvalue, clipvalue]`.
+        global_clipnorm: cap the L2 norm of all gradients together.
+        lr_schedule: `constant`; `cosine` (from `learning_rate` down to `min_learning_rate`
+            over the run's steps); `warmup_cosine` (a linear rise from 0 over `warmup_fraction`
+            of the steps, then cosine); `reduce_on_plateau` (times `plateau_factor` after
+            `plateau_patience` epochs without a lower validation loss).
+        warmup_fraction: share of the run's steps spent warming up (`warmup_cosine`).
+        min_learning_rate: the floor of every schedule.
+        plateau_factor, plateau_patience: `reduce_on_plateau`'s step and wait.
+        gradient_accumulation_steps: batches whose gradients are averaged into one update
+            (1: every batch updates); the effective batch is `batch_size` times this.
     """
 
     epochs: int = 30
@@ -55,6 +69,15 @@ class TrainConfig(StrictConfig):
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool | Literal["auto"] = "auto"
+    clipnorm: float | None = None
+    clipvalue: float | None = None
+    global_clipnorm: float | None = None
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine", "reduce_on_plateau"] = "constant"
+    warmup_fraction: float = 0.1
+    min_learning_rate: float = 0.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    gradient_accumulation_steps: int = 1
 
     def validate(self) -> None:
         require(self.epochs >= 0, "train.epochs must be >= 0")
@@ -63,6 +86,28 @@ class TrainConfig(StrictConfig):
         require(self.patience >= 1, "train.patience must be >= 1")
         require(self.max_tokens >= 10, "train.max_tokens must be >= 10")
         require(self.sequence_length >= 1, "train.sequence_length must be >= 1")
+        clips = {"clipnorm": self.clipnorm, "clipvalue": self.clipvalue}
+        clips["global_clipnorm"] = self.global_clipnorm
+        for name, value in clips.items():
+            require(value is None or value > 0, f"train.{name} must be positive (or null: off)")
+        chosen = [f"train.{name}" for name, value in clips.items() if value is not None]
+        require(len(chosen) <= 1, f"set at most one gradient clip, got {' and '.join(chosen)}")
+        require(0 <= self.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)")
+        require(
+            0 <= self.min_learning_rate < self.learning_rate,
+            "train.min_learning_rate must be in [0, train.learning_rate)",
+        )
+        require(0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
+        require(self.plateau_patience >= 1, "train.plateau_patience must be >= 1")
+        require(
+            self.gradient_accumulation_steps >= 1,
+            "train.gradient_accumulation_steps must be >= 1 (1: no accumulation)",
+        )
+        require(  # Keras' accumulation is a cond around apply_gradients: no cross-replica sync
+            self.gradient_accumulation_steps == 1 or self.strategy == "default",
+            "train.gradient_accumulation_steps needs strategy: default (one device); under "
+            f"{self.strategy}, batch_size is per replica: raise it instead",
+        )
 
 
 class RunLog(Protocol):
@@ -107,12 +152,26 @@ class EpochLogger(keras.callbacks.Callback):
         self.log.metrics(metrics, step=self.step_offset + epoch + 1)  # epochs count from 1
 
 
+def gradient_options(train: TrainConfig) -> dict[str, Any]:
+    """The clipping and accumulation keyword arguments of a Keras optimizer, as `train` sets
+    them (for recipes that build their own optimizers)."""
+    options: dict[str, Any] = {
+        name: getattr(train, name)
+        for name in ("clipnorm", "clipvalue", "global_clipnorm")
+        if getattr(train, name) is not None
+    }
+    if train.gradient_accumulation_steps > 1:
+        options["gradient_accumulation_steps"] = train.gradient_accumulation_steps
+    return options
+
+
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """A fresh optimizer as `train` names it."""
+    """A fresh optimizer as `train` names it, with its gradient clip and accumulation."""
+    options = gradient_options(train)
     optimizers = {
-        "adam": lambda: keras.optimizers.Adam(train.learning_rate),
-        "adamw": lambda: keras.optimizers.AdamW(train.learning_rate),
-        "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9),
+        "adam": lambda: keras.optimizers.Adam(train.learning_rate, **options),
+        "adamw": lambda: keras.optimizers.AdamW(train.learning_rate, **options),
+        "sgd": lambda: keras.optimizers.SGD(train.learning_rate, momentum=0.9, **options),
     }
     return optimizers[train.optimizer]()
 
@@ -137,13 +196,140 @@ def compile_model(model: keras.Model, task: str, train: TrainConfig) -> keras.Mo
 
 
 def standard_callbacks(train: TrainConfig, checkpoint: Path) -> list[keras.callbacks.Callback]:
-    """Early stopping (restoring the best weights) and a best-only checkpoint."""
+    """A stop on a non-finite loss, the learning-rate schedule, early stopping (restoring the
+    best weights) and a best-only checkpoint."""
     return [
+        StopOnNonFiniteLoss(),
+        *learning_rate_callbacks(train),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=train.patience, restore_best_weights=True
         ),
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True),
     ]
+
+
+class TrainingDiverged(KerasopsError):
+    """The loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
+    """Keras' TerminateOnNaN that remembers where the loss went non-finite (any logged value
+    named `*loss`), so the run can fail with one line saying so (`raise_if_diverged`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged: str = ""  # "epoch 3, batch 12: loss = nan"
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        bad = {k: float(v) for k, v in logs.items() if k.endswith("loss") and not np.isfinite(v)}
+        if bad and not self.diverged:
+            name, value = next(iter(bad.items()))
+            self.diverged = f"epoch {self.epoch}, batch {batch + 1}: {name} = {value}"
+            self.model.stop_training = True
+
+
+def raise_if_diverged(callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """Raise TrainingDiverged when a StopOnNonFiniteLoss among `callbacks` stopped the fit."""
+    for callback in callbacks:
+        if isinstance(callback, StopOnNonFiniteLoss) and callback.diverged:
+            raise TrainingDiverged(
+                f"training diverged at {callback.diverged}; lower train.learning_rate or "
+                "clip the gradients (train.clipnorm, e.g. 1.0)"
+            )
+
+
+def learning_rate_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
+    """What moves the learning rate during `fit` as `train.lr_schedule` says; every schedule
+    reports the rate in the epoch's logs as `learning_rate`."""
+    if train.lr_schedule == "reduce_on_plateau":
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=train.plateau_factor,
+                patience=train.plateau_patience,
+                min_lr=train.min_learning_rate,
+            ),
+            LearningRateLogger(),
+        ]
+    return [ScheduledLearningRate(train)]
+
+
+def optimizers_of(model: keras.Model) -> list[keras.optimizers.Optimizer]:
+    """The optimizers a compiled model steps: `model.optimizer`, or, for a trainer that keeps
+    its own (an adversarial pair as `d_optimizer` and `g_optimizer`), those."""
+    own = {
+        id(value): value
+        for name, value in vars(model).items()
+        if name != "optimizer" and isinstance(value, keras.optimizers.Optimizer)
+    }
+    if own:
+        return list(own.values())
+    optimizer = getattr(model, "optimizer", None)
+    return [optimizer] if isinstance(optimizer, keras.optimizers.Optimizer) else []
+
+
+def current_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimizer's learning rate now (a plain, mirrored or distributed variable)."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Put the first optimizer's learning rate into each epoch's logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizers = optimizers_of(self.model)
+        if logs is not None and optimizers:
+            logs["learning_rate"] = current_rate(optimizers[0])
+
+
+class ScheduledLearningRate(LearningRateLogger):
+    """Set every optimizer's learning rate before each batch from the run's progress:
+    constant, cosine or linear warmup then cosine, from each optimizer's rate at the start of
+    `fit` (a fine-tuning phase recompiled at its own rate starts from that) down to
+    `train.min_learning_rate`. With an unknown number of steps per epoch it moves per epoch."""
+
+    def __init__(self, train: TrainConfig):
+        super().__init__()
+        self.schedule = train.lr_schedule
+        self.warmup_fraction = train.warmup_fraction if self.schedule == "warmup_cosine" else 0.0
+        self.floor = train.min_learning_rate
+        self.base: dict[int, float] = {}
+        self.step = 0
+
+    def on_train_begin(self, logs=None):
+        self.step = 0
+        self.total = (self.params.get("steps") or 1) * max(1, self.params.get("epochs") or 1)
+        self.per_batch = bool(self.params.get("steps"))
+        self.base = {id(o): current_rate(o) for o in optimizers_of(self.model)}
+
+    def rate(self, base: float, progress: float) -> float:
+        """The rate at `progress` in [0, 1] of the run."""
+        if self.schedule == "constant":
+            return base
+        if progress < self.warmup_fraction:
+            return base * progress / self.warmup_fraction
+        decay = (progress - self.warmup_fraction) / (1 - self.warmup_fraction)
+        return self.floor + (base - self.floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, decay)))
+
+    def apply(self, progress: float) -> None:
+        for optimizer in optimizers_of(self.model):
+            if id(optimizer) not in self.base:
+                self.base[id(optimizer)] = current_rate(optimizer)
+            optimizer.learning_rate = self.rate(self.base[id(optimizer)], progress)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per_batch and self.schedule != "constant":
+            self.apply(self.step / self.total)
+        self.step += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.per_batch and self.schedule != "constant":
+            self.apply(epoch / self.total)
 
 
 def fit(

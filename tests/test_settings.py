@@ -78,3 +78,14 @@ def test_invalid_yaml_is_one_clear_error(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_exponent_notation_is_a_number_in_params_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a float key takes it as the number."""
+    (tmp_path / "params.yaml").write_text("train:\n  learning_rate: 3e-4\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.learning_rate == pytest.approx(3e-4)
+    run = resolve_run_config(params, "cnn", "digits", overrides=["learning_rate=1E-2"])
+    assert run.train.learning_rate == pytest.approx(1e-2)
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        resolve_run_config(params, "cnn", "digits", overrides=["epochs=1e1x"])

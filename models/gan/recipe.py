@@ -12,13 +12,14 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from kerasops.config import require
 from kerasops.data import PreparedData
 from kerasops.models.evaluation import Evaluation
 from kerasops.models.gan.builder import AdversarialTrainer, GanConfig, build_discriminator
 from kerasops.models.gan.metrics import gan_metrics, generate
 from kerasops.models.inputs import InputSpec
 from kerasops.models.recipe import Recipe
-from kerasops.models.training import History, RunLog, TrainConfig, fit_on
+from kerasops.models.training import History, RunLog, TrainConfig, fit_on, gradient_options
 
 
 class GanRecipe(Recipe):
@@ -29,6 +30,11 @@ class GanRecipe(Recipe):
         return spec.replace(task="generation", num_outputs=int(np.prod(spec.shape)))
 
     def compile(self, model: keras.Model, spec: InputSpec, train: TrainConfig) -> keras.Model:
+        require(  # before the run starts: the adversarial fit has no validation split
+            train.lr_schedule != "reduce_on_plateau",
+            "train.lr_schedule reduce_on_plateau watches val_loss, which the gan has none of: "
+            "use cosine or warmup_cosine",
+        )
         return model  # the adversarial trainer is compiled in `fit`, with the discriminator
 
     def fit(
@@ -48,14 +54,16 @@ class GanRecipe(Recipe):
             seed=train.seed,
         )
         trainer.compile(  # beta_1 = 0.5: the DCGAN paper's setting for stable adversarial steps
-            d_optimizer=keras.optimizers.Adam(train.learning_rate, beta_1=0.5),
-            g_optimizer=keras.optimizers.Adam(train.learning_rate, beta_1=0.5),
+            d_optimizer=keras.optimizers.Adam(
+                train.learning_rate, beta_1=0.5, **gradient_options(train)
+            ),
+            g_optimizer=keras.optimizers.Adam(
+                train.learning_rate, beta_1=0.5, **gradient_options(train)
+            ),
         )
-        kept = [
-            c
-            for c in callbacks
-            if not isinstance(c, keras.callbacks.EarlyStopping | keras.callbacks.ModelCheckpoint)
-        ]
+        # no validation split: what watches validation metrics (early stopping, best-only
+        # checkpoint, a plateau schedule) has nothing to watch
+        kept = [c for c in callbacks if not str(getattr(c, "monitor", "")).startswith("val_")]
         grid = SampleGridLogger(model, log, config.inputs.pixel_max, seed=train.seed)
         return fit_on(trainer, prepared.splits["train"], None, train, [*kept, grid])
 

@@ -34,7 +34,13 @@ from kerasops.config import StrictConfig
 from kerasops.data import PreparedData
 from kerasops.models import InputSpec, check_task, get_family
 from kerasops.models.recipe import Recipe
-from kerasops.models.training import EpochLogger, TrainConfig, standard_callbacks, trainable_count
+from kerasops.models.training import (
+    EpochLogger,
+    TrainConfig,
+    raise_if_diverged,
+    standard_callbacks,
+    trainable_count,
+)
 from kerasops.pipelines.config import Params, RunConfig
 from kerasops.pipelines.steps.prepare import ensure_prepared
 from kerasops.pipelines.steps.runner import named
@@ -147,6 +153,7 @@ def fit_and_record(built: Built, run: RunConfig, stage: Path, run_id: str) -> di
         history = built.recipe.fit(
             built.model, built.prepared, built.fit_train, callbacks, built.config, log
         )
+    raise_if_diverged(callbacks)  # the run ends FAILED, its last good outputs kept
     evaluation = built.recipe.evaluate(built.model, built.prepared, built.config)
     served = built.recipe.serving_model(built.model, built.config, evaluation)
     metrics = {
