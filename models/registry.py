@@ -12,6 +12,7 @@ from kerasops.data import Manifest
 from kerasops.errors import ConfigError
 from kerasops.models import (
     autoencoder,
+    bert,
     cnn,
     detector,
     gan,
@@ -37,6 +38,8 @@ MODELS: dict[str, ModelFamily] = {
     "vit": vit.FAMILY,
     "autoencoder": autoencoder.FAMILY,
     "gan": gan.FAMILY,
+    "bert_masked_lm": bert.MASKED_LM_FAMILY,
+    "bert_classifier": bert.CLASSIFIER_FAMILY,
 }
 
 # Every preset by name, with the family it belongs to under `model`.

@@ -23,6 +23,14 @@ class RunSpec(StrictConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class FineTuneSpec(RunSpec):
+    """A model trained from the outputs of one of `pipeline.runs` (its `backbone`), after it
+    and again whenever it changes."""
+
+    backbone: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class ValidationSection(ValidationConfig):
     """`pipeline.validation`: the thresholds, with `per_dataset` overrides
     (`per_dataset: {my_dataset: {max_leakage_fraction: 0.01}}`)."""
@@ -52,6 +60,9 @@ class PipelineConfig(StrictConfig):
         datasets: datasets prepared and validated (one DVC `prepare`/`validate` stage each).
         runs: `<model>-<dataset>: {model, dataset}` trained, evaluated and exported (one
             `train`, `evaluate` and `export` stage each, named by the key).
+        fine_tunes: `<model>-<dataset>: {model, dataset, backbone}` trained with
+            `--set backbone=<artifacts>/runs/<backbone>` and evaluated, after the run named by
+            `backbone` (one `fine_tune` stage each).
         max_parallel: trainings run at once by the Prefect pipeline.
         retries: retries of a step that failed for a transient reason (never a user mistake).
         retry_delay_seconds: first retry delay; it doubles each retry.
@@ -62,6 +73,7 @@ class PipelineConfig(StrictConfig):
 
     datasets: tuple[str, ...] = ()
     runs: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+    fine_tunes: dict[str, FineTuneSpec] = dataclasses.field(default_factory=dict)
     max_parallel: int = 1
     retries: int = 2
     retry_delay_seconds: float = 2.0
@@ -76,6 +88,17 @@ class PipelineConfig(StrictConfig):
             require(key == spec.name, f"pipeline.runs.{key} must be named {spec.name}")
         missing = sorted({r.dataset for r in self.run_specs} - set(self.datasets))
         require(not missing, f"pipeline.runs use datasets not in pipeline.datasets: {missing}")
+        for key, spec in self.fine_tunes.items():
+            require(key == spec.name, f"pipeline.fine_tunes.{key} must be named {spec.name}")
+            require(
+                spec.backbone in self.runs,
+                f"pipeline.fine_tunes.{key}.backbone {spec.backbone!r} is not in pipeline.runs",
+            )
+            require(
+                spec.dataset in self.datasets,
+                f"pipeline.fine_tunes.{key} uses {spec.dataset!r}, not in pipeline.datasets",
+            )
+            require(key not in self.runs, f"{key} is in both pipeline.runs and fine_tunes")
 
     @property
     def run_specs(self) -> tuple[RunSpec, ...]:

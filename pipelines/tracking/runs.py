@@ -23,6 +23,7 @@ from kerasops.pipelines.tracking import store as tracking
 HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     # (label, metric, baseline label, baseline metric)
     ("perplexity", "test_perplexity", "unigram", "baseline_unigram_perplexity"),
+    ("masked_perplexity", "test_masked_perplexity", "unigram", "baseline_masked_perplexity"),
     ("exact_match", "test_exact_match", "copy", "baseline_copy_exact_match"),
     ("map50", "test_map50", "random boxes", "baseline_random_map50"),
     ("anomaly_auc", "anomaly_roc_auc", "mean image", "baseline_mean_image_roc_auc"),
@@ -141,8 +142,9 @@ def all_runs(client: MlflowClient) -> list[Any]:
     return runs
 
 
-def describe_run(params: Params, run_id: str) -> str:
-    """The lineage chain of one MLflow run (`run_id` or a unique prefix), as printable lines."""
+def describe_run(params: Params, run_id: str, depth: int = 0) -> str:
+    """The lineage chain of one MLflow run (`run_id` or a unique prefix), as printable lines;
+    a fine-tune's chain goes on with the pretraining run of its backbone."""
     tracking.configure(params)
     run = mlflow.get_run(resolve_run_id(params, run_id))
     run_id = run.info.run_id
@@ -164,7 +166,11 @@ def describe_run(params: Params, run_id: str) -> str:
         lines.append(f"          content sha256 {tags['data.content_hash']}")
     flow_run = tags.get("prefect.flow_run_id")
     lines.append(f"flow      Prefect flow run {flow_run or 'none (not run by a flow)'}")
-    for name in ("test_accuracy", "test_macro_f1", "test_mae"):
+    for name in ("test_accuracy", "test_macro_f1", "test_mae", "test_masked_accuracy"):
         if name in run.data.metrics:
             lines.append(f"metric    {name} {run.data.metrics[name]:.4f}")
+    backbone = run.data.params.get("backbone_run_id", "")
+    if backbone and backbone != "unknown" and depth < 3:
+        lines.append(f"backbone  {backbone} ({run.data.params.get('backbone_path', '?')})")
+        lines.append(describe_run(params, backbone, depth + 1))
     return "\n".join(lines)
