@@ -32,6 +32,7 @@ from kerasops.serving.repository import (
     read_models_config,
 )
 from kerasops.serving.rest import RestApp
+from kerasops.serving.rest_v2 import OipRest
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ class EmbeddedServer:
 
         sock = _bind(self.config.host, self.config.rest_port, "REST")
         self.rest_port = sock.getsockname()[1]
-        app = RestApp(self.manager, self.metrics, self.config, self.tokens)
+        v2 = OipRest(self.manager, self.metrics, self.config, self.tokens)
+        app = RestApp(self.manager, self.metrics, self.config, self.tokens, v2=v2)
         limits = Limits(
             self.config.header_timeout_s, self.config.body_timeout_s, self.config.max_connections
         )
