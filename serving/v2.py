@@ -140,7 +140,7 @@ def array_from_data(
             raise _count_error(name, len(values), dims)
         flat[:] = values
         return flat.reshape(dims)
-    array = to_array(data, spec, allow_nan) if not isinstance(data, np.ndarray) else data
+    array = to_array(data, spec, allow_nan)
     if datatype == "BOOL" and array.dtype != bool:
         raise invalid(f"input '{name}' has datatype BOOL: give true/false values")
     if array.size != _count(dims):
