@@ -67,6 +67,7 @@ def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
 
 
 def deploy_kserve_command(args: argparse.Namespace) -> int:
+    # deferred: only this command writes manifests
     from kerasops.serving.kserve import KServeOptions, write_kserve_manifests
 
     params = params_of(args)
