@@ -1,5 +1,6 @@
-"""Serving benchmark: the embedded server (REST and gRPC) against the in-process signature call
-and `mlflow models serve`, on the same model, in one run on this machine.
+"""Serving benchmark: the embedded server (REST and gRPC; TF Serving v1 and the Open Inference
+Protocol v2) against the in-process signature call and `mlflow models serve`, on the same model,
+in one run on this machine.
 
     python benchmarks/serving/run.py --model artifacts/runs/cnn-digits [--update-results]
 
@@ -179,10 +180,41 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
             lambda c: grpc_load(f"127.0.0.1:{grpc_port}", request, c, args.seconds),
             args.concurrency,
         )
+        v2_rest, v2_grpc = open_inference_protocol(rest, grpc_port, one, want, args)
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
         stop(process)
-    return rest_results, grpc_results, mean_batch(metrics)
+    results = {"rest": rest_results, "grpc": grpc_results, "rest_v2": v2_rest, "grpc_v2": v2_grpc}
+    return results, mean_batch(metrics)
+
+
+def open_inference_protocol(
+    rest: int, grpc_port: int, one: np.ndarray, want: np.ndarray, args: argparse.Namespace
+) -> tuple[list[LoadResult], list[LoadResult]]:
+    """The same server and example over the Open Inference Protocol: REST JSON tensors and
+    gRPC ModelInfer with raw_input_contents (what tritonclient sends)."""
+    import httpx
+    from tritonclient.grpc import service_pb2
+
+    tensor = {"name": "image", "datatype": "FP32", "shape": list(one.shape)}
+    body = json.dumps({"inputs": [{**tensor, "data": one.reshape(-1).tolist()}]}).encode()
+    answer = httpx.post(f"http://127.0.0.1:{rest}/v2/models/digits/infer", content=body)
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    np.testing.assert_allclose([outputs["probabilities"]], want[:1], atol=1e-5)
+    print("  embedded server, OIP v2 REST", flush=True)
+    rest_results = run_loads(
+        lambda c: rest_load("127.0.0.1", rest, "/v2/models/digits/infer", body, c, args.seconds),
+        args.concurrency,
+    )
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(**tensor)
+    request.raw_input_contents.append(one.astype("<f4").tobytes())
+    print("  embedded server, OIP v2 gRPC", flush=True)
+    grpc_results = run_loads(
+        lambda c: grpc_load(f"127.0.0.1:{grpc_port}", request, c, args.seconds, protocol="v2"),
+        args.concurrency,
+    )
+    return rest_results, grpc_results
 
 
 def mean_batch(metrics: str) -> float:
@@ -249,9 +281,8 @@ def mlflow_serve(
 def report(results: dict[str, Any], command: str) -> str:
     inproc = results["in_process"]
     batch1 = inproc["batch_1"]["calls_per_s"]
-    by_level = {
-        name: {r["concurrency"]: r for r in results[name]} for name in ("rest", "grpc", "mlflow")
-    }
+    names = [n for n in ("rest", "grpc", "rest_v2", "grpc_v2", "mlflow") if results.get(n)]
+    by_level = {name: {r["concurrency"]: r for r in results[name]} for name in names}
     top = max(by_level["rest"])
     lines = [
         "## Serving: embedded TF-Serving-compatible server",
@@ -275,11 +306,13 @@ def report(results: dict[str, Any], command: str) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, label in (
-        ("rest", "embedded REST"),
-        ("grpc", "embedded gRPC"),
+        ("rest", "embedded REST (TF Serving v1)"),
+        ("grpc", "embedded gRPC (TF Serving v1)"),
+        ("rest_v2", "embedded REST (OIP v2, JSON)"),
+        ("grpc_v2", "embedded gRPC (OIP v2, raw)"),
         ("mlflow", "`mlflow models serve`"),
     ):
-        for level, row in sorted(by_level[name].items()):
+        for level, row in sorted(by_level.get(name, {}).items()):
             lines.append(
                 f"| {label} | {level} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
                 f"{row['p99_ms']:.2f} | {row['errors']} |"
@@ -295,21 +328,27 @@ def report(results: dict[str, Any], command: str) -> str:
     for batch, row in inproc["all"].items():
         lines.append(f"| batch {batch} | {row['calls_per_s']:.0f} | {row['rows_per_s']:.0f} |")
     rest_top, grpc_top = by_level["rest"][top], by_level["grpc"][top]
-    mlflow_top = by_level["mlflow"][top]
     lines += [
         "",
         f"At concurrency {top} (rows per batched call in the embedded server, averaged over "
         f"the whole run, all concurrencies: {results['mean_batch']:.1f}):",
         "",
-        f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
-        "(target ≥ 100×)",
-        f"- gRPC / `mlflow models serve`: **{grpc_top['rps'] / mlflow_top['rps']:.0f}×**",
+    ]
+    if "mlflow" in by_level:
+        mlflow_top = by_level["mlflow"][top]
+        lines += [
+            f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
+            "(target ≥ 100×)",
+            f"- gRPC / `mlflow models serve`: **{grpc_top['rps'] / mlflow_top['rps']:.0f}×**",
+        ]
+    lines += [
         f"- REST / in-process batch-1 calls: **{rest_top['rps'] / batch1:.2f}×** (target ≥ 2×)",
         f"- gRPC / in-process batch-1 calls: **{grpc_top['rps'] / batch1:.2f}×**",
         f"- REST p99: **{rest_top['p99_ms']:.1f} ms** (target ≤ 50 ms)",
         f"- in-process best batch ({inproc['best_batch']}): "
         f"{inproc['best']['rows_per_s']:.0f} examples/s, the ceiling for any server here",
         "",
+        *_v2_ratios(by_level),
         f"Load average (1/5/15 min) {_loads(results, 'start')} at the start, "
         f"{_loads(results, 'end')} at the end. Other jobs shared "
         "the 2 CPUs, which slows single-example calls (each one waits for TensorFlow's threads "
@@ -318,6 +357,18 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _v2_ratios(by_level: dict[str, dict[int, dict]]) -> list[str]:
+    """OIP v2 requests/s over TF Serving v1's, per transport and concurrency (target ≥ 0.9)."""
+    if "rest_v2" not in by_level or "grpc_v2" not in by_level:
+        return []
+    lines = ["| v2 / v1 requests/s | " + " | ".join(f"c={c}" for c in sorted(by_level["rest"]))
+             + " |", "|---|" + "---:|" * len(by_level["rest"])]  # fmt: skip
+    for v1, v2, label in (("rest", "rest_v2", "REST"), ("grpc", "grpc_v2", "gRPC")):
+        ratios = [by_level[v2][c]["rps"] / by_level[v1][c]["rps"] for c in sorted(by_level[v1])]
+        lines.append(f"| {label} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    return [*lines, "", "Target: v2 ≥ 0.9× v1 on each transport.", ""]
 
 
 def _loads(results: dict[str, Any], when: str) -> str:
@@ -343,6 +394,7 @@ def main() -> None:
     parser.add_argument("--prepared-root", default="data/prepared")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--mlflow-seconds", type=float, default=5.0)
+    parser.add_argument("--no-mlflow", action="store_true", help="leave out mlflow models serve")
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64]
     )
@@ -379,8 +431,8 @@ def main() -> None:
             f"{inproc['best_batch']}: {inproc['best']['rows_per_s']:.0f} examples/s",
             flush=True,
         )
-        rest, grpc_results, batch = embedded(workdir / "models", images, want, args)
-        mlflow_results = mlflow_serve(model, images, want, workdir, args)
+        served, batch = embedded(workdir / "models", images, want, args)
+        mlflow_results = [] if args.no_mlflow else mlflow_serve(model, images, want, workdir, args)
         print("in-process signature calls, again (other jobs share this machine)", flush=True)
         again = in_process(exported.path, images, args.seconds)
         print(f"    batch 1: {again['batch_1']['calls_per_s']:.0f} calls/s", flush=True)
@@ -396,8 +448,7 @@ def main() -> None:
         "seconds": args.seconds,
         "mlflow_seconds": args.mlflow_seconds,
         "in_process": inproc,
-        "rest": [r.row() for r in rest],
-        "grpc": [r.row() for r in grpc_results],
+        **{name: [r.row() for r in rows] for name, rows in served.items()},
         "mlflow": [r.row() for r in mlflow_results],
         "mean_batch": batch,
         "load_before": load_before,
