@@ -76,6 +76,7 @@ class OipRest:
             body = b""
             if method == "POST":
                 _check_content_type(header(scope, b"content-type"))
+                _check_content_encoding(header(scope, b"content-encoding"))
                 body = await read_body(scope, receive, self.config.max_body_bytes)
             model, verb, payload, headers = await self._route(scope, method, path, body)
             await respond(send, 200, payload, headers)
@@ -238,6 +239,15 @@ def _check_content_type(value: bytes | None) -> None:
         "(or application/octet-stream with Inference-Header-Content-Length)",
         415,
     )
+
+
+def _check_content_encoding(value: bytes | None) -> None:
+    if value is not None and value.strip().lower() not in (b"", b"identity"):
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"unsupported Content-Encoding {value.decode('latin-1')!r}: send the body uncompressed",
+            415,
+        )
 
 
 def _split_binary(body: bytes, length: bytes | None) -> tuple[bytes, bytes]:

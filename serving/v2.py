@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,10 @@ def array_from_data(
     spec = _spec_for(signature, name, datatype)
     dims = _check_shape(name, shape)
     if spec.is_string:
-        flat = np.empty(_count(dims), dtype=object)
         values = _flat_strings(name, data)
-        if len(values) != flat.size:
+        if len(values) != _count(dims):
             raise _count_error(name, len(values), dims)
+        flat = np.empty(len(values), dtype=object)
         flat[:] = values
         return flat.reshape(dims)
     array = to_array(data, spec, allow_nan)
@@ -171,6 +172,8 @@ def array_from_raw(
 
 def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     """BYTES elements, each a 4-byte little-endian length then its bytes, as an object array."""
+    if count * 4 > len(raw):
+        raise invalid(f"input '{name}': {len(raw)} bytes cannot hold {count} BYTES elements")
     result = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -220,7 +223,7 @@ def _flat_strings(name: str, data: Any) -> list[bytes]:
 
 
 def _count(dims: tuple[int, ...]) -> int:
-    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+    return math.prod(dims)  # Python ints: a huge shape cannot wrap around
 
 
 def _count_error(name: str, got: int, dims: tuple[int, ...]) -> ServingError:

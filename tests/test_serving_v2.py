@@ -181,6 +181,8 @@ BAD_JSON = [
     ("unknown output", "digits", {**GOOD, "outputs": [{"name": "logits"}]}, 400),
     ("BYTES count", "text", {"inputs": [{**TEXT_TENSOR, "shape": [2], "data": ["a"]}]}, 400),
     ("unknown signature", "digits", {**GOOD, "parameters": {"signature_name": "x"}}, 400),
+    ("huge BYTES shape", "text", {"inputs": [{**TEXT_TENSOR, "shape": [10**12]}]}, 400),
+    ("huge shape", "digits", image(shape=[10**12, 8, 8, 1]), 400),
     ("unknown model", "nope", GOOD, 404),
     ("unknown version", "digits/versions/42", GOOD, 404),
     ("unknown label", "digits/versions/canary", GOOD, 404),
@@ -233,6 +235,21 @@ def test_rest_inconsistent_binary_lengths_are_400(
     assert response.json()["error"]
     good, headers = binary_request(None, [256], IMAGE.tobytes())
     assert env.http.post("/v2/models/digits/infer", content=good, headers=headers).is_success
+
+
+def test_rest_compressed_body_is_refused_and_huge_bytes_shape_is_400(env: Env) -> None:
+    gzipped = env.http.post(
+        "/v2/models/digits/infer", content=b"\x1f\x8b", headers={"Content-Encoding": "gzip"}
+    )
+    assert gzipped.status_code == 415 and "Content-Encoding" in gzipped.json()["error"]
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [10**12],
+                                     "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
+    response = env.http.post(
+        "/v2/models/text/infer",
+        content=header + b"\0" * 8,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400, response.text
 
 
 def test_rest_bytes_binary_input_with_length_prefixes(env: Env) -> None:

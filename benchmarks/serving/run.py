@@ -137,6 +137,9 @@ def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
 
 
 def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argparse.Namespace):
+    """Load on the embedded server over TF Serving's v1 API and the Open Inference Protocol
+    (v2), REST and gRPC. Per concurrency the four run back to back (v1 REST, v2 REST, v1 gRPC,
+    v2 gRPC), so that the v2 / v1 ratios compare figures taken under the same machine load."""
     import httpx
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
@@ -165,34 +168,43 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
         answer = httpx.post(f"http://127.0.0.1:{rest}/v1/models/digits:predict", content=body)
         (row,) = answer.json()["predictions"]  # probabilities beside the class names
         np.testing.assert_allclose([row["probabilities"]], want[:1], atol=1e-5)
-        print("  embedded server, REST", flush=True)
-        rest_results = run_loads(
-            lambda c: rest_load(
-                "127.0.0.1", rest, "/v1/models/digits:predict", body, c, args.seconds
-            ),
-            args.concurrency,
-        )
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "digits"
         request.inputs["image"].CopyFrom(tf.make_tensor_proto(one))
-        print("  embedded server, gRPC", flush=True)
-        grpc_results = run_loads(
-            lambda c: grpc_load(f"127.0.0.1:{grpc_port}", request, c, args.seconds),
-            args.concurrency,
-        )
-        v2_rest, v2_grpc = open_inference_protocol(rest, grpc_port, one, want, args)
+        v2_body, v2_request = open_inference_protocol_requests(rest, one, want)
+        target, seconds = f"127.0.0.1:{grpc_port}", args.seconds
+        loads = {
+            "rest": lambda c: rest_load(
+                "127.0.0.1", rest, "/v1/models/digits:predict", body, c, seconds
+            ),
+            "rest_v2": lambda c: rest_load(
+                "127.0.0.1", rest, "/v2/models/digits/infer", v2_body, c, seconds
+            ),
+            "grpc": lambda c: grpc_load(target, request, c, seconds),
+            "grpc_v2": lambda c: grpc_load(target, v2_request, c, seconds, protocol="v2"),
+        }
+        results: dict[str, list[LoadResult]] = {name: [] for name in loads}
+        for level in args.concurrency:
+            for name, load in loads.items():
+                print(f"  embedded server, {LABELS[name]}", flush=True)
+                results[name] += run_loads(load, [level])
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
         stop(process)
-    results = {"rest": rest_results, "grpc": grpc_results, "rest_v2": v2_rest, "grpc_v2": v2_grpc}
     return results, mean_batch(metrics)
 
 
-def open_inference_protocol(
-    rest: int, grpc_port: int, one: np.ndarray, want: np.ndarray, args: argparse.Namespace
-) -> tuple[list[LoadResult], list[LoadResult]]:
-    """The same server and example over the Open Inference Protocol: REST JSON tensors and
-    gRPC ModelInfer with raw_input_contents (what tritonclient sends)."""
+LABELS = {
+    "rest": "REST (TF Serving v1)",
+    "grpc": "gRPC (TF Serving v1)",
+    "rest_v2": "REST (OIP v2, JSON)",
+    "grpc_v2": "gRPC (OIP v2, raw)",
+}
+
+
+def open_inference_protocol_requests(rest: int, one: np.ndarray, want: np.ndarray) -> tuple:
+    """The v2 REST body (JSON tensors) and gRPC ModelInferRequest (raw_input_contents, what
+    tritonclient sends) for the example `one`, after checking the REST answer."""
     import httpx
     from tritonclient.grpc import service_pb2
 
@@ -201,20 +213,10 @@ def open_inference_protocol(
     answer = httpx.post(f"http://127.0.0.1:{rest}/v2/models/digits/infer", content=body)
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
     np.testing.assert_allclose([outputs["probabilities"]], want[:1], atol=1e-5)
-    print("  embedded server, OIP v2 REST", flush=True)
-    rest_results = run_loads(
-        lambda c: rest_load("127.0.0.1", rest, "/v2/models/digits/infer", body, c, args.seconds),
-        args.concurrency,
-    )
     request = service_pb2.ModelInferRequest(model_name="digits")
     request.inputs.add(**tensor)
     request.raw_input_contents.append(one.astype("<f4").tobytes())
-    print("  embedded server, OIP v2 gRPC", flush=True)
-    grpc_results = run_loads(
-        lambda c: grpc_load(f"127.0.0.1:{grpc_port}", request, c, args.seconds, protocol="v2"),
-        args.concurrency,
-    )
-    return rest_results, grpc_results
+    return body, request
 
 
 def mean_batch(metrics: str) -> float:
@@ -300,16 +302,15 @@ def report(results: dict[str, Any], command: str) -> str:
         "Closed loop: N clients on loopback, each sending its next single-example request as "
         f"soon as the last is answered, {results['seconds']} s per point "
         f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup. Load generator and "
-        "server share the machine's CPUs.",
+        "server share the machine's CPUs. Per concurrency the embedded server's four loads run "
+        "back to back (v1 REST, v2 REST, v1 gRPC, v2 gRPC), so each v2 / v1 ratio compares "
+        "figures taken seconds apart.",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, label in (
-        ("rest", "embedded REST (TF Serving v1)"),
-        ("grpc", "embedded gRPC (TF Serving v1)"),
-        ("rest_v2", "embedded REST (OIP v2, JSON)"),
-        ("grpc_v2", "embedded gRPC (OIP v2, raw)"),
+        *((name, f"embedded {label}") for name, label in LABELS.items()),
         ("mlflow", "`mlflow models serve`"),
     ):
         for level, row in sorted(by_level.get(name, {}).items()):
