@@ -198,7 +198,7 @@ class OipGrpc:
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def load() -> Any:
-            _no_parameters(request)
+            _check_parameters(request)
             await v2.load_model(self.manager, self.config, request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
 
@@ -207,7 +207,7 @@ class OipGrpc:
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def unload() -> Any:
-            _no_parameters(request)
+            _check_parameters(request)
             await v2.unload_model(self.manager, request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
 
@@ -220,9 +220,8 @@ def _parameter(value: Any) -> Any:
     return getattr(value, choice) if choice else None
 
 
-def _no_parameters(request: Any) -> None:
-    if request.parameters:
-        raise invalid("load/unload parameters (config, files) are not supported")
+def _check_parameters(request: Any) -> None:
+    v2.check_repository_parameters(dict(request.parameters))
 
 
 def _metadata(context: Any, key: str) -> str | None:

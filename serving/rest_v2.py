@@ -127,8 +127,7 @@ class OipRest:
         match = _REPOSITORY.match(path)
         if match is not None and method == "POST":
             document = parse_json(body, self.config.max_json_depth) if body.strip() else {}
-            if document.get("parameters"):
-                raise invalid("load/unload parameters (config, files) are not supported")
+            v2.check_repository_parameters(_parameters(document.get("parameters"), "request"))
             name, action = match["name"], match["action"]
             if action == "load":
                 await v2.load_model(self.manager, self.config, name)

@@ -303,6 +303,17 @@ async def unload_model(manager: ModelManager, name: str) -> None:
     await asyncio.to_thread(manager.reload_config, entries)
 
 
+def check_repository_parameters(parameters: dict[str, Any]) -> None:
+    """Load/unload parameters: `unload_dependents` is accepted (no model here has dependents);
+    a `config` override or model files are not (models come from the repository folder)."""
+    unsupported = sorted(set(parameters) - {"unload_dependents"})
+    if unsupported:
+        raise invalid(
+            f"load/unload parameters {', '.join(unsupported)} are not supported: models are "
+            "read from the model repository folder as exported"
+        )
+
+
 def _check_name(name: str) -> None:
     try:
         check_model_name(name)

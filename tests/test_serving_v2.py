@@ -413,7 +413,7 @@ def test_repository_extension_needs_the_control_token(env: Env) -> None:
 def test_repository_index_unload_and_load(env: Env) -> None:
     index = env.http.post("/v2/repository/index", headers=CONTROL, json={"ready": True}).json()
     assert {(row["name"], row["state"]) for row in index} >= {("reg", "READY"), ("digits", "READY")}
-    assert env.http.post("/v2/repository/models/reg/unload", headers=CONTROL).status_code == 200
+    env.triton.unload_model("reg", headers=CONTROL)  # sends parameters.unload_dependents
     assert env.http.get("/v2/models/reg/ready").status_code == 404
     assert env.http.get("/v1/models/reg").status_code == 404  # the same model list as v1
     index = env.stub.RepositoryIndex(
@@ -422,9 +422,13 @@ def test_repository_index_unload_and_load(env: Env) -> None:
     assert ("reg", "UNAVAILABLE") in {(m.name, m.state) for m in index.models}
     assert env.http.post("/v2/repository/models/../load", headers=CONTROL).status_code in (400, 404)
     assert env.http.post("/v2/repository/models/nope/load", headers=CONTROL).status_code == 404
-    env.stub.RepositoryModelLoad(
-        service_pb2.RepositoryModelLoadRequest(model_name="reg"), metadata=list(CONTROL.items())
-    )
+    with pytest.raises(InferenceServerException, match="config"):
+        env.triton.load_model("reg", headers=CONTROL, config='{"backend": "onnx"}')
+    env.triton_grpc.load_model("reg", headers=CONTROL)
+    assert ("reg", "1", "READY") in {
+        (m["name"], m.get("version"), m["state"])
+        for m in env.triton.get_model_repository_index(headers=CONTROL)
+    }
     assert env.http.get("/v2/models/reg/ready").status_code == 200
     assert env.http.post("/v1/models/reg:predict", json={"instances": [[0.0] * 4]}).is_success
 
