@@ -47,9 +47,12 @@ def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
     kserve.add_argument("--image", default="kerasops-serve:latest", help="kerasops server image")
     kserve.add_argument("--namespace", default="", help="Kubernetes namespace (default: none)")
     kserve.add_argument("--min-replicas", type=int, default=1, help="0 scales to zero (1)")
-    kserve.add_argument("--max-replicas", type=int, default=3, help="(3)")
+    kserve.add_argument("--max-replicas", type=int, default=3, help="upper bound (3)")
     kserve.add_argument(
-        "--scale-metric", choices=["concurrency", "rps", "cpu", "memory"], default="concurrency"
+        "--scale-metric",
+        choices=["concurrency", "rps", "cpu", "memory"],
+        default="concurrency",
+        help="what the autoscaler watches (concurrency: in-flight requests per pod)",
     )
     kserve.add_argument(
         "--scale-target", type=int, default=8, help="per-replica target of the metric (8)"
