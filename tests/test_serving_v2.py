@@ -433,13 +433,8 @@ def test_repository_index_unload_and_load(env: Env) -> None:
     assert env.http.post("/v1/models/reg:predict", json={"instances": [[0.0] * 4]}).is_success
 
 
-def test_repository_extension_is_off_without_allow_reload(tmp_path: Path) -> None:
-    from kerasops.serving.manager import ModelManager
-    from kerasops.serving.metrics import ServingMetrics
-    from kerasops.serving.rest_v2 import OipRest
-
-    config = ServingConfig(model_repository=str(tmp_path))
-    app = OipRest(ModelManager([], config), ServingMetrics(), config)
+def asgi_call(app, method: str, path: str, headers: list | None = None) -> tuple[int, bytes]:  # noqa: ANN001
+    """(status, body) of one request to an ASGI app, without a server."""
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -448,7 +443,34 @@ def test_repository_extension_is_off_without_allow_reload(tmp_path: Path) -> Non
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v2/repository/index",
-             "headers": [(b"authorization", b"Bearer anything")]}  # fmt: skip
+    scope = {"type": "http", "method": method, "path": path, "headers": headers or []}
     asyncio.run(app(scope, receive, send))
-    assert sent[0]["status"] == 403 and b"allow_reload" in sent[1]["body"]
+    return sent[0]["status"], sent[1]["body"]
+
+
+def oip_app(config: ServingConfig):  # noqa: ANN201
+    from kerasops.serving.manager import ModelManager
+    from kerasops.serving.metrics import ServingMetrics
+    from kerasops.serving.rest_v2 import OipRest
+
+    return OipRest(ModelManager([], config), ServingMetrics(), config)
+
+
+def test_repository_extension_is_off_without_allow_reload(tmp_path: Path) -> None:
+    app = oip_app(ServingConfig(model_repository=str(tmp_path)))
+    auth = [(b"authorization", b"Bearer anything")]
+    status, body = asgi_call(app, "POST", "/v2/repository/index", auth)
+    assert status == 403 and b"allow_reload" in body
+
+
+def test_inference_token_guards_v2_but_not_its_probes(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("inference-secret\n")
+    config = ServingConfig(
+        model_repository=str(tmp_path), inference_token_file=str(tmp_path / "token")
+    )
+    app = oip_app(config)
+    assert asgi_call(app, "GET", "/v2/health/live")[0] == 200
+    assert asgi_call(app, "GET", "/v2/models/digits")[0] == 401
+    assert asgi_call(app, "GET", "/v2")[0] == 401
+    good = [(b"authorization", b"Bearer inference-secret")]
+    assert asgi_call(app, "GET", "/v2/models/digits", good)[0] == 404  # past the guard
