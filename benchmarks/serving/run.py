@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -172,7 +173,7 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
         request.model_spec.name = "digits"
         request.inputs["image"].CopyFrom(tf.make_tensor_proto(one))
         v2_body, v2_request = open_inference_protocol_requests(rest, one, want)
-        target, seconds = f"127.0.0.1:{grpc_port}", args.seconds
+        target, seconds = f"127.0.0.1:{grpc_port}", args.seconds / args.rounds
         loads = {
             "rest": lambda c: rest_load(
                 "127.0.0.1", rest, "/v1/models/digits:predict", body, c, seconds
@@ -185,13 +186,32 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
         }
         results: dict[str, list[LoadResult]] = {name: [] for name in loads}
         for level in args.concurrency:
-            for name, load in loads.items():
-                print(f"  embedded server, {LABELS[name]}", flush=True)
-                results[name] += run_loads(load, [level])
+            rounds: dict[str, list[LoadResult]] = {name: [] for name in loads}
+            for _ in range(args.rounds):
+                for name, load in loads.items():
+                    print(f"  embedded server, {LABELS[name]}", flush=True)
+                    rounds[name] += run_loads(load, [level])
+            for name in loads:
+                results[name].append(median_of(rounds[name]))
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
         stop(process)
     return results, mean_batch(metrics)
+
+
+def median_of(rounds: list[LoadResult]) -> LoadResult:
+    """One figure per load from its rounds: median requests/s, p50 and p99; summed counts."""
+    if len(rounds) == 1:
+        return rounds[0]
+    return dataclasses.replace(
+        rounds[0],
+        requests=sum(r.requests for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        seconds=round(sum(r.seconds for r in rounds), 3),
+        rps=float(np.median([r.rps for r in rounds])),
+        p50_ms=float(np.median([r.p50_ms for r in rounds])),
+        p99_ms=float(np.median([r.p99_ms for r in rounds])),
+    )
 
 
 LABELS = {
@@ -301,10 +321,12 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
         "Closed loop: N clients on loopback, each sending its next single-example request as "
         f"soon as the last is answered, {results['seconds']} s per point "
-        f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup. Load generator and "
-        "server share the machine's CPUs. Per concurrency the embedded server's four loads run "
-        "back to back (v1 REST, v2 REST, v1 gRPC, v2 gRPC), so each v2 / v1 ratio compares "
-        "figures taken seconds apart.",
+        f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup; "
+        f"{results.get('rounds', 1)} interleaved round(s) per embedded-server point. "
+        "Load generator and server share the machine's CPUs. Per concurrency the embedded "
+        "server's four loads run back to back (v1 REST, v2 REST, v1 gRPC, v2 gRPC), so each "
+        "v2 / v1 ratio compares figures taken seconds apart; with `--rounds N` each point is "
+        "the median of N such interleaved rounds.",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
@@ -397,6 +419,13 @@ def main() -> None:
     parser.add_argument("--mlflow-seconds", type=float, default=5.0)
     parser.add_argument("--no-mlflow", action="store_true", help="leave out mlflow models serve")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each embedded-server point into this many interleaved rounds of "
+        "seconds/rounds and report their medians (steadier v2 / v1 ratios on a shared machine)",
+    )
+    parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64]
     )
     parser.add_argument(
@@ -447,6 +476,7 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "model": description,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "mlflow_seconds": args.mlflow_seconds,
         "in_process": inproc,
         **{name: [r.row() for r in rows] for name, rows in served.items()},
