@@ -119,6 +119,11 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return sorted(self._routes)
 
+    def entries(self) -> list[ModelEntry]:
+        """The configured models (what a reload replaces)."""
+        with self._state_lock:
+            return list(self._entries.values())
+
     def served_names(self) -> list[str]:
         """Models with at least one version loaded."""
         return sorted(name for name, route in self._routes.items() if route.servables)

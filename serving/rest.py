@@ -63,11 +63,13 @@ class RestApp:
         metrics: ServingMetrics,
         config: ServingConfig,
         tokens: Tokens | None = None,
+        v2: Any = None,
     ):
         self.manager = manager
         self.metrics = metrics
         self.config = config
         self.tokens = tokens or Tokens(config)
+        self.v2 = v2  # the Open Inference Protocol front end (rest_v2.OipRest) for /v2 paths
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -75,60 +77,45 @@ class RestApp:
             return
         if scope["type"] != "http":
             return
-        started = time.perf_counter()
         path, method = scope["path"], scope["method"]
+        if self.v2 is not None and (path == "/v2" or path.startswith("/v2/")):
+            await self.v2(scope, receive, send)
+            return
+        started = time.perf_counter()
         model, verb = "", "other"
         try:
             if path.startswith("/v1/models"):
-                self.tokens.check_inference(_header(scope, b"authorization"))
+                self.tokens.check_inference(header(scope, b"authorization"))
                 body = b""
                 if method == "POST":
-                    _check_content_type(_header(scope, b"content-type"))
-                    body = await self._read_body(scope, receive)
+                    _check_content_type(header(scope, b"content-type"))
+                    body = await read_body(scope, receive, self.config.max_body_bytes)
                 model, verb, payload = await self._models(method, path, body)
-                await _respond(send, 200, payload)
+                await respond(send, 200, payload)
                 self.metrics.observe(model, verb, "rest", "OK", time.perf_counter() - started)
                 return
             await self._service(send, method, path)
         except ServingError as exc:
-            await _respond(send, exc.http_status, orjson.dumps({"error": exc.message}))
+            await respond(send, exc.http_status, orjson.dumps({"error": exc.message}))
             self.metrics.observe(model, verb, "rest", exc.code, time.perf_counter() - started)
         except ClientGone:
             return
         except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
             log.exception("unexpected error answering %s %s", method, path)
-            await _respond(send, 500, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            await respond(send, 500, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
 
     async def _service(self, send: Any, method: str, path: str) -> None:
         if method == "GET" and path in _METRICS_PATHS:
             body, content_type = self.metrics.render()
-            await _respond(send, 200, body, [(b"content-type", content_type.encode())])
+            await respond(send, 200, body, [(b"content-type", content_type.encode())])
         elif method == "GET" and path == "/healthz":
-            await _respond(send, 200, b'{"status": "ok"}')
+            await respond(send, 200, b'{"status": "ok"}')
         elif method == "GET" and path == "/readyz":
             ready = self.manager.ready()
             payload = {"ready": ready, "models": self.manager.loaded_versions()}
-            await _respond(send, 200 if ready else 503, orjson.dumps(payload))
+            await respond(send, 200 if ready else 503, orjson.dumps(payload))
         else:
             raise ServingError("NOT_FOUND", f"Malformed request: {method} {path}")
-
-    async def _read_body(self, scope: dict, receive: Any) -> bytes:
-        limit = self.config.max_body_bytes
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > limit:
-                raise BodyTooLarge(limit)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _models(self, method: str, path: str, body: bytes) -> tuple[str, str, bytes]:
         match = _ROUTE.match(path)
@@ -149,7 +136,7 @@ class RestApp:
             verb = tail[1:]
             servable = self.manager.resolve(name, version, label)
             handler = {"predict": _predict, "classify": _classify, "regress": _regress}[verb]
-            document = _parse_json(body, self.config.max_json_depth)
+            document = parse_json(body, self.config.max_json_depth)
             if verb == "predict" and (b"true" in body or b"false" in body):
                 document = {**document, _BOOLS_POSSIBLE: True}
             return name, verb, await handler(servable, document, self.config)
@@ -188,6 +175,26 @@ class RestApp:
         )
 
 
+async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
+    """The request body; 413 beyond `limit` bytes (declared or received), ClientGone when the
+    client leaves first."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
@@ -198,10 +205,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _respond(
+async def respond(
     send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    headers = [headers[0] if headers else _JSON, (b"content-length", str(len(body)).encode())]
+    headers = [*(headers or [_JSON]), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -214,7 +221,7 @@ def _version(text: str | None) -> int | None:
     return int(text)
 
 
-def _header(scope: dict, name: bytes) -> bytes | None:
+def header(scope: dict, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return value
@@ -257,7 +264,7 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(rb"([\[{])|([\]}])")
 
 
-def _parse_json(body: bytes, max_depth: int = 64) -> dict[str, Any]:
+def parse_json(body: bytes, max_depth: int = 64) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -22,6 +22,7 @@ from kerasops.serving.auth import Tokens
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.errors import ServingError
 from kerasops.serving.grpc_service import TensorflowServing, add_services
+from kerasops.serving.grpc_v2 import OipGrpc, add_v2_service
 from kerasops.serving.http_guard import Limits, guarded_protocol
 from kerasops.serving.manager import ModelManager
 from kerasops.serving.metrics import ServingMetrics
@@ -32,6 +33,7 @@ from kerasops.serving.repository import (
     read_models_config,
 )
 from kerasops.serving.rest import RestApp
+from kerasops.serving.rest_v2 import OipRest
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class EmbeddedServer:
         self.servicer = TensorflowServing(
             self.manager, self.metrics, config, models_config_path, self.tokens
         )
+        self.oip_servicer = OipGrpc(self.manager, self.metrics, config, self.tokens)
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
         self._uvicorn: Any = None
@@ -144,7 +147,8 @@ class EmbeddedServer:
 
         sock = _bind(self.config.host, self.config.rest_port, "REST")
         self.rest_port = sock.getsockname()[1]
-        app = RestApp(self.manager, self.metrics, self.config, self.tokens)
+        v2 = OipRest(self.manager, self.metrics, self.config, self.tokens)
+        app = RestApp(self.manager, self.metrics, self.config, self.tokens, v2=v2)
         limits = Limits(
             self.config.header_timeout_s, self.config.body_timeout_s, self.config.max_connections
         )
@@ -213,6 +217,7 @@ class EmbeddedServer:
             maximum_concurrent_rpcs=self.config.max_connections,
         )
         add_services(server, self.servicer)
+        add_v2_service(server, self.oip_servicer)
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
             credentials = _grpc_credentials(self.config)

@@ -211,7 +211,12 @@ def test_images_copy_everything_the_wheel_is_built_from():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {*config["tool"]["setuptools"]["package-dir"].values(), "pyproject.toml"}
     needed |= {config["project"]["readme"], *config["project"]["license-files"]}
-    for dockerfile in ("docker/train.Dockerfile", "serving/deploy/kerasops.Dockerfile"):
+    dockerfiles = (
+        "docker/train.Dockerfile",
+        "docker/serve.Dockerfile",
+        "serving/deploy/kerasops.Dockerfile",
+    )
+    for dockerfile in dockerfiles:
         copied = set()
         for line in (ROOT / dockerfile).read_text().splitlines():
             if line.startswith("COPY "):

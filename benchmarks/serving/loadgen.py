@@ -1,6 +1,7 @@
 """Closed-loop load generators: N concurrent clients, each sending its next request as soon as
 the previous one is answered, for a fixed time. REST uses raw keep-alive HTTP/1.1 connections
-(no client library in the hot path); gRPC uses grpc.aio with the official stubs."""
+(no client library in the hot path); gRPC uses grpc.aio with the official stubs (TF Serving's
+PredictionService, the Open Inference Protocol's GRPCInferenceService)."""
 
 from __future__ import annotations
 
@@ -102,21 +103,38 @@ async def rest_load(
 
 
 async def grpc_load(
-    target: str, request: object, concurrency: int, duration_s: float, channels: int = 4
+    target: str,
+    request: object,
+    concurrency: int,
+    duration_s: float,
+    channels: int = 4,
+    protocol: str = "v1",
 ) -> LoadResult:
+    """`request` as TF Serving's Predict (`protocol` "v1") or the Open Inference Protocol's
+    ModelInfer ("v2"), over `channels` shared channels."""
     import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    if protocol == "v2":
+        from tritonclient.grpc import service_pb2_grpc
+
+        def rpc(channel: grpc.aio.Channel) -> Callable:
+            return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+    else:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        def rpc(channel: grpc.aio.Channel) -> Callable:
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
 
     pool = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in pool]
+    methods = [rpc(c) for c in pool]
     counter = iter(range(1 << 30))
 
     async def make() -> Callable[[], Awaitable[bool]]:
-        stub = stubs[next(counter) % len(stubs)]
+        method = methods[next(counter) % len(methods)]
 
         async def call() -> bool:
             try:
-                await stub.Predict(request, timeout=30)
+                await method(request, timeout=30)
                 return True
             except grpc.aio.AioRpcError:
                 return False

@@ -1,5 +1,6 @@
-"""Serving benchmark: the embedded server (REST and gRPC) against the in-process signature call
-and `mlflow models serve`, on the same model, in one run on this machine.
+"""Serving benchmark: the embedded server (REST and gRPC; TF Serving v1 and the Open Inference
+Protocol v2) against the in-process signature call and `mlflow models serve`, on the same model,
+in one run on this machine.
 
     python benchmarks/serving/run.py --model artifacts/runs/cnn-digits [--update-results]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -136,6 +138,9 @@ def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
 
 
 def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argparse.Namespace):
+    """Load on the embedded server over TF Serving's v1 API and the Open Inference Protocol
+    (v2), REST and gRPC. Per concurrency the four run back to back (v1 REST, v2 REST, v1 gRPC,
+    v2 gRPC), so that the v2 / v1 ratios compare figures taken under the same machine load."""
     import httpx
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
@@ -164,25 +169,74 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
         answer = httpx.post(f"http://127.0.0.1:{rest}/v1/models/digits:predict", content=body)
         (row,) = answer.json()["predictions"]  # probabilities beside the class names
         np.testing.assert_allclose([row["probabilities"]], want[:1], atol=1e-5)
-        print("  embedded server, REST", flush=True)
-        rest_results = run_loads(
-            lambda c: rest_load(
-                "127.0.0.1", rest, "/v1/models/digits:predict", body, c, args.seconds
-            ),
-            args.concurrency,
-        )
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "digits"
         request.inputs["image"].CopyFrom(tf.make_tensor_proto(one))
-        print("  embedded server, gRPC", flush=True)
-        grpc_results = run_loads(
-            lambda c: grpc_load(f"127.0.0.1:{grpc_port}", request, c, args.seconds),
-            args.concurrency,
-        )
+        v2_body, v2_request = open_inference_protocol_requests(rest, one, want)
+        target, seconds = f"127.0.0.1:{grpc_port}", args.seconds / args.rounds
+        loads = {
+            "rest": lambda c: rest_load(
+                "127.0.0.1", rest, "/v1/models/digits:predict", body, c, seconds
+            ),
+            "rest_v2": lambda c: rest_load(
+                "127.0.0.1", rest, "/v2/models/digits/infer", v2_body, c, seconds
+            ),
+            "grpc": lambda c: grpc_load(target, request, c, seconds),
+            "grpc_v2": lambda c: grpc_load(target, v2_request, c, seconds, protocol="v2"),
+        }
+        results: dict[str, list[LoadResult]] = {name: [] for name in loads}
+        for level in args.concurrency:
+            rounds: dict[str, list[LoadResult]] = {name: [] for name in loads}
+            for _ in range(args.rounds):
+                for name, load in loads.items():
+                    print(f"  embedded server, {LABELS[name]}", flush=True)
+                    rounds[name] += run_loads(load, [level])
+            for name in loads:
+                results[name].append(median_of(rounds[name]))
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
         stop(process)
-    return rest_results, grpc_results, mean_batch(metrics)
+    return results, mean_batch(metrics)
+
+
+def median_of(rounds: list[LoadResult]) -> LoadResult:
+    """One figure per load from its rounds: median requests/s, p50 and p99; summed counts."""
+    if len(rounds) == 1:
+        return rounds[0]
+    return dataclasses.replace(
+        rounds[0],
+        requests=sum(r.requests for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        seconds=round(sum(r.seconds for r in rounds), 3),
+        rps=float(np.median([r.rps for r in rounds])),
+        p50_ms=float(np.median([r.p50_ms for r in rounds])),
+        p99_ms=float(np.median([r.p99_ms for r in rounds])),
+    )
+
+
+LABELS = {
+    "rest": "REST (TF Serving v1)",
+    "grpc": "gRPC (TF Serving v1)",
+    "rest_v2": "REST (OIP v2, JSON)",
+    "grpc_v2": "gRPC (OIP v2, raw)",
+}
+
+
+def open_inference_protocol_requests(rest: int, one: np.ndarray, want: np.ndarray) -> tuple:
+    """The v2 REST body (JSON tensors) and gRPC ModelInferRequest (raw_input_contents, what
+    tritonclient sends) for the example `one`, after checking the REST answer."""
+    import httpx
+    from tritonclient.grpc import service_pb2
+
+    tensor = {"name": "image", "datatype": "FP32", "shape": list(one.shape)}
+    body = json.dumps({"inputs": [{**tensor, "data": one.reshape(-1).tolist()}]}).encode()
+    answer = httpx.post(f"http://127.0.0.1:{rest}/v2/models/digits/infer", content=body)
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    np.testing.assert_allclose([outputs["probabilities"]], want[:1], atol=1e-5)
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(**tensor)
+    request.raw_input_contents.append(one.astype("<f4").tobytes())
+    return body, request
 
 
 def mean_batch(metrics: str) -> float:
@@ -249,9 +303,8 @@ def mlflow_serve(
 def report(results: dict[str, Any], command: str) -> str:
     inproc = results["in_process"]
     batch1 = inproc["batch_1"]["calls_per_s"]
-    by_level = {
-        name: {r["concurrency"]: r for r in results[name]} for name in ("rest", "grpc", "mlflow")
-    }
+    names = [n for n in ("rest", "grpc", "rest_v2", "grpc_v2", "mlflow") if results.get(n)]
+    by_level = {name: {r["concurrency"]: r for r in results[name]} for name in names}
     top = max(by_level["rest"])
     lines = [
         "## Serving: embedded TF-Serving-compatible server",
@@ -268,18 +321,21 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
         "Closed loop: N clients on loopback, each sending its next single-example request as "
         f"soon as the last is answered, {results['seconds']} s per point "
-        f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup. Load generator and "
-        "server share the machine's CPUs.",
+        f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup; "
+        f"{results.get('rounds', 1)} interleaved round(s) per embedded-server point. "
+        "Load generator and server share the machine's CPUs. Per concurrency the embedded "
+        "server's four loads run back to back (v1 REST, v2 REST, v1 gRPC, v2 gRPC), so each "
+        "v2 / v1 ratio compares figures taken seconds apart; with `--rounds N` each point is "
+        "the median of N such interleaved rounds.",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, label in (
-        ("rest", "embedded REST"),
-        ("grpc", "embedded gRPC"),
+        *((name, f"embedded {label}") for name, label in LABELS.items()),
         ("mlflow", "`mlflow models serve`"),
     ):
-        for level, row in sorted(by_level[name].items()):
+        for level, row in sorted(by_level.get(name, {}).items()):
             lines.append(
                 f"| {label} | {level} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
                 f"{row['p99_ms']:.2f} | {row['errors']} |"
@@ -295,21 +351,27 @@ def report(results: dict[str, Any], command: str) -> str:
     for batch, row in inproc["all"].items():
         lines.append(f"| batch {batch} | {row['calls_per_s']:.0f} | {row['rows_per_s']:.0f} |")
     rest_top, grpc_top = by_level["rest"][top], by_level["grpc"][top]
-    mlflow_top = by_level["mlflow"][top]
     lines += [
         "",
         f"At concurrency {top} (rows per batched call in the embedded server, averaged over "
         f"the whole run, all concurrencies: {results['mean_batch']:.1f}):",
         "",
-        f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
-        "(target ≥ 100×)",
-        f"- gRPC / `mlflow models serve`: **{grpc_top['rps'] / mlflow_top['rps']:.0f}×**",
+    ]
+    if "mlflow" in by_level:
+        mlflow_top = by_level["mlflow"][top]
+        lines += [
+            f"- REST / `mlflow models serve`: **{rest_top['rps'] / mlflow_top['rps']:.0f}×** "
+            "(target ≥ 100×)",
+            f"- gRPC / `mlflow models serve`: **{grpc_top['rps'] / mlflow_top['rps']:.0f}×**",
+        ]
+    lines += [
         f"- REST / in-process batch-1 calls: **{rest_top['rps'] / batch1:.2f}×** (target ≥ 2×)",
         f"- gRPC / in-process batch-1 calls: **{grpc_top['rps'] / batch1:.2f}×**",
         f"- REST p99: **{rest_top['p99_ms']:.1f} ms** (target ≤ 50 ms)",
         f"- in-process best batch ({inproc['best_batch']}): "
         f"{inproc['best']['rows_per_s']:.0f} examples/s, the ceiling for any server here",
         "",
+        *_v2_ratios(by_level),
         f"Load average (1/5/15 min) {_loads(results, 'start')} at the start, "
         f"{_loads(results, 'end')} at the end. Other jobs shared "
         "the 2 CPUs, which slows single-example calls (each one waits for TensorFlow's threads "
@@ -318,6 +380,18 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _v2_ratios(by_level: dict[str, dict[int, dict]]) -> list[str]:
+    """OIP v2 requests/s over TF Serving v1's, per transport and concurrency (target ≥ 0.9)."""
+    if "rest_v2" not in by_level or "grpc_v2" not in by_level:
+        return []
+    lines = ["| v2 / v1 requests/s | " + " | ".join(f"c={c}" for c in sorted(by_level["rest"]))
+             + " |", "|---|" + "---:|" * len(by_level["rest"])]  # fmt: skip
+    for v1, v2, label in (("rest", "rest_v2", "REST"), ("grpc", "grpc_v2", "gRPC")):
+        ratios = [by_level[v2][c]["rps"] / by_level[v1][c]["rps"] for c in sorted(by_level[v1])]
+        lines.append(f"| {label} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    return [*lines, "", "Target: v2 ≥ 0.9× v1 on each transport.", ""]
 
 
 def _loads(results: dict[str, Any], when: str) -> str:
@@ -343,6 +417,14 @@ def main() -> None:
     parser.add_argument("--prepared-root", default="data/prepared")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--mlflow-seconds", type=float, default=5.0)
+    parser.add_argument("--no-mlflow", action="store_true", help="leave out mlflow models serve")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each embedded-server point into this many interleaved rounds of "
+        "seconds/rounds and report their medians (steadier v2 / v1 ratios on a shared machine)",
+    )
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64]
     )
@@ -379,8 +461,8 @@ def main() -> None:
             f"{inproc['best_batch']}: {inproc['best']['rows_per_s']:.0f} examples/s",
             flush=True,
         )
-        rest, grpc_results, batch = embedded(workdir / "models", images, want, args)
-        mlflow_results = mlflow_serve(model, images, want, workdir, args)
+        served, batch = embedded(workdir / "models", images, want, args)
+        mlflow_results = [] if args.no_mlflow else mlflow_serve(model, images, want, workdir, args)
         print("in-process signature calls, again (other jobs share this machine)", flush=True)
         again = in_process(exported.path, images, args.seconds)
         print(f"    batch 1: {again['batch_1']['calls_per_s']:.0f} calls/s", flush=True)
@@ -394,10 +476,10 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "model": description,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "mlflow_seconds": args.mlflow_seconds,
         "in_process": inproc,
-        "rest": [r.row() for r in rest],
-        "grpc": [r.row() for r in grpc_results],
+        **{name: [r.row() for r in rows] for name, rows in served.items()},
         "mlflow": [r.row() for r in mlflow_results],
         "mean_batch": batch,
         "load_before": load_before,

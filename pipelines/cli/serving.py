@@ -16,10 +16,81 @@ from kerasops.pipelines.cli.common import params_of
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the export, serve and predict subcommands."""
+    """Add the export, serve, predict and deploy subcommands."""
     _add_export(subparsers)
     _add_serve(subparsers)
     _add_predict(subparsers)
+    _add_deploy(subparsers)
+
+
+def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "deploy", help="write deployment manifests for a served model (KServe)"
+    )
+    targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
+    kserve = targets.add_parser(
+        "kserve",
+        help="KServe InferenceService manifests: TF Serving runtime (v1) and kerasops (v1 + v2)",
+        description=(
+            "Writes inferenceservice-tensorflow.yaml (KServe's TensorFlow runtime reading "
+            "<storage-uri>/NAME) and inferenceservice-kerasops.yaml (the kerasops server image, "
+            "docker/serve.Dockerfile, reading the repository at <storage-uri>, answering TF "
+            "Serving's v1 API and the Open Inference Protocol v2). Apply with kubectl apply -f."
+        ),
+    )
+    kserve.add_argument("name", help="served model name (a folder of the model repository)")
+    kserve.add_argument(
+        "--storage-uri",
+        required=True,
+        help="where the cluster reads the model repository (s3://bucket/serving/models, pvc://...)",
+    )
+    kserve.add_argument("--image", default="kerasops-serve:latest", help="kerasops server image")
+    kserve.add_argument("--namespace", default="", help="Kubernetes namespace (default: none)")
+    kserve.add_argument("--min-replicas", type=int, default=1, help="0 scales to zero (1)")
+    kserve.add_argument("--max-replicas", type=int, default=3, help="upper bound (3)")
+    kserve.add_argument(
+        "--scale-metric",
+        choices=["concurrency", "rps", "cpu", "memory"],
+        default="concurrency",
+        help="what the autoscaler watches (concurrency: in-flight requests per pod)",
+    )
+    kserve.add_argument(
+        "--scale-target", type=int, default=8, help="per-replica target of the metric (8)"
+    )
+    kserve.add_argument(
+        "--canary-traffic-percent",
+        type=int,
+        help="on an update, the share of traffic the new revision gets (the rest stays)",
+    )
+    kserve.add_argument("--model-repository", help="local repository holding NAME (checked)")
+    kserve.add_argument(
+        "--output", help="folder for the manifests (default: <artifacts>/deploy/kserve/NAME)"
+    )
+    kserve.set_defaults(func=deploy_kserve_command)
+
+
+def deploy_kserve_command(args: argparse.Namespace) -> int:
+    # deferred: only this command writes manifests
+    from kerasops.serving.kserve import KServeOptions, write_kserve_manifests
+
+    params = params_of(args)
+    options = KServeOptions(
+        storage_uri=args.storage_uri,
+        image=args.image,
+        namespace=args.namespace,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        scale_metric=args.scale_metric,
+        scale_target=args.scale_target,
+        canary_traffic_percent=args.canary_traffic_percent,
+    )
+    repository = Path(args.model_repository or params.serving.model_repository)
+    default_output = params.path("artifacts") / "deploy" / "kserve" / args.name
+    output = Path(args.output) if args.output else default_output
+    for path in write_kserve_manifests(args.name, repository, options, output):
+        print(path)
+    print(f"apply with: kubectl apply -f {output}")
+    return 0
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
