@@ -100,6 +100,10 @@ class ServingConfig(StrictConfig):
     max_connections: int = 1024  # concurrent REST connections; gRPC: concurrent RPCs
     max_rows: int = 4096  # examples in one request (400 beyond)
     max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
+    # prediction logs of models whose models.config entry has a logging_config
+    prediction_log_dir: str = "artifacts/prediction_logs"  # relative filename_prefix root
+    prediction_log_max_file_mb: float = 64.0  # a file is closed (published) at this size
+    prediction_log_max_file_s: float = 600.0  # or this age
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     version_policy: VersionPolicyConfig = dataclasses.field(default_factory=VersionPolicyConfig)
     batching: BatchingConfig = dataclasses.field(default_factory=BatchingConfig)
@@ -118,6 +122,8 @@ class ServingConfig(StrictConfig):
         require(self.shutdown_grace_s >= 0, "serving.shutdown_grace_s must be >= 0")
         for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             require(getattr(self, key) > 0, f"serving.{key} must be > 0")
+        require(self.prediction_log_max_file_mb > 0, "serving.prediction_log_max_file_mb > 0")
+        require(self.prediction_log_max_file_s > 0, "serving.prediction_log_max_file_s > 0")
         for key in ("max_connections", "max_rows", "max_json_depth"):
             require(getattr(self, key) >= 1, f"serving.{key} must be >= 1")
 
@@ -132,6 +138,7 @@ class ServingConfig(StrictConfig):
             self,
             model_repository=resolved(self.model_repository),
             models_config=resolved(self.models_config),
+            prediction_log_dir=resolved(self.prediction_log_dir),
             control_token_file=resolved(self.control_token_file),
             inference_token_file=resolved(self.inference_token_file),
             reload_roots=tuple(resolved(p) for p in self.reload_roots),

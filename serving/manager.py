@@ -57,8 +57,10 @@ class ModelManager:
         config: ServingConfig,
         metrics: Any = None,
         models_config_path: Path | None = None,
+        prediction_logger: Any = None,
     ) -> None:
         self._config = config
+        self._logger = prediction_logger
         self._models_config_path = models_config_path
         self._models_config_stamp = _mtime(models_config_path) if models_config_path else 0.0
         self._metrics = metrics
@@ -145,7 +147,9 @@ class ModelManager:
 
     # -- configuration and polling ------------------------------------------------------------
     def reload_config(self, entries: list[ModelEntry]) -> None:
-        """Replace the model list (HandleReloadConfigRequest); drop models no longer listed."""
+        """Replace the model list (HandleReloadConfigRequest); drop models no longer listed.
+        Raise INVALID_ARGUMENT, changing nothing, for a log prefix outside the log folder."""
+        self.check_logging(entries)
         with self._poll_lock:
             new = {entry.name: entry for entry in entries}
             for name in list(self._entries):
@@ -158,6 +162,18 @@ class ModelManager:
                     old = self._routes.get(name)
                     self._routes[name] = Route(entry, dict(old.servables) if old else {})
             self.poll_once()
+
+    def check_logging(self, entries: list[ModelEntry]) -> None:
+        """Every logging_config's filename_prefix lies under serving.prediction_log_dir."""
+        for entry in entries:
+            if entry.logging is None:
+                continue
+            if self._logger is None:
+                raise invalid(f"model {entry.name!r} asks for prediction logs: no logger here")
+            try:
+                self._logger.prefix_path(entry.logging.filename_prefix)
+            except ValueError as exc:
+                raise invalid(f"model {entry.name!r}: {exc} (serving.prediction_log_dir)") from None
 
     def poll_once(self) -> None:
         """Load the versions the policies want and unload the others."""
@@ -228,7 +244,15 @@ class ModelManager:
             self._states[entry.name][version] = state
         try:
             observe = self._metrics.batch_observer(entry.name) if self._metrics else None
-            servable = Servable(entry.name, version, path, self._config.batching, observe)
+            servable = Servable(
+                entry.name,
+                version,
+                path,
+                self._config.batching,
+                observe,
+                self._logger,
+                lambda: self._entries[entry.name].logging,
+            )
             if self._config.warmup:
                 servable.warmup(self._config.num_warmup_records)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported in status

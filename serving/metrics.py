@@ -50,6 +50,18 @@ class ServingMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._logged = Counter(
+            "kerasops_serving_prediction_logs",
+            "PredictionLog records written, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._dropped = Counter(
+            "kerasops_serving_prediction_logs_dropped",
+            "PredictionLog records dropped (queue_full, write_error), by model.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, ...], tuple[object, object]] = {}
         self.known_models: set[str] = set()
 
@@ -68,6 +80,12 @@ class ServingMetrics:
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         return self._batch.labels(model).observe
+
+    def prediction_logged(self, model: str) -> None:
+        self._logged.labels(model).inc()
+
+    def prediction_dropped(self, model: str, reason: str) -> None:
+        self._dropped.labels(model, reason).inc()
 
     def set_loaded(self, model: str, versions: list[int]) -> None:
         self.known_models.add(model)

@@ -32,6 +32,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from kerasops.errors import ConfigError, KerasopsError
 from kerasops.serving.config import ServingConfig, VersionPolicyConfig
+from kerasops.serving.prediction_log import LoggingSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 INFO_FILE = "kerasops_export.json"  # a version's self-description, in its assets.extra/
@@ -81,6 +82,7 @@ class ModelEntry:
     base_path: Path
     policy: VersionPolicyConfig = dataclasses.field(default_factory=VersionPolicyConfig)
     labels: tuple[tuple[str, int], ...] = ()
+    logging: LoggingSpec | None = None  # its models.config logging_config, if any
 
     def label_map(self) -> dict[str, int]:
         return dict(self.labels)
@@ -158,7 +160,30 @@ def entries_to_text(entries: list[ModelEntry], mapping: PathMapping) -> str:
         _policy_to_proto(entry.policy, proto.model_version_policy)
         for label, version in entry.labels:
             proto.version_labels[label] = version
+        if entry.logging is not None:
+            collector = proto.logging_config.log_collector_config
+            collector.type = "file"
+            collector.filename_prefix = entry.logging.filename_prefix
+            proto.logging_config.sampling_config.sampling_rate = entry.logging.sampling_rate
     return text_format.MessageToString(server_config)
+
+
+def _logging_from_proto(proto: Any, name: str, source: str) -> LoggingSpec | None:
+    """A model's `logging_config` (TF Serving's LoggingConfig), checked; None when absent."""
+    if not proto.HasField("logging_config"):
+        return None
+    collector = proto.logging_config.log_collector_config
+    rate = proto.logging_config.sampling_config.sampling_rate
+    if collector.type not in ("", "file"):
+        raise RepositoryError(
+            f"{source}: model {name!r}: log collector type {collector.type!r} is not supported "
+            '(use "file": TFRecord files of PredictionLog)'
+        )
+    if not collector.filename_prefix:
+        raise RepositoryError(f"{source}: model {name!r}: logging_config needs filename_prefix")
+    if not 0.0 <= rate <= 1.0:
+        raise RepositoryError(f"{source}: model {name!r}: sampling_rate must be in [0, 1]")
+    return LoggingSpec(collector.filename_prefix, float(rate))
 
 
 def entries_from_text(
@@ -188,7 +213,8 @@ def entries_from_proto(
         base = mapping.to_local(proto.base_path, config_dir)
         labels = tuple(sorted(proto.version_labels.items()))
         policy = _policy_from_proto(proto.model_version_policy)
-        entries.append(ModelEntry(name, base, policy, labels))
+        logging_spec = _logging_from_proto(proto, name, source)
+        entries.append(ModelEntry(name, base, policy, labels, logging_spec))
     return entries
 
 
@@ -221,7 +247,8 @@ def update_models_config(
     old = next((e for e in entries if e.name == name), None)
     merged = dict(old.labels) if old else {}
     merged.update(labels or {})
-    entry = ModelEntry(name, base_path, policy, tuple(sorted(merged.items())))
+    kept = old.logging if old else None  # a re-export keeps the model's prediction logging
+    entry = ModelEntry(name, base_path, policy, tuple(sorted(merged.items())), kept)
     entries = [e for e in entries if e.name != name] + [entry]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -39,8 +39,16 @@ class TensorSpecInfo:
 class Signature:
     """A callable signature with its named inputs and outputs."""
 
-    def __init__(self, name: str, function: Any, batching: BatchingConfig, observe: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        function: Any,
+        batching: BatchingConfig,
+        observe: Any,
+        record: Any = None,
+    ) -> None:
         self.name = name
+        self.record = record  # (signature, inputs, outputs) of each answered request
         self._function = function
         _, kwargs = function.structured_input_signature
         self.inputs = {key: _spec_info(key, spec) for key, spec in kwargs.items()}
@@ -80,8 +88,12 @@ class Signature:
         """Run through the dynamic batcher (or in a worker thread when batching is off)."""
 
         if self.batcher is None:
-            return await asyncio.to_thread(self.run, inputs)
-        return await self.batcher.submit(inputs, rows)
+            outputs = await asyncio.to_thread(self.run, inputs)
+        else:
+            outputs = await self.batcher.submit(inputs, rows)
+        if self.record is not None:
+            self.record(self.name, inputs, outputs)  # prediction logging: queues, never raises
+        return outputs
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -98,15 +110,30 @@ class Servable:
     """A loaded model version; `signature_defs` is the SignatureDef map from saved_model.pb."""
 
     def __init__(
-        self, name: str, version: int, path: Path, batching: BatchingConfig, observe: Any = None
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        batching: BatchingConfig,
+        observe: Any = None,
+        logger: Any = None,
+        logging_spec: Any = None,
     ) -> None:
 
         self.name = name
         self.version = version
         self.path = path
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
+        record = None
+        if logger is not None and logging_spec is not None:
+
+            def record(signature: str, inputs: dict, outputs: dict) -> None:
+                spec = logging_spec()  # the model's logging_config now (a reload may change it)
+                if spec is not None:
+                    logger.offer(spec, name, version, signature, inputs, outputs)
+
         self.signatures = {
-            key: Signature(key, fn, batching, observe)
+            key: Signature(key, fn, batching, observe, record)
             for key, fn in self._loaded.signatures.items()
         }
         self.signature_defs = _read_signature_defs(path)

@@ -26,6 +26,7 @@ from kerasops.serving.grpc_v2 import OipGrpc, add_v2_service
 from kerasops.serving.http_guard import Limits, guarded_protocol
 from kerasops.serving.manager import ModelManager
 from kerasops.serving.metrics import ServingMetrics
+from kerasops.serving.prediction_log import PredictionLogger
 from kerasops.serving.repository import (
     ModelEntry,
     entries_for_repository,
@@ -79,7 +80,20 @@ class EmbeddedServer:
         except ServingError as exc:
             raise ServerError(exc.message) from None
         self.metrics = ServingMetrics()
-        self.manager = ModelManager(entries, config, self.metrics, models_config_path)
+        self.prediction_logger = PredictionLogger(
+            Path(config.prediction_log_dir),
+            self.metrics,
+            max_file_bytes=int(config.prediction_log_max_file_mb * 1024 * 1024),
+            max_file_seconds=config.prediction_log_max_file_s,
+        )
+        self.manager = ModelManager(
+            entries, config, self.metrics, models_config_path, self.prediction_logger
+        )
+        try:
+            self.manager.check_logging(entries)
+        except ServingError as exc:
+            self.prediction_logger.close()
+            raise ServerError(exc.message) from None
         self.servicer = TensorflowServing(
             self.manager, self.metrics, config, models_config_path, self.tokens
         )
@@ -124,6 +138,7 @@ class EmbeddedServer:
         for thread in self._threads:
             thread.join(self.config.shutdown_grace_s + 5)
         self.manager.close()
+        self.prediction_logger.close()  # what was answered is written and published
 
     def serve_forever(self) -> None:
         """Start, then block until SIGINT or SIGTERM; shut down gracefully."""
