@@ -201,12 +201,17 @@ def prediction_log(record: _Record) -> Any:
 
 def read_prediction_logs(folder: Path, prefix: str = "") -> list[Any]:
     """Every complete PredictionLog under `folder` (files `<prefix>*.tfrecord`), oldest first."""
+    files = sorted(p for p in folder.rglob(f"{prefix}*{SUFFIX}") if p.is_file())
+    return read_log_files(files)
+
+
+def read_log_files(files: list[Path]) -> list[Any]:
+    """The PredictionLog records of TFRecord files, in order."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    files = sorted(str(p) for p in folder.rglob(f"{prefix}*{SUFFIX}") if p.is_file())
     records = []
-    for raw in tf.data.TFRecordDataset(files) if files else []:
+    for raw in tf.data.TFRecordDataset([str(f) for f in files]) if files else []:
         entry = prediction_log_pb2.PredictionLog()
         entry.ParseFromString(raw.numpy())
         records.append(entry)

@@ -177,6 +177,7 @@ class EmbeddedServer:
             ssl_ca_certs=tls.client_ca_file or None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca_file else ssl.CERT_NONE,
             log_level="warning",
+            log_config=None,  # embedded: leave the process's logging as its entry point set it
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(self.config.shutdown_grace_s) or None,

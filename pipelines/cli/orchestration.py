@@ -1,5 +1,5 @@
-"""`kerasops run-pipeline`, `retrain`, `rollback` and `schedule`. Each resolves its configs
-before Prefect starts, so a bad model, preset or key fails at once; Prefect is imported only
+"""`kerasops run-pipeline`, `retrain`, `rollback`, `monitor` and `schedule`. Each resolves its
+configs before Prefect starts, so a bad model, preset or key fails at once; Prefect is imported only
 after `local_prefect` chose where its local-mode database lives."""
 
 from __future__ import annotations
@@ -76,6 +76,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    # deferred: the step loads TensorFlow and MLflow
+    from kerasops.pipelines.steps.monitor import monitor_model
+
+    report = monitor_model(params_of(args), args.model, args.since, args.dataset)
+    print(report.to_markdown())
+    print(f"run {report.run_id}; report artifacts/monitoring/{report.model}.md")
+    return 1 if report.drifted else 0  # 2 stays the exit of a mistake
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     _resolve(args)
     # deferred: Prefect
@@ -121,6 +131,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     back.add_argument("model", help="registered model name, or a model family with --dataset")
     back.add_argument("--dataset", help="dataset (with a model family as MODEL)")
     back.set_defaults(func=cmd_rollback)
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="compare a served model's logged traffic with its training data (exit 1: drift)",
+    )
+    monitor.add_argument("model", help="served model name (its models.config logging_config)")
+    monitor.add_argument("--since", help="only logs of the last 30m, 24h, 7d, ... (default all)")
+    monitor.add_argument("--dataset", help="training dataset (default: the version's own)")
+    monitor.set_defaults(func=cmd_monitor)
 
     schedule = sub.add_parser(
         "schedule", help="serve the retraining flow on a cron schedule (Prefect)"

@@ -29,6 +29,25 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 @dataclasses.dataclass(frozen=True)
+class MonitoringConfig(StrictConfig):
+    """`kerasops monitor`: when logged traffic has drifted from the training data.
+
+    Args:
+        drift_psi: a sample (input values, a feature, text lengths, predicted classes) whose
+            population stability index against the training split exceeds this has drifted
+            (0.1 is a small shift, 0.25 a large one, in the usual reading of PSI).
+        min_requests: fewer logged requests than this are too few to judge (an error).
+    """
+
+    drift_psi: float = 0.2
+    min_requests: int = 20
+
+    def validate(self) -> None:
+        require(self.drift_psi > 0, "monitoring.drift_psi must be positive")
+        require(self.min_requests >= 1, "monitoring.min_requests must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackingConfig(StrictConfig):
     """Where MLflow records runs.
 
@@ -128,6 +147,7 @@ class Params(StrictConfig):
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     retraining: RetrainingConfig = dataclasses.field(default_factory=RetrainingConfig)
+    monitoring: MonitoringConfig = dataclasses.field(default_factory=MonitoringConfig)
     root: str = "."
 
     @classmethod
