@@ -71,7 +71,7 @@ class Recipe:
 
     def example_inputs(self, model: keras.Model, prepared: PreparedData) -> np.ndarray:
         """A few inputs of the served model, for its logged signature."""
-        return np.asarray(prepared.splits["test"].x[:5])
+        return np.asarray(prepared.splits["test"].head(5).x)
 
     def write_plots(
         self, model: keras.Model, prepared: PreparedData, evaluation: Evaluation, folder: Path

@@ -42,6 +42,10 @@ class TrainConfig(StrictConfig):
             stay float32.
         jit_compile: XLA-compile the train step (`true`/`false`); `auto` is Keras's choice
             (XLA on a GPU without a distribution strategy, off on CPU).
+        shuffle_buffer: examples in the training input's shuffle buffer (bounded memory; a
+            smaller split is shuffled whole).
+        input_cache: `auto` (decoded split cached in memory when it is at most 256 MiB),
+            `memory`, `none`, or a file path for an on-disk cache of the decoded examples.
     """
 
     epochs: int = 30
@@ -55,6 +59,8 @@ class TrainConfig(StrictConfig):
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool | Literal["auto"] = "auto"
+    shuffle_buffer: int = 10_000
+    input_cache: str = "auto"
 
     def validate(self) -> None:
         require(self.epochs >= 0, "train.epochs must be >= 0")
@@ -63,6 +69,8 @@ class TrainConfig(StrictConfig):
         require(self.patience >= 1, "train.patience must be >= 1")
         require(self.max_tokens >= 10, "train.max_tokens must be >= 10")
         require(self.sequence_length >= 1, "train.sequence_length must be >= 1")
+        require(self.shuffle_buffer >= 1, "train.shuffle_buffer must be >= 1")
+        require(bool(self.input_cache), "train.input_cache must be auto, memory, none or a path")
 
 
 class RunLog(Protocol):
@@ -170,8 +178,19 @@ def fit_on(
     epochs = train.epochs if epochs is None else epochs
     if epochs == 0:
         return {}
-    data = make_tf_dataset(train_split, train.batch_size, True, train.seed)
-    val = make_tf_dataset(val_split, train.batch_size, False) if val_split else None
+    data = make_tf_dataset(
+        train_split,
+        train.batch_size,
+        True,
+        train.seed,
+        cache=train.input_cache,
+        shuffle_buffer=train.shuffle_buffer,
+    )
+    val = (
+        make_tf_dataset(val_split, train.batch_size, False, cache=train.input_cache)
+        if val_split
+        else None
+    )
     history = model.fit(
         data,
         validation_data=val,
