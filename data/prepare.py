@@ -28,6 +28,7 @@ from kerasops.data.shards import (
     encode_value,
     encoding_of,
     serialize_example,
+    write_split,
 )
 from kerasops.data.sources import LoadedDataset, SourceConfig, load_source, parse_source_config
 from kerasops.data.splits import SPLITS
@@ -110,13 +111,9 @@ def _write_arrays(
     shards: dict[str, list[WrittenShard]] = {}
     for split in SPLITS:
         x, y = loaded.splits[split]
-        writer = ShardWriter(staging, split, _shard_bytes(config))
-        for i in progress(range(len(y)), len(y), f"writing {name} {split}", "ex"):
-            record = serialize_example(
-                encode_value(x[i], encodings["x"]), encode_value(y[i], encodings["y"])
-            )
-            writer.write(record)
-        shards[split] = writer.close()
+        shards[split] = write_split(
+            staging, split, x, y, encodings, _shard_bytes(config), f"writing {name}"
+        )
     x_train, y_train = loaded.splits["train"]
     return _manifest(
         name,

@@ -126,6 +126,28 @@ class ShardWriter:
         self._writer, self._count, self._bytes = None, 0, 0
 
 
+def write_split(
+    folder: Path,
+    split: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    encodings: dict[str, Encoding],
+    max_bytes: int,
+    what: str = "writing",
+) -> list[WrittenShard]:
+    """Write in-memory (x, y) arrays of one split as shards, example by example."""
+    from kerasops.data.progress import progress
+
+    writer = ShardWriter(folder, split, max_bytes)
+    for i in progress(range(len(y)), len(y), f"{what} {split}", "ex"):
+        writer.write(
+            serialize_example(
+                encode_value(x[i], encodings["x"]), encode_value(y[i], encodings["y"])
+            )
+        )
+    return writer.close()
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
