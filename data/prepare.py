@@ -140,7 +140,7 @@ def _common_encoding(values: list[np.ndarray], kind: str) -> str:
 
 
 def _shard_bytes(config: SourceConfig) -> int:
-    return int(config.shard_size_mb) * 2**20
+    return max(1, int(config.shard_size_mb * 2**20))
 
 
 def _write_image_folder(

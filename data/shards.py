@@ -222,7 +222,12 @@ def _decode(value, encoding: Encoding, shape: tuple[int, ...]):
     if encoding == "string":
         return value
     if encoding == "image":
-        image = tf.io.decode_image(value, channels=shape[-1], expand_animations=False)
+        channels = shape[-1]
+        image = tf.cond(  # JPEG decoded as PIL decodes it (accurate integer DCT), else PNG
+            tf.io.is_jpeg(value),
+            lambda: tf.io.decode_jpeg(value, channels=channels, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_png(value, channels=channels),
+        )
         return tf.ensure_shape(tf.cast(image, tf.float32), shape)  # (H, W, C) 0-255
     dtype = tf.int32 if encoding == "int32" else tf.float32
     return tf.reshape(tf.io.decode_raw(value, dtype, little_endian=True), shape)

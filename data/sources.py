@@ -34,10 +34,10 @@ class SourceConfig(StrictConfig):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 42
-    shard_size_mb: int = 128  # prepared splits are TFRecord shards of about this size
+    shard_size_mb: float = 128.0  # prepared splits are TFRecord shards of about this size
 
     def validate(self) -> None:
-        require(self.shard_size_mb >= 1, f"shard_size_mb must be >= 1, got {self.shard_size_mb}")
+        require(self.shard_size_mb > 0, f"shard_size_mb must be positive, got {self.shard_size_mb}")
         require(
             0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"
         )
