@@ -45,6 +45,7 @@ def make_tf_dataset(
     spec = split.shards
     cache_to = _cache_target(cache, spec.decoded_bytes)
     records = spec.records(shuffle_files=shuffle and cache_to is None, seed=seed)
+    records = records.apply(tf.data.experimental.assert_cardinality(spec.count))  # Keras knows
     decode = spec.decoder()
     buffer = max(1, min(shuffle_buffer, spec.count))
     if cache_to is None:  # shuffle the small serialized records, decode after

@@ -181,3 +181,32 @@ def test_text_splits_round_trip_through_shards(tmp_path):
     assert train.x.dtype == object and all(isinstance(t, str) and "über" in t for t in train.x)
     x, _ = next(iter(make_tf_dataset(train, 4, False)))
     assert x.dtype.name == "string"
+
+
+def test_a_model_trained_from_shards_matches_one_trained_from_arrays(tmp_path, photos):
+    import keras
+
+    from kerasops.data.prepared import Split
+    from kerasops.models.training import TrainConfig, compile_model, fit_on
+
+    prepare_dataset("photos", photo_config(photos, val_fraction=0.2), tmp_path, tmp_path / "p")
+    splits = load_prepared("photos", tmp_path / "p").splits
+    in_memory = {s: Split(splits[s].x, splits[s].y) for s in ("train", "val")}
+    train = TrainConfig(epochs=10, batch_size=8, learning_rate=1e-2, seed=0, patience=10)
+
+    def accuracy(train_split: Split, val_split: Split) -> float:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+        compile_model(model, "classification", train)
+        fit_on(model, train_split, None, train, [])
+        predicted = model.predict(val_split.x, verbose=0).argmax(axis=1)
+        return float(np.mean(predicted == val_split.y))
+
+    streamed = accuracy(splits["train"], splits["val"])
+    from_arrays = accuracy(in_memory["train"], in_memory["val"])
+    assert streamed > 0.6 and from_arrays > 0.6, (streamed, from_arrays)  # chance: 1/3
+    assert abs(streamed - from_arrays) <= 0.15
