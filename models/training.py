@@ -183,11 +183,11 @@ def fit_on(
         train.batch_size,
         True,
         train.seed,
-        cache=train.input_cache,
+        cache=input_cache(train, "train"),
         shuffle_buffer=train.shuffle_buffer,
     )
     val = (
-        make_tf_dataset(val_split, train.batch_size, False, cache=train.input_cache)
+        make_tf_dataset(val_split, train.batch_size, False, cache=input_cache(train, "val"))
         if val_split
         else None
     )
@@ -200,6 +200,13 @@ def fit_on(
         verbose=fit_verbosity(),
     )
     return as_history(history)
+
+
+def input_cache(train: TrainConfig, split: str) -> str:
+    """`train.input_cache` for one split: an on-disk cache path gets the split's name appended."""
+    if train.input_cache in ("auto", "memory", "none"):
+        return train.input_cache
+    return f"{train.input_cache}.{split}"
 
 
 def fit_verbosity() -> int:
