@@ -3,6 +3,7 @@ and tf.data pipelines over them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,25 @@ def test_a_model_trained_from_shards_matches_one_trained_from_arrays(tmp_path, p
     from_arrays = accuracy(in_memory["train"], in_memory["val"])
     assert streamed > 0.6 and from_arrays > 0.6, (streamed, from_arrays)  # chance: 1/3
     assert abs(streamed - from_arrays) <= 0.15
+
+
+@pytest.mark.slow
+def test_shards_round_trip_through_a_dvc_remote(tmp_path, photos):
+    from kerasops.pipelines.tracking.lineage import dvc_hash
+
+    def dvc(*args: str) -> None:
+        command = [sys.executable, "-m", "dvc", *args]
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+
+    root = tmp_path / "data" / "prepared"
+    manifest = prepare_dataset("photos", photo_config(photos, shard_size_mb=0.05), tmp_path, root)
+    before, version = shard_bytes(root, "photos"), dvc_hash(root / "photos")
+    dvc("init", "--no-scm", "-q")
+    dvc("remote", "add", "-d", "local", str(tmp_path / "remote"))
+    dvc("add", "-q", "data/prepared/photos")
+    dvc("push", "-q")
+    shutil.rmtree(root / "photos")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    dvc("pull", "-q")
+    assert shard_bytes(root, "photos") == before and dvc_hash(root / "photos") == version
+    assert load_prepared("photos", root).manifest == manifest  # every shard re-hashed
