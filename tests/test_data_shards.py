@@ -233,3 +233,34 @@ def test_shards_round_trip_through_a_dvc_remote(tmp_path, photos):
     dvc("pull", "-q")
     assert shard_bytes(root, "photos") == before and dvc_hash(root / "photos") == version
     assert load_prepared("photos", root).manifest == manifest  # every shard re-hashed
+
+
+def test_feature_statistics_and_vocabulary_streamed_equal_the_in_memory_ones(tmp_path):
+    import keras
+
+    from kerasops.models.recipe import _feature_statistics, _text_vocabulary
+    from kerasops.models.training import TrainConfig
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(5.0, 3.0, size=(2500, 3)) * [1, 10, 100]  # > 1 streamed batch of 1024
+    lines = [f"{a},{b},{c},{'ab'[i % 2]}" for i, (a, b, c) in enumerate(values)]
+    (tmp_path / "table.csv").write_text("f1,f2,f3,label\n" + "\n".join(lines) + "\n")
+    words = ["alpha", "beta", "gamma", "delta", "eps"]
+    texts = [" ".join(rng.choice(words, 6)) + f",{'ab'[i % 2]}" for i in range(60)]
+    (tmp_path / "texts.csv").write_text("text,label\n" + "\n".join(texts) + "\n")
+    root = tmp_path / "prepared"
+    prepare_dataset("table", {"source": "tabular_csv", "path": "table.csv"}, tmp_path, root)
+    prepare_dataset("texts", {"source": "text_csv", "path": "texts.csv"}, tmp_path, root)
+    train = TrainConfig(max_tokens=10)
+
+    table = load_prepared("table", root)
+    flat = table.splits["train"].x.astype(np.float64)
+    streamed = _feature_statistics(table, train)
+    np.testing.assert_allclose(streamed["mean"], flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(streamed["variance"], flat.var(axis=0), rtol=1e-10)
+
+    texts_prepared = load_prepared("texts", root)
+    in_memory = keras.layers.TextVectorization(max_tokens=10)
+    in_memory.adapt(np.asarray(texts_prepared.splits["train"].x, dtype=object))
+    vocabulary = _text_vocabulary(texts_prepared, train)["vocabulary"]
+    assert vocabulary == in_memory.get_vocabulary()[2:] and len(vocabulary) == 5
