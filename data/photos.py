@@ -33,6 +33,7 @@ def generate_photo_folder(
 ) -> Path:
     """Write `count` JPEG photos of `size` x `size` to `folder/<class>/NNNNNN.jpg`, classes in
     turn; return `folder`. Deterministic in `seed`."""
+    # deferred: scikit-learn loads only when photos are generated
     from sklearn.datasets import load_sample_images
 
     scenes = [np.asarray(image, dtype=np.float32) for image in load_sample_images().images]

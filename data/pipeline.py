@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from kerasops.data.errors import DataError
 
 if TYPE_CHECKING:
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
     from kerasops.data.prepared import Split
@@ -75,6 +76,7 @@ def _from_arrays(
     split: Split, batch_size: int, shuffle: bool, seed: int, cache: Cache, shuffle_buffer: int
 ) -> tf.data.Dataset:
     """Arrays already in memory (a recipe's derived split): sliced, shuffled in a buffer."""
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))

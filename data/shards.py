@@ -20,6 +20,7 @@ import numpy as np
 from kerasops.data.errors import DataError
 
 if TYPE_CHECKING:
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
 Encoding = Literal["image", "float32", "int32", "string"]
@@ -53,6 +54,7 @@ def encode_value(value: np.ndarray | str, encoding: Encoding) -> bytes:
     if encoding == "string":
         return str(value).encode("utf-8")
     if encoding == "image":
+        # deferred: PIL is needed only to encode pixels
         from kerasops.data.imaging import encode_pixels
 
         pixels = np.asarray(value)
@@ -63,6 +65,7 @@ def encode_value(value: np.ndarray | str, encoding: Encoding) -> bytes:
 
 def serialize_example(x: bytes, y: bytes) -> bytes:
     """A `tf.train.Example` with bytes features x and y, serialized deterministically."""
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
     feature = {
@@ -98,6 +101,7 @@ class ShardWriter:
         if self._writer is not None and self._bytes + size > self.max_bytes:
             self._finish()
         if self._writer is None:
+            # deferred: importing kerasops.data does not load TensorFlow
             import tensorflow as tf
 
             path = self.folder / shard_name(self.split, len(self.shards))
@@ -114,6 +118,7 @@ class ShardWriter:
         return self.shards
 
     def _open_empty(self) -> None:
+        # deferred: importing kerasops.data does not load TensorFlow
         import tensorflow as tf
 
         path = self.folder / shard_name(self.split, 0)
@@ -136,6 +141,7 @@ def write_split(
     what: str = "writing",
 ) -> list[WrittenShard]:
     """Write in-memory (x, y) arrays of one split as shards, example by example."""
+    # deferred: tqdm is needed only while writing
     from kerasops.data.progress import progress
 
     writer = ShardWriter(folder, split, max_bytes)
@@ -177,6 +183,7 @@ class ShardSpec:
 
     def records(self, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
         """The serialized examples, shards interleaved (in file order unless shuffled)."""
+        # deferred: importing kerasops.data does not load TensorFlow
         import tensorflow as tf
 
         names = [str(f) for f in self.files]
@@ -194,6 +201,7 @@ class ShardSpec:
 
     def decoder(self, parts: tuple[str, ...] = ("x", "y")):
         """A function from one serialized example to its decoded (x, y) (or one of them)."""
+        # deferred: importing kerasops.data does not load TensorFlow
         import tensorflow as tf
 
         features = {p: tf.io.FixedLenFeature([], tf.string) for p in parts}
@@ -209,6 +217,7 @@ class ShardSpec:
 
     def arrays(self, parts: tuple[str, ...] = ("x", "y"), batch: int = 1024) -> Iterator[tuple]:
         """Batches of decoded numpy arrays, in stored order (bounded memory)."""
+        # deferred: importing kerasops.data does not load TensorFlow
         import tensorflow as tf
 
         dataset = self.records().map(self.decoder(parts), num_parallel_calls=tf.data.AUTOTUNE)
@@ -217,6 +226,7 @@ class ShardSpec:
 
 
 def _decode(value, encoding: Encoding, shape: tuple[int, ...]):
+    # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
     if encoding == "string":
