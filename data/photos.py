@@ -29,10 +29,16 @@ def _recolour(pixels: np.ndarray, label: str, strength: float) -> np.ndarray:
 
 
 def generate_photo_folder(
-    folder: Path, count: int, size: int = 256, seed: int = 0, quality: int = 90
+    folder: Path,
+    count: int,
+    size: int = 256,
+    seed: int = 0,
+    quality: int = 90,
+    first: int = 0,
 ) -> Path:
     """Write `count` JPEG photos of `size` x `size` to `folder/<class>/NNNNNN.jpg`, classes in
-    turn; return `folder`. Deterministic in `seed`."""
+    turn, numbered from `first` (so processes can each write a part); return `folder`. Each
+    photo depends only on `seed` and its number."""
     # deferred: scikit-learn loads only when photos are generated
     from sklearn.datasets import load_sample_images
 
@@ -40,7 +46,7 @@ def generate_photo_folder(
     folder = Path(folder)
     for label in CLASSES:
         (folder / label).mkdir(parents=True, exist_ok=True)
-    for index in range(count):
+    for index in range(first, first + count):
         rng = np.random.default_rng([seed, index])
         label = CLASSES[index % len(CLASSES)]
         scene = scenes[int(rng.integers(len(scenes)))]

@@ -125,6 +125,22 @@ def in_child(kind: str, args: argparse.Namespace, photos: Path, prepared: Path, 
     return json.loads(line[len("RESULT ") :])
 
 
+def _generate_part(task: tuple[str, int, int]) -> None:
+    from kerasops.data.photos import generate_photo_folder
+
+    folder, first, count = task
+    generate_photo_folder(Path(folder), count, size=256, seed=0, first=first)
+
+
+def generate_in_parallel(photos: Path, count: int, part: int = 500) -> None:
+    """The same folder `generate_photo_folder(photos, count)` writes, on every core."""
+    import multiprocessing
+
+    parts = [(str(photos), s, min(part, count - s)) for s in range(0, count, part)]
+    with multiprocessing.get_context("fork").Pool() as pool:
+        pool.map(_generate_part, parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[2000, 10000])
@@ -141,13 +157,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    from kerasops.data.photos import generate_photo_folder
-
     work, results = Path(args.work), []
     for index, count in enumerate(args.counts):
         photos = work / f"photos-{count}" / "photos"
         if not photos.is_dir():
-            generate_photo_folder(photos, count, size=256, seed=0)
+            generate_in_parallel(photos, count)
         source_bytes = folder_bytes(photos)
         prepared = work / f"prepared-{count}"
         shutil.rmtree(prepared, ignore_errors=True)
