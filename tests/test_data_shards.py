@@ -264,3 +264,26 @@ def test_feature_statistics_and_vocabulary_streamed_equal_the_in_memory_ones(tmp
     in_memory.adapt(np.asarray(texts_prepared.splits["train"].x, dtype=object))
     vocabulary = _text_vocabulary(texts_prepared, train)["vocabulary"]
     assert vocabulary == in_memory.get_vocabulary()[2:] and len(vocabulary) == 5
+
+
+def test_a_dataset_in_the_older_format_is_prepared_again_on_first_use(tmp_path):
+    import json
+
+    from kerasops.pipelines.config import load_params
+    from kerasops.pipelines.steps.prepare import ensure_prepared
+    from tests.conftest import write_params
+
+    params = load_params(write_params(tmp_path))
+    folder = params.path("prepared_data") / "notes"
+    folder.mkdir(parents=True)
+    (folder / "train.npz").write_bytes(b"old")
+    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "files": {}}))
+    csv = params.path("raw_data") / "notes.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"note {i} {label},{label}" for label in ("a", "b") for i in range(10)]
+    csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+    params = load_params(
+        write_params(tmp_path, datasets={"notes": {"source": "text_csv", "path": "notes.csv"}})
+    )
+    prepared = ensure_prepared(params, "notes")
+    assert prepared.manifest.schema_version == 2 and not (folder / "train.npz").exists()
