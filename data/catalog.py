@@ -9,7 +9,7 @@ from kerasops.config import StrictConfig
 from kerasops.data.errors import DataError
 from kerasops.data.prepare import as_source_config, check_dataset_name
 
-_SPLIT = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42}
+_SPLIT = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42, "shard_size_mb": 128.0}
 
 BUILTIN_DATASETS: dict[str, dict] = {
     "digits": {"source": "sklearn_digits", **_SPLIT},

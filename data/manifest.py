@@ -13,12 +13,12 @@ from kerasops.config import coerce
 from kerasops.data.errors import DataError
 from kerasops.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: splits as TFRecord shards (1: whole-split .npz files)
 
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """Everything a trainer needs to know about a prepared dataset without opening its arrays."""
+    """Everything a trainer needs to know about a prepared dataset without opening its shards."""
 
     name: str
     source: str
@@ -31,15 +31,19 @@ class Manifest:
     splits: dict[str, int]
     class_counts: dict[str, dict[str, int]]
     stats: dict[str, float]
-    files: dict[str, str]  # file name -> sha256
+    files: dict[str, str]  # shard file name -> sha256
     content_hash: str
     config: dict
+    # how each example's x and y are stored: image (PNG/JPEG), float32, int32 or string
+    encodings: dict[str, Literal["image", "float32", "int32", "string"]]
+    shards: dict[str, dict[str, int]]  # split -> shard file name -> examples, in read order
+    skipped: tuple[str, ...] = ()  # unreadable source files left out (skip_corrupt: true)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that `from_dict` turns back into an equal manifest."""
         values = dataclasses.asdict(self)
-        for key in ("input_shape", "target_shape", "classes"):
+        for key in ("input_shape", "target_shape", "classes", "skipped"):
             values[key] = list(values[key])
         return values
 
@@ -68,6 +72,12 @@ class Manifest:
         path = Path(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
+            version = values.get("schema_version", 1) if isinstance(values, dict) else None
+            if version is not None and version != SCHEMA_VERSION:
+                raise DataError(
+                    f"{path} has schema version {version}, this kerasops reads "
+                    f"{SCHEMA_VERSION}; prepare the dataset again"
+                )
             manifest = cls.from_dict(values)
         except FileNotFoundError:
             raise DataError(f"{path} does not exist; prepare the dataset first") from None

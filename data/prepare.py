@@ -13,8 +13,23 @@ import numpy as np
 
 from kerasops.config import StrictConfig
 from kerasops.data.errors import DataError
+from kerasops.data.image_folder import (
+    ImageFolderPlan,
+    PixelStats,
+    encoded_images,
+    image_pool,
+)
+from kerasops.data.imaging import ImageFailure
 from kerasops.data.manifest import Manifest, content_hash
-from kerasops.data.npz import sha256_file, write_npz
+from kerasops.data.progress import progress
+from kerasops.data.shards import (
+    ShardWriter,
+    WrittenShard,
+    encode_value,
+    encoding_of,
+    serialize_example,
+    write_split,
+)
 from kerasops.data.sources import LoadedDataset, SourceConfig, load_source, parse_source_config
 from kerasops.data.splits import SPLITS
 from kerasops.data.tasks import class_labels, is_labelled
@@ -23,18 +38,25 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def prepare_dataset(
-    name: str, config: Mapping[str, Any] | StrictConfig, raw_root: Path, prepared_root: Path
+    name: str,
+    config: Mapping[str, Any] | StrictConfig,
+    raw_root: Path,
+    prepared_root: Path,
+    workers: int | None = None,
 ) -> Manifest:
-    """Write `<prepared_root>/<name>/{train,val,test}.npz` and `manifest.json`; return the manifest.
+    """Write `<prepared_root>/<name>/<split>-NNNNN.tfrecord` shards and `manifest.json`; return
+    the manifest.
 
-    The files appear all at once: they are written to a temporary folder that then replaces the
-    previous version, so a failed prepare leaves the previous version untouched.
-    Raises DataError or ConfigError for a bad name, config or raw input.
+    Images are decoded and encoded in streaming batches (on `workers` processes, default every
+    core, for a large folder), so memory does not grow with the dataset. The files appear all at
+    once: they are written to a temporary folder next to the target that then replaces the
+    previous version, so a failed, killed or out-of-disk prepare leaves the previous version
+    untouched. Raises DataError or ConfigError for a bad name, config or raw input.
     """
     check_dataset_name(name)
     source_config = as_source_config(config, prefix=f"datasets.{name}.")
     loaded = load_source(source_config, Path(raw_root), name)
-    return _write_atomically(name, source_config, loaded, Path(prepared_root))
+    return _write_atomically(name, source_config, loaded, Path(prepared_root), workers)
 
 
 def check_dataset_name(name: str) -> None:
@@ -57,22 +79,126 @@ def as_source_config(config: Mapping[str, Any] | StrictConfig, prefix: str = "")
 
 
 def _write_atomically(
-    name: str, config: SourceConfig, loaded: LoadedDataset, prepared_root: Path
+    name: str,
+    config: SourceConfig,
+    loaded: LoadedDataset | ImageFolderPlan,
+    prepared_root: Path,
+    workers: int | None,
 ) -> Manifest:
     prepared_root.mkdir(parents=True, exist_ok=True)
+    for stale in prepared_root.glob(f".{name}.tmp-*"):  # left by a killed preparation
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=prepared_root))
     try:
-        files = {}
-        for split in SPLITS:
-            x, y = loaded.splits[split]
-            write_npz(staging / f"{split}.npz", {"x": x, "y": y})
-            files[f"{split}.npz"] = sha256_file(staging / f"{split}.npz")
-        manifest = _manifest(name, config, loaded, files)
+        if isinstance(loaded, ImageFolderPlan):
+            manifest = _write_image_folder(staging, name, config, loaded, workers)
+        else:
+            manifest = _write_arrays(staging, name, config, loaded)
         manifest.write(staging / "manifest.json")
         _replace(staging, prepared_root / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _write_arrays(
+    staging: Path, name: str, config: SourceConfig, loaded: LoadedDataset
+) -> Manifest:
+    """Write in-memory splits (CSV and built-in sources) as shards, example by example."""
+    xs = [loaded.splits[s][0] for s in SPLITS]
+    ys = [loaded.splits[s][1] for s in SPLITS]
+    encodings = {"x": _common_encoding(xs, loaded.kind), "y": _common_encoding(ys, "target")}
+    shards: dict[str, list[WrittenShard]] = {}
+    for split in SPLITS:
+        x, y = loaded.splits[split]
+        shards[split] = write_split(
+            staging, split, x, y, encodings, _shard_bytes(config), f"writing {name}"
+        )
+    x_train, y_train = loaded.splits["train"]
+    return _manifest(
+        name,
+        config,
+        loaded.kind,
+        loaded.task,
+        input_shape=tuple(int(d) for d in x_train.shape[1:]),
+        input_dtype=loaded.input_dtype,
+        target_shape=tuple(int(d) for d in y_train.shape[1:]),
+        classes=loaded.classes,
+        class_counts=_class_counts(loaded),
+        stats=loaded.stats,
+        encodings=encodings,
+        shards=shards,
+    )
+
+
+def _common_encoding(values: list[np.ndarray], kind: str) -> str:
+    """One encoding for every split: pixels are PNG only where every split's values allow it."""
+    found = {encoding_of(v, kind) for v in values}
+    if found == {"image"} or len(found) == 1:
+        return found.pop()
+    return "float32" if "string" not in found else "string"
+
+
+def _shard_bytes(config: SourceConfig) -> int:
+    return max(1, int(config.shard_size_mb * 2**20))
+
+
+def _write_image_folder(
+    staging: Path, name: str, config: SourceConfig, plan: ImageFolderPlan, workers: int | None
+) -> Manifest:
+    """Decode, resize and encode the folder's images in streaming batches into shards."""
+    pixels, shards = PixelStats(), {}
+    skipped = [str(p.relative_to(plan.folder)) for p in plan.skipped]
+    counts = {s: np.zeros(len(plan.classes), dtype=np.int64) for s in SPLITS}
+    pool = image_pool(plan, workers)
+    try:
+        for split in SPLITS:
+            writer = ShardWriter(staging, split, _shard_bytes(config))
+            images = encoded_images(plan, split, pool)
+            total = len(plan.files[split])
+            for label, image in progress(images, total, f"preparing {name} {split}", "img"):
+                if isinstance(image, ImageFailure):
+                    skipped.append(_unreadable(image, plan))
+                    continue
+                pixels.add(image, train=split == "train")
+                writer.write(serialize_example(image.data, encode_value(label, "int32")))
+                counts[split][label] += 1
+            shards[split] = writer.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+    stats = pixels.stats()
+    if plan.skip_corrupt:
+        stats["skipped_files"] = float(len(skipped))
+    return _manifest(
+        name,
+        config,
+        "image",
+        "classification",
+        input_shape=(*plan.image_size, plan.channels),
+        input_dtype="float32",
+        target_shape=(),
+        classes=plan.classes,
+        class_counts={s: _per_class(plan.classes, c) for s, c in counts.items()},
+        stats=stats,
+        encodings={"x": "image", "y": "int32"},
+        shards=shards,
+        skipped=tuple(sorted(skipped)),
+    )
+
+
+def _per_class(classes: tuple[str, ...], counts: np.ndarray) -> dict[str, int]:
+    return {c: int(n) for c, n in zip(classes, counts, strict=True)}
+
+
+def _unreadable(failure: ImageFailure, plan: ImageFolderPlan) -> str:
+    """The skipped file's path in the folder; without skip_corrupt, a DataError naming it."""
+    if not plan.skip_corrupt:
+        raise DataError(
+            f"{failure.path} cannot be read as an image ({failure.reason}); "
+            "remove or replace it, or set skip_corrupt: true"
+        )
+    return str(Path(failure.path).relative_to(plan.folder))
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -93,24 +219,25 @@ def _replace(staging: Path, target: Path) -> None:
 
 
 def _manifest(
-    name: str, config: SourceConfig, loaded: LoadedDataset, files: dict[str, str]
+    name: str,
+    config: SourceConfig,
+    kind: str,
+    task: str,
+    shards: dict[str, list[WrittenShard]],
+    **fields: Any,
 ) -> Manifest:
-    x_train, y_train = loaded.splits["train"]
+    files = {shard.name: shard.sha256 for split in SPLITS for shard in shards[split]}
     return Manifest(
         name=name,
         source=config.source,
-        kind=loaded.kind,
-        task=loaded.task,
-        input_shape=tuple(int(d) for d in x_train.shape[1:]),
-        input_dtype=loaded.input_dtype,
-        target_shape=tuple(int(d) for d in y_train.shape[1:]),
-        classes=loaded.classes,
-        splits={s: int(len(loaded.splits[s][1])) for s in SPLITS},
-        class_counts=_class_counts(loaded),
-        stats=loaded.stats,
+        kind=kind,
+        task=task,
+        splits={s: sum(shard.count for shard in shards[s]) for s in SPLITS},
+        shards={s: {shard.name: shard.count for shard in shards[s]} for s in SPLITS},
         files=files,
         content_hash=content_hash(files),
         config=config.to_dict(),
+        **fields,
     )
 
 

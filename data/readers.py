@@ -45,7 +45,7 @@ def read_image_folder(
     folder: Path, image_size: tuple[int, int], color_mode: ColorMode
 ) -> LabeledExamples:
     """Read `folder/<class>/<image>`: x (N, H, W, C) float32 pixel values, labels = class names."""
-    files = _image_files(folder)
+    files, _ = image_files(folder)
     channels = 1 if color_mode == "grayscale" else 3
     x = np.zeros((len(files), *image_size, channels), dtype=np.float32)  # (N, H, W, C)
     for i, path in enumerate(progress(files, len(files), f"reading {folder.name}", "img")):
@@ -54,7 +54,12 @@ def read_image_folder(
     return LabeledExamples(x=x, labels=labels)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, skip_other: bool = False) -> tuple[list[Path], list[Path]]:
+    """The images of `folder/<class>/`, sorted, and (with `skip_other`) the other files skipped.
+
+    Raises DataError for a missing folder, no class folders, a stray file, an empty class
+    folder, or (without `skip_other`) a file that is not an image.
+    """
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; an image dataset is one subfolder per class")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p))
@@ -63,19 +68,21 @@ def _image_files(folder: Path) -> list[Path]:
     stray = sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p))
     if stray:
         raise DataError(f"{stray[0]} is outside a class folder; move it into {folder}/<class>/")
-    files = []
+    files, skipped = [], []
     for class_dir in class_dirs:
         found = sorted(p for p in class_dir.iterdir() if not _hidden(p))
-        for path in found:
-            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(
-                    f"{path} is not an image (expected {', '.join(IMAGE_SUFFIXES)}); "
-                    "remove it from the class folder"
-                )
-        if not found:
+        images = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p for p in found if p not in images]
+        if others and not skip_other:
+            raise DataError(
+                f"{others[0]} is not an image (expected {', '.join(IMAGE_SUFFIXES)}); "
+                "remove it from the class folder or set skip_corrupt: true"
+            )
+        if not images:
             raise DataError(f"class folder {class_dir} has no images; add some or remove it")
-        files.extend(found)
-    return files
+        files.extend(images)
+        skipped.extend(others)
+    return files, skipped
 
 
 def _hidden(path: Path) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 from kerasops.config import StrictConfig, require
 from kerasops.data import detection, materialize, readers
 from kerasops.data.errors import DataError
+from kerasops.data.image_folder import ImageFolderPlan, plan_image_folder
 from kerasops.data.readers import LabeledExamples
 from kerasops.data.splits import random_split, series_periods, stratified_split, window_series
 from kerasops.errors import ConfigError
@@ -33,8 +34,10 @@ class SourceConfig(StrictConfig):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 42
+    shard_size_mb: float = 128.0  # prepared splits are TFRecord shards of about this size
 
     def validate(self) -> None:
+        require(self.shard_size_mb > 0, f"shard_size_mb must be positive, got {self.shard_size_mb}")
         require(
             0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"
         )
@@ -83,6 +86,7 @@ class ImageFolderConfig(SourceConfig):
     # checked in `validate`, because models.config.coerce swaps item and type for fixed tuples.
     image_size: tuple[int, ...]
     color_mode: Literal["grayscale", "rgb"] = "rgb"
+    skip_corrupt: bool = False  # true: unreadable files are left out and listed in the manifest
 
     def validate(self) -> None:
         super().validate()
@@ -280,10 +284,15 @@ def _no_stats(splits: Splits) -> dict[str, float]:
 # Loaders: (config, raw_root, dataset name) -> LoadedDataset.
 
 
-def load_image_folder(config: ImageFolderConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_image_folder(config: ImageFolderConfig, raw_root: Path, name: str) -> ImageFolderPlan:
+    """List and split the folder; its images are decoded while the shards are written."""
     folder = readers.resolve_path(config.path, raw_root)
-    examples = readers.read_image_folder(folder, config.image_size, config.color_mode)
-    return _classified(examples, config, "image", _image_stats)
+    files, skipped = readers.image_files(folder, skip_other=config.skip_corrupt)
+    size = (int(config.image_size[0]), int(config.image_size[1]))
+    plan = plan_image_folder(
+        folder, files, size, config.color_mode, _split_fields(config), config.skip_corrupt
+    )
+    return dataclasses.replace(plan, skipped=tuple(skipped))
 
 
 def load_text_csv(config: TextCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
@@ -370,7 +379,7 @@ def _local(path: str | None, raw_root: Path) -> Path | None:
     return None if path is None else readers.resolve_path(path, raw_root)
 
 
-def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) -> ImageFolderPlan:
     folder = materialize.materialize_digits(Path(raw_root) / name)
     user = ImageFolderConfig(
         path=str(folder), image_size=(8, 8), color_mode="grayscale", **_split_fields(config)
@@ -378,7 +387,7 @@ def load_sklearn_digits(config: SklearnDigitsConfig, raw_root: Path, name: str) 
     return load_image_folder(user, raw_root, name)
 
 
-def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> ImageFolderPlan:
     folder = materialize.materialize_mnist(Path(raw_root) / name, _local(config.path, raw_root))
     user = ImageFolderConfig(
         path=str(folder), image_size=(28, 28), color_mode="grayscale", **_split_fields(config)
@@ -505,7 +514,7 @@ def load_generated_dates(config: GeneratedDatesConfig, raw_root: Path, name: str
     return load_translation_csv(user, raw_root, name)
 
 
-Loader = Callable[[Any, Path, str], LoadedDataset]
+Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan]
 
 SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "sklearn_digits": (SklearnDigitsConfig, load_sklearn_digits),
@@ -566,6 +575,6 @@ def _require_fields(
             )
 
 
-def load_source(config: SourceConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_source(config: SourceConfig, raw_root: Path, name: str) -> LoadedDataset | ImageFolderPlan:
     """Run the loader registered for `config.source`."""
     return SOURCES[config.source][1](config, Path(raw_root), name)

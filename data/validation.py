@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from kerasops.config import StrictConfig, require
 from kerasops.data.errors import DataError
+from kerasops.data.manifest import Manifest
 from kerasops.data.prepared import PreparedData, load_prepared
-from kerasops.data.splits import SPLITS
 from kerasops.data.tasks import class_labels, is_labelled, target_samples
 
 Status = Literal["pass", "warn", "fail"]
@@ -158,20 +159,105 @@ def _result(name: str, problems: list[str], ok: str, status: Status = "fail") ->
     return CheckResult(name, "pass", ok)
 
 
+MAX_DRIFT_SAMPLE = 1_000_000  # input values compared for drift; a larger split is subsampled
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    """What every check needs from one split, gathered in one streaming pass over it."""
+
+    count: int = 0
+    x_shapes: set = dataclasses.field(default_factory=set)
+    y_shapes: set = dataclasses.field(default_factory=set)
+    x_kinds: set = dataclasses.field(default_factory=set)
+    missing: dict = dataclasses.field(default_factory=lambda: {"x": [0, 0], "y": [0, 0]})
+    labels: list = dataclasses.field(default_factory=list)
+    digests: list = dataclasses.field(default_factory=list)
+    samples: dict = dataclasses.field(default_factory=dict)
+
+
+_SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def summarize(prepared: PreparedData, split: str) -> SplitSummary:
+    """The split's summary, computed once per loaded split (batches, never the whole split)."""
+    data = prepared.splits[split]
+    if data not in _SUMMARIES:
+        _SUMMARIES[data] = _summarize(data, prepared.manifest)
+    return _SUMMARIES[data]
+
+
+def _summarize(data, manifest) -> SplitSummary:
+    summary = SplitSummary()
+    per_example = int(np.prod(manifest.input_shape)) if manifest.input_shape else 1
+    stride = max(1, -(-len(data) * per_example // MAX_DRIFT_SAMPLE))  # ceil
+    samples: dict[str, list[np.ndarray]] = {}
+    for x, y in data.batches():
+        x, y = np.asarray(x), np.asarray(y)
+        summary.count += len(y)
+        summary.x_shapes.add(tuple(x.shape[1:]))
+        summary.y_shapes.add(tuple(y.shape[1:]))
+        summary.x_kinds.add(x.dtype.kind)
+        if len(x) != len(y):
+            summary.x_shapes.add(("inputs", len(x), "targets", len(y)))
+        for part, values in (("x", x), ("y", y)):
+            summary.missing[part][0] += _missing_count(values)
+            summary.missing[part][1] += values.size
+        if is_labelled(manifest.task):
+            summary.labels.append(target_labels(y, manifest.task).astype(np.int64))
+        summary.digests.extend(example_digests(x))
+        for name, values in _batch_samples(x, y, manifest, stride).items():
+            samples.setdefault(name, []).append(values)
+    summary.samples = {n: np.concatenate(v) for n, v in samples.items()}
+    summary.labels = np.concatenate(summary.labels) if summary.labels else np.zeros(0, np.int64)
+    return summary
+
+
+def _missing_count(values: np.ndarray) -> int:
+    if values.size == 0:
+        return 0
+    if values.dtype.kind in "OUS":
+        return int(sum(not str(v).strip() for v in values.reshape(-1)))
+    return int(np.sum(~np.isfinite(np.asarray(values, dtype="float64"))))
+
+
+def _batch_samples(x: np.ndarray, y: np.ndarray, manifest, stride: int) -> dict[str, np.ndarray]:
+    samples: dict[str, np.ndarray] = {}
+    if manifest.input_dtype == "string":
+        samples["text length (words)"] = np.array([len(str(t).split()) for t in x], dtype=float)
+    elif manifest.kind == "tabular":
+        for i in range(x.shape[-1]):
+            samples[f"feature {i}"] = x[:, i].astype(float)
+    else:
+        samples["input values"] = x.reshape(-1)[::stride].astype(float)
+    samples.update(target_samples(y, manifest.task))
+    return samples
+
+
 def check_schema(current: PreparedData, reference: PreparedData | None) -> CheckResult:
-    """Arrays match the manifest's shapes and dtypes, and the manifest matches the reference's."""
+    """Shards decode to the manifest's shapes, dtypes and counts; the manifest matches the
+    reference's."""
     manifest, problems = current.manifest, []
     string = manifest.input_dtype == "string"
-    for split, data in current.splits.items():
-        x_shape, y_shape = tuple(data.x.shape[1:]), tuple(data.y.shape[1:])
-        if x_shape != tuple(manifest.input_shape):
-            problems.append(f"{split} x shape {x_shape} != {tuple(manifest.input_shape)}")
-        if y_shape != tuple(manifest.target_shape):
-            problems.append(f"{split} y shape {y_shape} != {tuple(manifest.target_shape)}")
-        if string != (data.x.dtype.kind in "OUS"):
-            problems.append(f"{split} x dtype {data.x.dtype} is not {manifest.input_dtype}")
-        if len(data.x) != len(data.y):
-            problems.append(f"{split} has {len(data.x)} inputs but {len(data.y)} targets")
+    for split in current.splits:
+        summary = summarize(current, split)
+        for x_shape in sorted(summary.x_shapes, key=str):
+            if x_shape and x_shape[0] == "inputs":
+                problems.append(f"{split} has {x_shape[1]} inputs but {x_shape[3]} targets")
+            elif x_shape != tuple(manifest.input_shape):
+                problems.append(f"{split} x shape {x_shape} != {tuple(manifest.input_shape)}")
+        for y_shape in sorted(summary.y_shapes, key=str):
+            if y_shape != tuple(manifest.target_shape):
+                problems.append(f"{split} y shape {y_shape} != {tuple(manifest.target_shape)}")
+        for kind in sorted(summary.x_kinds):
+            if string != (kind in "OUS"):
+                problems.append(f"{split} x dtype kind {kind!r} is not {manifest.input_dtype}")
+        sharded = current.splits[split].shards is not None
+        if sharded and summary.count != manifest.splits.get(split):
+            problems.append(
+                f"{split} has {summary.count} examples, the manifest says "
+                f"{manifest.splits.get(split)}"
+            )
     if reference is not None:
         ref = reference.manifest
         for key in ("kind", "task", "input_shape", "input_dtype", "target_shape"):
@@ -195,11 +281,11 @@ def check_label_set(current: PreparedData, reference: PreparedData | None) -> Ch
     if not is_labelled(manifest.task):
         return None
     problems, n = [], len(manifest.classes)
-    for split, data in current.splits.items():
-        y = target_labels(data.y, manifest.task)
+    for split in current.splits:
+        y = summarize(current, split).labels
         if y.size and (y.min() < 0 or y.max() >= n):
             problems.append(f"{split} has labels outside 0..{n - 1}")
-    present = set(np.unique(target_labels(current.splits["train"].y, manifest.task)).tolist())
+    present = set(np.unique(summarize(current, "train").labels).tolist())
     absent = [c for i, c in enumerate(manifest.classes) if i not in present]
     if absent:
         problems.append(f"classes missing from train: {', '.join(absent)}")
@@ -212,18 +298,15 @@ def check_label_set(current: PreparedData, reference: PreparedData | None) -> Ch
 
 def missing_fraction(x: np.ndarray) -> float:
     """Share of NaN/inf numbers, or of empty texts."""
-    if x.size == 0:
-        return 0.0
-    if x.dtype.kind in "OUS":
-        return float(np.mean([not str(v).strip() for v in x.reshape(-1)]))
-    return float(np.mean(~np.isfinite(np.asarray(x, dtype="float64"))))
+    x = np.asarray(x)
+    return _missing_count(x) / x.size if x.size else 0.0
 
 
 def check_missing_values(current: PreparedData, config: ValidationConfig) -> CheckResult:
     problems = []
-    for split, data in current.splits.items():
-        for part, values in (("x", data.x), ("y", data.y)):
-            fraction = missing_fraction(np.asarray(values))
+    for split in current.splits:
+        for part, (missing, total) in summarize(current, split).missing.items():
+            fraction = missing / total if total else 0.0
             if fraction > config.max_missing_fraction:
                 problems.append(f"{split} {part}: {fraction:.2%} missing")
     return _result("missing_values", problems, "no missing values")
@@ -235,7 +318,7 @@ def check_class_balance(current: PreparedData, config: ValidationConfig) -> Chec
     if not is_labelled(manifest.task):
         return None
     n = len(manifest.classes)
-    labels = target_labels(current.splits["train"].y, manifest.task).astype(np.int64)
+    labels = summarize(current, "train").labels
     labels = labels[(labels >= 0) & (labels < n)]  # others fail the label_set check
     counts = np.bincount(labels, minlength=n)
     shares = counts / max(1, counts.sum())
@@ -261,11 +344,11 @@ def example_digests(x: np.ndarray) -> list[bytes]:
 
 
 def check_split_leakage(current: PreparedData, config: ValidationConfig) -> CheckResult:
-    """Identical examples in train and in test (or val)."""
-    train = set(example_digests(current.splits["train"].x))
+    """Identical examples (by content hash) in train and in test (or val)."""
+    train = set(summarize(current, "train").digests)
     problems, overlaps, status = [], [], "pass"
     for split in ("val", "test"):
-        digests = example_digests(current.splits[split].x)
+        digests = summarize(current, split).digests
         shared = sum(d in train for d in digests)
         if not shared:
             continue
@@ -281,18 +364,9 @@ def check_split_leakage(current: PreparedData, config: ValidationConfig) -> Chec
 
 
 def feature_samples(prepared: PreparedData) -> dict[str, np.ndarray]:
-    """One 1-D sample per compared distribution of the training split."""
-    manifest, x = prepared.manifest, np.asarray(prepared.splits["train"].x)
-    samples: dict[str, np.ndarray] = {}
-    if manifest.input_dtype == "string":
-        samples["text length (words)"] = np.array([len(str(t).split()) for t in x], dtype=float)
-    elif manifest.kind == "tabular":
-        for i in range(x.shape[-1]):
-            samples[f"feature {i}"] = x[:, i].astype(float)
-    else:
-        samples["input values"] = x.reshape(-1).astype(float)
-    samples.update(target_samples(prepared.splits["train"].y, manifest.task))
-    return samples
+    """One 1-D sample per compared distribution of the training split (input values of a
+    large split subsampled evenly to at most MAX_DRIFT_SAMPLE)."""
+    return summarize(prepared, "train").samples
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
@@ -355,7 +429,8 @@ def keep_reference(prepared_root: Path, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
     try:
-        for path in [source / "manifest.json", *(source / f"{s}.npz" for s in SPLITS)]:
+        listed = Manifest.read(source / "manifest.json").files
+        for path in [source / "manifest.json", *(source / f for f in sorted(listed))]:
             shutil.copy2(path, staging / path.name)
         old = target.with_name(f".{name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -14,9 +14,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from kerasops.data import Manifest, PreparedData
+from kerasops.data import Manifest, PreparedData, make_tf_dataset
 from kerasops.models.evaluation import TASK_SCORES, Evaluation, evaluate_task, predict
 from kerasops.models.inputs import InputSpec
 from kerasops.models.plots import confusion_matrix_plot, forecast_plot
@@ -71,7 +70,7 @@ class Recipe:
 
     def example_inputs(self, model: keras.Model, prepared: PreparedData) -> np.ndarray:
         """A few inputs of the served model, for its logged signature."""
-        return np.asarray(prepared.splits["test"].x[:5])
+        return np.asarray(prepared.splits["test"].head(5).x)
 
     def write_plots(
         self, model: keras.Model, prepared: PreparedData, evaluation: Evaluation, folder: Path
@@ -109,17 +108,26 @@ def _pixel_values(prepared: PreparedData, train: TrainConfig) -> dict[str, Any]:
 
 
 def _feature_statistics(prepared: PreparedData, train: TrainConfig) -> dict[str, Any]:
-    x = prepared.splits["train"].x
-    flat = np.asarray(x, dtype="float64").reshape(-1, x.shape[-1])  # (N*T, F)
+    """Per-feature mean and variance of the training split, merged batch by batch (Chan et al.)."""
+    count, mean, m2 = 0, 0.0, 0.0
+    for x, _ in prepared.splits["train"].batches():
+        flat = np.asarray(x, dtype="float64").reshape(-1, x.shape[-1])  # (B*T, F)
+        n, batch_mean = len(flat), flat.mean(axis=0)
+        delta = batch_mean - mean
+        mean = mean + delta * n / (count + n)
+        m2 = m2 + ((flat - batch_mean) ** 2).sum(axis=0) + delta**2 * count * n / (count + n)
+        count += n
     return {
-        "mean": flat.mean(axis=0).tolist(),
-        "variance": np.maximum(flat.var(axis=0), 1e-12).tolist(),
+        "mean": np.asarray(mean).tolist(),
+        "variance": np.maximum(np.asarray(m2) / count, 1e-12).tolist(),
     }
 
 
 def _text_vocabulary(prepared: PreparedData, train: TrainConfig) -> dict[str, Any]:
+    """The vocabulary adapted on the streamed training texts."""
     vectorizer = keras.layers.TextVectorization(max_tokens=train.max_tokens)
-    vectorizer.adapt(tf.constant(np.asarray(prepared.splits["train"].x, dtype=object)))
+    texts = make_tf_dataset(prepared.splits["train"], 1024, False, cache="none")
+    vectorizer.adapt(texts.map(lambda x, y: x))
     return {
         "vocabulary": vectorizer.get_vocabulary()[2:],  # drop padding and [UNK]
         "sequence_length": train.sequence_length,

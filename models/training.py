@@ -56,6 +56,10 @@ class TrainConfig(StrictConfig):
         plateau_factor, plateau_patience: `reduce_on_plateau`'s step and wait.
         gradient_accumulation_steps: batches whose gradients are averaged into one update
             (1: every batch updates); the effective batch is `batch_size` times this.
+        shuffle_buffer: examples in the training input's shuffle buffer (bounded memory; a
+            smaller split is shuffled whole).
+        input_cache: `auto` (decoded split cached in memory when it is at most 256 MiB),
+            `memory`, `none`, or a file path for an on-disk cache of the decoded examples.
     """
 
     epochs: int = 30
@@ -78,6 +82,8 @@ class TrainConfig(StrictConfig):
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     gradient_accumulation_steps: int = 1
+    shuffle_buffer: int = 10_000
+    input_cache: str = "auto"
 
     def validate(self) -> None:
         require(self.epochs >= 0, "train.epochs must be >= 0")
@@ -108,6 +114,8 @@ class TrainConfig(StrictConfig):
             "train.gradient_accumulation_steps needs strategy: default (one device); under "
             f"{self.strategy}, batch_size is per replica: raise it instead",
         )
+        require(self.shuffle_buffer >= 1, "train.shuffle_buffer must be >= 1")
+        require(bool(self.input_cache), "train.input_cache must be auto, memory, none or a path")
 
 
 class RunLog(Protocol):
@@ -356,8 +364,19 @@ def fit_on(
     epochs = train.epochs if epochs is None else epochs
     if epochs == 0:
         return {}
-    data = make_tf_dataset(train_split, train.batch_size, True, train.seed)
-    val = make_tf_dataset(val_split, train.batch_size, False) if val_split else None
+    data = make_tf_dataset(
+        train_split,
+        train.batch_size,
+        True,
+        train.seed,
+        cache=input_cache(train, "train"),
+        shuffle_buffer=train.shuffle_buffer,
+    )
+    val = (
+        make_tf_dataset(val_split, train.batch_size, False, cache=input_cache(train, "val"))
+        if val_split
+        else None
+    )
     history = model.fit(
         data,
         validation_data=val,
@@ -367,6 +386,13 @@ def fit_on(
         verbose=fit_verbosity(),
     )
     return as_history(history)
+
+
+def input_cache(train: TrainConfig, split: str) -> str:
+    """`train.input_cache` for one split: an on-disk cache path gets the split's name appended."""
+    if train.input_cache in ("auto", "memory", "none"):
+        return train.input_cache
+    return f"{train.input_cache}.{split}"
 
 
 def fit_verbosity() -> int:

@@ -122,5 +122,5 @@ def dataset_examples(
     except Exception as exc:  # noqa: BLE001 - warmup is an optimisation, never a blocker
         log.warning("no warmup requests written: cannot read dataset %s (%s)", dataset, exc)
         return None, None
-    examples = np.asarray(prepared.splits["test"].x[:count]) if count else None
+    examples = np.asarray(prepared.splits["test"].head(count).x) if count else None
     return examples, tuple(prepared.manifest.classes) or None

@@ -37,14 +37,14 @@ def test_builtin_prepares_with_expected_shapes_and_a_stable_hash(name, roots):
     kind, input_shape, input_dtype, target_shape, total, classes = EXPECTED[name]
     config = resolve_dataset_config(name, {})
     first = prepare_dataset(name, config, raw_root, prepared_root)
-    first_bytes = (prepared_root / name / "train.npz").read_bytes()
+    first_bytes = (prepared_root / name / "train-00000.tfrecord").read_bytes()
     second = prepare_dataset(name, config, raw_root, prepared_root)
 
     assert (first.kind, first.input_shape, first.input_dtype) == (kind, input_shape, input_dtype)
     assert (first.target_shape, first.classes) == (target_shape, classes)
     assert sum(first.splits.values()) == total
     assert first.content_hash == second.content_hash
-    assert (prepared_root / name / "train.npz").read_bytes() == first_bytes
+    assert (prepared_root / name / "train-00000.tfrecord").read_bytes() == first_bytes
     data = load_prepared(name, prepared_root)
     for split, arrays in data.splits.items():
         assert arrays.x.shape == (first.splits[split], *input_shape)

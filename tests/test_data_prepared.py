@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import kerasops.data.prepare
+import kerasops.data.shards
 from kerasops.data import DataError, Manifest, load_prepared, prepare_dataset
 from kerasops.data.manifest import content_hash
 
@@ -37,11 +36,13 @@ def test_manifest_round_trips_through_json(prepared):
 
 def test_a_modified_file_is_detected(prepared):
     _, root = prepared
-    train = root / "notes" / "train.npz"
+    train = root / "notes" / "train-00000.tfrecord"
     content = bytearray(train.read_bytes())
     content[len(content) // 2] ^= 0xFF  # one flipped byte
     train.write_bytes(bytes(content))
-    with pytest.raises(DataError, match="train.npz no longer matches its manifest hash; run "):
+    with pytest.raises(
+        DataError, match="train-00000.tfrecord no longer matches its manifest hash; run "
+    ):
         load_prepared("notes", root)
 
 
@@ -53,12 +54,14 @@ def test_a_dataset_that_was_never_prepared_says_how_to_prepare_it(tmp_path):
 def test_a_failed_prepare_keeps_the_previous_version(prepared, tmp_path, monkeypatch):
     manifest, root = prepared
 
-    def fail_midway(path: Path, arrays: dict[str, np.ndarray]) -> None:
-        if path.name == "val.npz":
-            raise OSError("disk full")
-        path.write_bytes(b"partial")
+    real_write = kerasops.data.shards.ShardWriter.write
 
-    monkeypatch.setattr(kerasops.data.prepare, "write_npz", fail_midway)
+    def fail_midway(writer, record: bytes) -> None:
+        if writer.split == "val":
+            raise OSError("disk full")
+        real_write(writer, record)
+
+    monkeypatch.setattr(kerasops.data.shards.ShardWriter, "write", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset("notes", dict(manifest.config), tmp_path / "raw", root)
     assert load_prepared("notes", root).manifest == manifest

@@ -265,14 +265,14 @@ def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
 def test_corrupted_data_is_detected_and_dvc_restores_it(pipeline_repo, capsys):
     repo, _, _ = pipeline_repo
     params = str(repo / "params.yaml")
-    target = repo / "data" / "prepared" / "digits" / "train.npz"
+    target = repo / "data" / "prepared" / "digits" / "train-00000.tfrecord"
     original = target.read_bytes()
     target.write_bytes(original[:-64] + bytes(64))
     try:
         assert main(["--params", params, "data", "verify"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "data/prepared/digits has hash" in err[0]
-        assert "train.npz no longer matches its manifest hash" in err[0]
+        assert "train-00000.tfrecord no longer matches its manifest hash" in err[0]
         assert main(["--params", params, "validate", "digits"]) == 2
         assert "no longer matches its manifest hash" in capsys.readouterr().err
     finally:

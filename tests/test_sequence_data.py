@@ -59,10 +59,10 @@ def test_generated_dates_refuse_ambiguous_or_impossible_requests():
 def test_dates_prepare_as_translation_pairs_byte_stably(tmp_path):
     config = resolve_dataset_config("dates", {"dates": {"examples": 400}})
     first = prepare_dataset("dates", config, tmp_path / "raw", tmp_path / "prepared")
-    train_bytes = (tmp_path / "prepared" / "dates" / "train.npz").read_bytes()
+    train_bytes = (tmp_path / "prepared" / "dates" / "train-00000.tfrecord").read_bytes()
     again = prepare_dataset("dates", config, tmp_path / "raw", tmp_path / "prepared")
     assert again.content_hash == first.content_hash
-    assert (tmp_path / "prepared" / "dates" / "train.npz").read_bytes() == train_bytes
+    assert (tmp_path / "prepared" / "dates" / "train-00000.tfrecord").read_bytes() == train_bytes
     assert (first.kind, first.task, first.input_dtype) == ("text", "translation", "string")
     assert sum(first.splits.values()) == 400 and first.stats["target_characters_max"] == 10
     test = load_prepared("dates", tmp_path / "prepared").splits["test"]

@@ -15,7 +15,7 @@ from kerasops.data import (
     prepare_dataset,
     resolve_dataset_config,
 )
-from kerasops.data.npz import sha256_file, write_npz
+from kerasops.data.shards import write_split
 from kerasops.data.validation import (
     ValidationConfig,
     ValidationError,
@@ -157,10 +157,12 @@ def test_validate_dataset_keeps_only_passed_versions_as_reference(project):
     current = load_prepared("digits", prepared_root)
     leaked = current.splits["test"].x.copy()
     leaked[:10] = current.splits["train"].x[:10]
-    write_npz(prepared_root / "digits" / "test.npz", {"x": leaked, "y": current.splits["test"].y})
+    encodings = current.manifest.encodings
+    folder = prepared_root / "digits"
+    (shard,) = write_split(folder, "test", leaked, current.splits["test"].y, encodings, 2**26)
 
-    manifest = json.loads((prepared_root / "digits" / "manifest.json").read_text())
-    manifest["files"]["test.npz"] = sha256_file(prepared_root / "digits" / "test.npz")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][shard.name] = shard.sha256
     (prepared_root / "digits" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValidationError, match="split_leakage"):
         validate_dataset(params, "digits")

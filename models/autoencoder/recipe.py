@@ -71,4 +71,4 @@ class AutoencoderRecipe(Recipe):
         return build_anomaly_scorer(model, config.inputs.pixel_max, threshold)
 
     def example_inputs(self, model: keras.Model, prepared: PreparedData) -> np.ndarray:
-        return np.asarray(prepared.splits["test"].x[:5], dtype="float32")
+        return np.asarray(prepared.splits["test"].head(5).x, dtype="float32")

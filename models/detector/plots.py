@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from kerasops.data import PreparedData, Split
+from kerasops.data import PreparedData
 from kerasops.models.detector.metrics import model_detections
 
 
@@ -21,7 +21,7 @@ def plot_test_detections(
     """`detections.png`: the first `count` test images with their true boxes and the
     detections scoring at least `min_score`."""
     test = prepared.splits["test"]
-    first = Split(np.asarray(test.x[:count]), np.asarray(test.y[:count]))
+    first = test.head(count)
     sample = dataclasses.replace(prepared, splits={**prepared.splits, "test": first})
     found = []
     for d in model_detections(model, sample, "test"):

@@ -45,7 +45,7 @@ class TransferRecipe(Recipe):
         log: RunLog,
     ) -> History:
         if config.weights == "none" and config.calibration_images:
-            images = prepared.splits["train"].x[: config.calibration_images]
+            images = prepared.splits["train"].head(config.calibration_images).x
             log.params({"calibrated_batchnorm_layers": calibrate_batchnorm(model, images)})
         history = self.run_phase(1, model, prepared, train, callbacks, config, log, train.epochs)
         if config.fine_tune_epochs and config.fine_tune_layers:

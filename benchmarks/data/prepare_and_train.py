@@ -1,0 +1,189 @@
+"""Preparation and training input at real sizes: generated photo folders streamed into shards.
+
+For each `--counts` N, a folder of N generated 256x256 JPEG photos (kerasops.data.photos) is
+prepared at `--image-size` (224x224 by default) on every core and, for the first N, on one
+process too: wall time, images/s, peak RSS of the preparing process and of its largest worker,
+prepared bytes / source bytes. Then a small CNN is trained for `--steps` steps from the shards
+and, on the first N only, from today's in-memory arrays (every image decoded into one float32
+array, `from_tensor_slices`, cached, shuffled whole): peak RSS and steps/s after a warm-up.
+Each measurement runs in a fresh process, so each peak RSS is its own.
+
+    PYTHONPATH=. python benchmarks/data/prepare_and_train.py --counts 2000 10000 \\
+        --out artifacts/benchmarks/data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def run_prepare(photos: Path, prepared: Path, size: int, workers: int) -> dict:
+    from kerasops.data import prepare_dataset
+
+    config = {"source": "image_folder", "path": str(photos), "image_size": [size, size]}
+    start = time.perf_counter()
+    manifest = prepare_dataset("photos", config, photos.parent, prepared, workers=workers)
+    wall = time.perf_counter() - start
+    count = sum(manifest.splits.values())
+    return {
+        "wall_s": round(wall, 2),
+        "images_per_s": round(count / wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "worker_peak_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1),
+        "shards": sum(len(s) for s in manifest.shards.values()),
+        "prepared_bytes": folder_bytes(prepared / "photos"),
+    }
+
+
+def build_cnn(size: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def run_train(source: str, photos: Path, prepared: Path, size: int, steps: int, batch: int):
+    from kerasops.data import load_prepared, make_tf_dataset
+    from kerasops.data.prepared import Split
+
+    if source == "shards":
+        split = load_prepared("photos", prepared).splits["train"]
+    else:  # the former path: every image decoded into one float32 array
+        from kerasops.data.readers import read_image_folder
+
+        examples = read_image_folder(photos, (size, size), "rgb")
+        classes = sorted(set(examples.labels.tolist()))
+        labels = [classes.index(v) for v in examples.labels]
+        import numpy as np
+
+        split = Split(examples.x, np.asarray(labels, dtype="int32"))
+    dataset = make_tf_dataset(
+        split,
+        batch,
+        True,
+        0,
+        cache="auto" if source == "shards" else True,
+        shuffle_buffer=10_000 if source == "shards" else len(split),
+    )
+    dataset = dataset.repeat()
+    model = build_cnn(size)
+    model.fit(dataset, epochs=1, steps_per_epoch=5, verbose=0)  # warm-up: tracing, first reads
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    wall = time.perf_counter() - start
+    return {
+        "steps_per_s": round(steps / wall, 2),
+        "images_per_s": round(steps * batch / wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    photos, prepared = Path(args.photos), Path(args.prepared)
+    start = time.perf_counter()
+    import tensorflow  # noqa: F401  start-up is timed apart from the work
+
+    imported = round(time.perf_counter() - start, 2)
+    if args.child == "prepare":
+        result = run_prepare(photos, prepared, args.image_size, args.workers)
+    else:
+        result = run_train(args.child, photos, prepared, args.image_size, args.steps, args.batch)
+    print("RESULT " + json.dumps({**result, "tensorflow_import_s": imported}))
+
+
+def in_child(kind: str, args: argparse.Namespace, photos: Path, prepared: Path, **extra) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--photos", str(photos)]
+    command += ["--prepared", str(prepared), "--image-size", str(args.image_size)]
+    command += ["--steps", str(args.steps), "--batch", str(args.batch)]
+    command += [f"--{k}={v}" for k, v in extra.items()]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[len("RESULT ") :])
+
+
+def _generate_part(task: tuple[str, int, int]) -> None:
+    from kerasops.data.photos import generate_photo_folder
+
+    folder, first, count = task
+    generate_photo_folder(Path(folder), count, size=256, seed=0, first=first)
+
+
+def generate_in_parallel(photos: Path, count: int, part: int = 500) -> None:
+    """The same folder `generate_photo_folder(photos, count)` writes, on every core."""
+    import multiprocessing
+
+    parts = [(str(photos), s, min(part, count - s)) for s in range(0, count, part)]
+    with multiprocessing.get_context("fork").Pool() as pool:
+        pool.map(_generate_part, parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--work", default="artifacts/benchmarks/data-work")
+    parser.add_argument("--out", default="artifacts/benchmarks/data.json")
+    parser.add_argument("--skip-single", action="store_true", help="no one-process preparation")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--photos", help=argparse.SUPPRESS)
+    parser.add_argument("--prepared", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    work, results = Path(args.work), []
+    for index, count in enumerate(args.counts):
+        photos = work / f"photos-{count}" / "photos"
+        if not photos.is_dir():
+            generate_in_parallel(photos, count)
+        source_bytes = folder_bytes(photos)
+        prepared = work / f"prepared-{count}"
+        shutil.rmtree(prepared, ignore_errors=True)
+        row = {"photos": count, "source_bytes": source_bytes, "load_before": os.getloadavg()}
+        row["prepare"] = in_child("prepare", args, photos, prepared, workers=os.cpu_count())
+        row["prepare"]["bytes_ratio"] = round(row["prepare"]["prepared_bytes"] / source_bytes, 3)
+        if index == 0 and not args.skip_single:
+            single = work / f"prepared-{count}-single"
+            shutil.rmtree(single, ignore_errors=True)
+            row["prepare_one_process"] = in_child("prepare", args, photos, single, workers=1)
+            shutil.rmtree(single, ignore_errors=True)
+        row["train_shards"] = in_child("shards", args, photos, prepared)
+        if index == 0:
+            row["train_arrays"] = in_child("arrays", args, photos, prepared)
+        row["load_after"] = os.getloadavg()
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    out.write_text(json.dumps({"meta": meta, "args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
