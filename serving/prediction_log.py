@@ -180,6 +180,7 @@ class PredictionLogger:
 
 def prediction_log(record: _Record) -> Any:
     """The `tensorflow.serving.PredictionLog` of one request (a PredictLog)."""
+    # deferred: the writer thread builds records; importing this module loads neither
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -207,6 +208,7 @@ def read_prediction_logs(folder: Path, prefix: str = "") -> list[Any]:
 
 def read_log_files(files: list[Path]) -> list[Any]:
     """The PredictionLog records of TFRecord files, in order."""
+    # deferred: only reading logs needs TensorFlow
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 

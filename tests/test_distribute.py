@@ -285,6 +285,8 @@ def build_any(name: str, train: TrainConfig) -> tuple[keras.Model, np.ndarray]:
             if model.inputs[0].name == "noise":  # a generator: noise in, images out
                 shape = (3, model.input_shape[-1])
                 example = np.random.default_rng(0).normal(size=shape).astype("float32")
+            if all(t.dtype.startswith("int") for t in model.inputs):  # ids in: a pretrainer
+                example = {t.name: np.full((2, *t.shape[1:]), 2, "int32") for t in model.inputs}
             return model, example
         except ConfigError:
             continue  # the family takes another kind of input

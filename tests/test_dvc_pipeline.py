@@ -82,7 +82,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
 
 @pytest.mark.slow
 def test_data_add_versions_a_dataset_and_checkout_brings_the_old_bytes_back(tmp_path, capsys):
-    repo = new_repo(tmp_path / "repo", {"datasets": [], "runs": {}})
+    repo = new_repo(tmp_path / "repo", {"datasets": [], "runs": {}, "fine_tunes": {}})
     params = str(repo / "params.yaml")
     remote = tmp_path / "remote"
     assert main(["--params", params, "data", "setup", "--remote", str(remote)]) == 0
@@ -174,6 +174,7 @@ def pipeline_repo(tmp_path_factory):
                 "mlp-digits": {"model": "mlp", "dataset": "digits"},
                 "cnn-digits": {"model": "cnn", "dataset": "digits"},
             },
+            "fine_tunes": {},
         },
         train={"epochs": 1},
     )
