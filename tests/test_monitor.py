@@ -58,8 +58,8 @@ def send(params, images: np.ndarray) -> None:
     server.start()
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30)
-        for i in range(0, len(images), 2):
-            body = {"instances": images[i : i + 2].tolist()}
+        for i in range(0, len(images), 4):
+            body = {"instances": images[i : i + 4].tolist()}
             assert http.post("/v1/models/mlp-digits:predict", json=body).status_code == 200
     finally:
         server.stop()
@@ -71,13 +71,13 @@ def test_live_digits_are_no_drift_and_washed_out_ones_are(trained, capfd):
     log_every_request(project)
     test = np.asarray(load_prepared("digits", project.path("prepared_data")).splits["test"].x)
     test = test[np.random.default_rng(0).permutation(len(test))]  # the split is class-ordered
-    send(project, test[:40])
+    send(project, test[:180])  # PSI over 10 classes needs hundreds of rows
     assert kerasops(["monitor", "mlp-digits", "--since", "1h"]) == 0
     out = capfd.readouterr().out
-    assert "20 logged requests (40 rows)" in out and "no drift" in out
+    assert "45 logged requests (180 rows)" in out and "no drift" in out
 
     shutil.rmtree(project.path("artifacts") / "prediction_logs")
-    send(project, test[40:80] * 0.3)  # a dimmer camera
+    send(project, test[180:360] * 0.3)  # a dimmer camera
     assert kerasops(["monitor", "mlp-digits"]) == 1
     out = capfd.readouterr().out
     assert "**drift** in input values" in out
