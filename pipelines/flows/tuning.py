@@ -4,6 +4,7 @@ worker processes by default, the scheduler at `tuning.scheduler` when one is set
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -40,7 +41,12 @@ def dask_task_runner(scheduler: str, workers: int) -> DaskTaskRunner:
     """The scheduler's cluster, or a local one of `workers` single-threaded processes."""
     if scheduler:
         return DaskTaskRunner(address=scheduler)
-    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
+    cluster = {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "silence_logs": logging.WARNING,
+    }
     return DaskTaskRunner(cluster_kwargs={**cluster, "dashboard_address": None})
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from kerasops.pipelines.tracking.lineage import lineage_tags
 STUDY_TAG = "kerasops.study"  # on the parent and every trial run
 TRIAL_TAG = "kerasops.trial"  # the trial's number
 STATE_TAG = "kerasops.trial_state"  # COMPLETE | PRUNED | FAIL
+PROCESS_TAG = "kerasops.trial_process"  # host:pid of the process that trained it
 FINGERPRINT_ATTR = "kerasops.fingerprint"
 PARENT_ATTR = "kerasops.mlflow_parent_run"
 RUN_ATTR = "mlflow_run_id"
@@ -268,6 +270,7 @@ def run_trial(job: TuningJob, trial: optuna.Trial) -> float:
         "mlflow.parentRunId": job.parent_run_id,
         STUDY_TAG: job.study,
         TRIAL_TAG: str(trial.number),
+        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
     }
     name = f"{job.study}-trial-{trial.number:03d}"
     params = job.params.replace(
