@@ -195,21 +195,28 @@ def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tuned):
     """Killed during its second trial, the study is rerun: that trial runs again with its
     values, the finished one is not repeated, and the study ends with its 3 trials."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = tune_command(tuned, "--study", "killed", "--trials", "3", "--set", "epochs=20")
+    command = tune_command(tuned, "--study", "killed", "--trials", "3", "--set", "epochs=10")
     process = subprocess.Popen(
-        command, cwd=tuned, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=tuned,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tuned / "tune.log").open("w"),
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
             db = tuned / "artifacts" / "optuna.db"
             if db.exists() and any(
                 t.number == 1 and t.state.name == "RUNNING" for t in safe_trials(tuned)
             ):
                 break
         else:
-            pytest.fail("the study never reached its second trial")
+            pytest.fail(
+                "the study never reached its second trial: "
+                + (tuned / "tune.log").read_text()[-2000:]
+            )
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
