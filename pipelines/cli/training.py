@@ -42,7 +42,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.parallel == 1:
         result = tune_model(params, args.model, args.dataset, args.trials, 1, args.study, args.set)
     else:
-        from kerasops.pipelines.flows.local import local_prefect
+        from kerasops.pipelines.flows.local import local_prefect  # deferred: loads Prefect
 
         local_prefect(params)
         # deferred: Prefect reads its settings when imported, after local_prefect
@@ -66,7 +66,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for key, value in result.best_values.items():
         print(f"  {key} = {value!r}")
     if args.apply:
-        from kerasops.pipelines.config.edit import write_model_values
+        from kerasops.pipelines.config.edit import write_model_values  # deferred: ruamel
 
         write_model_values(Path(args.params), args.model, result.best_values)
         print(f"wrote the best values into {args.params} models.{args.model}")

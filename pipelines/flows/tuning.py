@@ -62,6 +62,7 @@ def run_tuning_flow(
     """`tuning_flow` on Dask; worker processes report to the Prefect server the flow uses."""
     params = load_params(params_path)
     if "PREFECT_API_URL" not in os.environ:  # local mode: workers use the same temporary server
+        # deferred: Prefect's server code, needed in local mode only
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 import mlflow
 import optuna
+import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -308,8 +309,6 @@ def limit_threads(threads: int) -> None:
     possible before the process's first TensorFlow op."""
     if threads <= 0:
         return
-    import tensorflow as tf
-
     with contextlib.suppress(RuntimeError):  # already running: this process set them before
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
