@@ -102,6 +102,11 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(project, capsys):
     assert "unknown key 'filters' for model mlp" in capsys.readouterr().err
     write_params(project, tuning={"nosuch": {"space": SPACE}})
     assert main(["tune", "mlp", "--dataset", "digits"]) == 2
+    write_params(
+        project, tuning={**tuning_section(), "storage": "postgresql://nobody@127.0.0.1:9/x"}
+    )
+    assert main(["tune", "mlp", "--dataset", "digits"]) == 2
+    assert "cannot open tuning.storage" in capsys.readouterr().err
     write_params(project)  # no tuning section at all
     assert main(["tune", "mlp", "--dataset", "digits"]) == 2
     assert "add tuning.mlp.space" in capsys.readouterr().err
@@ -179,6 +184,11 @@ def test_study_nests_trials_marks_failed_and_pruned_and_best_reproduces(tuned, m
     text = (tuned / "params.yaml").read_text()
     assert "# the dense stack" in text
     section = load_params(tuned / "params.yaml").models["mlp"]
+    # an objective the model never logs stops the study at its first trial, in one line
+    write_params(tuned, tuning=tuning_section(objective="val_acc", trials=3))
+    assert main(["tune", "mlp", "--dataset", "digits", "--study", "s2", *FAST]) == 2
+    assert "'val_acc' is not a metric the model logs each epoch" in capsys.readouterr().err
+    assert [t.state.name for t in study_trials(tuned, "s2")] == ["FAIL"]
     assert section.preset == "mlp_small"
     assert section.values["dropout"] == pytest.approx(float(best.data.params["model.dropout"]))
     assert section.train["learning_rate"] == pytest.approx(

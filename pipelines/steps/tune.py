@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from kerasops.config import parse_override
 from kerasops.errors import ConfigError, KerasopsError
@@ -188,8 +189,9 @@ def existing_study(params: Params, url: str, name: str) -> optuna.Study | None:
         if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             return None
         return optuna.load_study(study_name=name, storage=storage)
-    except (ImportError, ValueError) as exc:  # a bad URL or a missing database driver
-        raise ConfigError(f"tuning.storage {url!r}: {exc}") from None
+    except (ImportError, ValueError, SQLAlchemyError) as exc:  # a bad URL, driver or server
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot open tuning.storage {url!r}: {reason}") from None
 
 
 def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
