@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
+from kerasops.errors import ConfigError
 from kerasops.pipelines.cli.common import add_overrides, params_of
 
 
@@ -24,6 +26,50 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("worker finished its share of the training; the chief records the run")
     for name, value in sorted(result.metrics.items()):
         print(f"  {name:28s} {value:.4f}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    # deferred: the tune step loads TensorFlow, MLflow and Optuna
+    from kerasops.pipelines.steps.tune import prepare_study, tune_model
+
+    params = params_of(args)
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError("--trials must be >= 1")
+    if args.parallel < 1:
+        raise ConfigError("--parallel must be >= 1")
+    prepare_study(params, args.model, args.dataset, args.study, args.set)  # before any work
+    if args.parallel == 1:
+        result = tune_model(params, args.model, args.dataset, args.trials, 1, args.study, args.set)
+    else:
+        from kerasops.pipelines.flows.local import local_prefect  # deferred: loads Prefect
+
+        local_prefect(params)
+        # deferred: Prefect reads its settings when imported, after local_prefect
+        from kerasops.pipelines.flows.tuning import run_tuning_flow
+
+        result = run_tuning_flow(
+            os.path.abspath(args.params),
+            args.model,
+            args.dataset,
+            args.trials,
+            args.parallel,
+            args.study,
+            args.set,
+        )
+    states = ", ".join(f"{n.lower()} {c}" for n, c in result.states.items() if c)
+    print(f"study {result.study} (MLflow parent run {result.parent_run_id}): {states}")
+    if result.best_trial is None:
+        print("no trial completed")
+        return 1
+    print(f"best trial {result.best_trial}: {result.objective} = {result.best_value:.4f}")
+    for key, value in result.best_values.items():
+        print(f"  {key} = {value!r}")
+    if args.apply:
+        from kerasops.pipelines.config.edit import write_model_values  # deferred: ruamel
+
+        write_model_values(Path(args.params), args.model, result.best_values)
+        print(f"wrote the best values into {args.params} models.{args.model}")
     return 0
 
 
@@ -105,6 +151,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--preset", help="preset of the model family, e.g. cnn_small")
     add_overrides(train)
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser("tune", help="search hyperparameters (tuning.<family>.space) with Optuna")
+    tune.add_argument("model", help="model family with a tuning.<family> section")
+    tune.add_argument("--dataset", required=True, help="dataset name")
+    tune.add_argument("--trials", type=int, help="trials the study holds (default: its section's)")
+    tune.add_argument(
+        "--parallel", type=int, default=1, help="trial processes at once, on Dask (default 1)"
+    )
+    tune.add_argument("--study", help="study name (default MODEL-DATASET); rerun to resume it")
+    tune.add_argument(
+        "--apply", action="store_true", help="write the best values into params.yaml models.MODEL"
+    )
+    add_overrides(tune, "a model or train key of every trial (e.g. epochs=5)")
+    tune.set_defaults(func=cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="re-score a trained model on the test split")
     evaluate.add_argument("model", help="model family of the trained run")

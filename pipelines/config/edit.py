@@ -89,3 +89,38 @@ def flow_lists(entry: Mapping[str, Any]) -> CommentedMap:
             value.fa.set_flow_style()
         mapped[key] = value
     return mapped
+
+
+def write_model_values(params_path: Path, family: str, values: Mapping[str, Any]) -> None:
+    """Set `model.<key>` values as keys of `models.<family>` and `train.<key>` ones under its
+    `train:`, in place (comments kept); raise the loader's error, the file unchanged, when the
+    result does not type-check."""
+    yaml = round_trip()
+    original = params_path.read_text() if params_path.is_file() else ""
+    document = yaml.load(original) or CommentedMap()
+    if document.get("models") is None:
+        document["models"] = CommentedMap()
+    if document["models"].get(family) is None:
+        document["models"][family] = CommentedMap()
+    section = document["models"][family]
+    for key, value in values.items():
+        kind, _, name = key.partition(".")
+        target = section
+        if kind == "train":
+            if section.get("train") is None:
+                section["train"] = CommentedMap()
+            target = section["train"]
+        if isinstance(value, list | tuple):
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        target[name] = value
+    stream = io.StringIO()
+    yaml.dump(document, stream)
+    staged = params_path.with_name(f".{params_path.name}.{os.getpid()}.new")
+    staged.write_text(stream.getvalue())
+    try:
+        load_params(staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, params_path)

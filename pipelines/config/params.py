@@ -23,6 +23,7 @@ from kerasops.models import get_family, preset_values
 from kerasops.models.training import TrainConfig
 from kerasops.pipelines.config.pipeline import PipelineConfig
 from kerasops.pipelines.config.retraining import RetrainingConfig
+from kerasops.pipelines.config.tuning import TuningConfig
 from kerasops.serving.config import ServingConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -148,6 +149,7 @@ class Params(StrictConfig):
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     retraining: RetrainingConfig = dataclasses.field(default_factory=RetrainingConfig)
     monitoring: MonitoringConfig = dataclasses.field(default_factory=MonitoringConfig)
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
     root: str = "."
 
     @classmethod
@@ -168,6 +170,7 @@ class Params(StrictConfig):
         """The params as params.yaml writes them (`from_dict` reads them back)."""
         values = super().to_dict()
         values["models"] = {name: section.entry() for name, section in self.models.items()}
+        values["tuning"] = self.tuning.to_dict()
         return values
 
     def path(self, name: str) -> Path:

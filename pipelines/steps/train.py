@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +100,20 @@ def build_for_training(params: Params, run: RunConfig) -> Built:
 
 @named("train")
 def train_model(
-    params: Params, run: RunConfig, tags: Mapping[str, str] | None = None
+    params: Params,
+    run: RunConfig,
+    tags: Mapping[str, str] | None = None,
+    name: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Train and track the run `run` describes; raise KerasopsError on a user mistake.
 
-    The MLflow run is marked FAILED when anything raises after it started. Under
+    `name` names the MLflow run and its folder under `artifacts/runs/` (default `run.name`,
+    `<model>-<dataset>`; a tuning trial has its own); `callbacks` join the fit's (a trial's
+    pruning). The MLflow run is marked FAILED when anything raises after it started. Under
     `multi_worker` every worker calls this alike; only the chief records and publishes the run.
     """
+    name = name or run.name
     built = build_for_training(params, run)
     runs_root = params.path("artifacts") / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -128,27 +135,38 @@ def train_model(
         tempfile.TemporaryDirectory(dir=runs_root, prefix=".stage-") as staging,
         contextlib.nullcontext() if built.chief else tracking.worker_store(Path(staging)),
         mlflow.start_run(
-            run_name=run.name, tags=run_tags, log_system_metrics=system_metrics
+            run_name=name, tags=run_tags, log_system_metrics=system_metrics
         ) as tracked,
     ):
         stage = Path(staging) / "run"
         stage.mkdir()
         log_data_input(params, run.dataset, run_tags[f"dvc.prepared.{run.dataset}"])
-        metrics = fit_and_record(built, run, stage, tracked.info.run_id)
+        metrics = fit_and_record(built, run, stage, tracked.info.run_id, callbacks)
         if built.chief and params.tracking.mlflow_evaluate:
             log_mlflow_evaluation(stage)
         if built.chief:
-            publish_run(stage, runs_root / run.name)
+            (runs_root / name).parent.mkdir(parents=True, exist_ok=True)
+            publish_run(stage, runs_root / name)
     run_id = tracked.info.run_id if built.chief else ""
-    return TrainResult(run_id, runs_root / run.name, run, metrics, built.chief)
+    return TrainResult(run_id, runs_root / name, run, metrics, built.chief)
 
 
-def fit_and_record(built: Built, run: RunConfig, stage: Path, run_id: str) -> dict[str, float]:
+def fit_and_record(
+    built: Built,
+    run: RunConfig,
+    stage: Path,
+    run_id: str,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, float]:
     """Fit, score and log to the active MLflow run; write the run folder into `stage`."""
     log = tracking.MlflowRunLog()
     log_run_params(built, run)
     started = time.monotonic()
-    callbacks = [*standard_callbacks(run.train, stage / "best.keras"), EpochLogger(log)]
+    callbacks = [
+        *standard_callbacks(run.train, stage / "best.keras"),
+        EpochLogger(log),
+        *extra_callbacks,
+    ]
     with distribute.training_scope(run.train, built.strategy):  # recipes build and compile too
         history = built.recipe.fit(
             built.model, built.prepared, built.fit_train, callbacks, built.config, log
