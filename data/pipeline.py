@@ -46,7 +46,6 @@ def make_tf_dataset(
     spec = split.shards
     cache_to = _cache_target(cache, spec.decoded_bytes)
     records = spec.records(shuffle_files=shuffle and cache_to is None, seed=seed)
-    records = records.apply(tf.data.experimental.assert_cardinality(spec.count))  # Keras knows
     decode = spec.decoder()
     buffer = max(1, min(shuffle_buffer, spec.count))
     if cache_to is None:  # shuffle the small serialized records, decode after
@@ -58,7 +57,18 @@ def make_tf_dataset(
         dataset = dataset.cache(cache_to)
         if shuffle:
             dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(spec.count))  # Keras knows
+    batches = dataset.batch(batch_size).map(_as_batch)
+    options = tf.data.Options()  # multi-worker: shard by example, as a split may be one file
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_batch(x, y):
+    """Identity on a batch. A map after the batch keeps MirroredStrategy's rebatching off the
+    decode-and-batch chain of a sharded split, where it split some batches into an empty
+    replica batch (seen as BatchNorm shape errors in evaluation); arrays need none."""
+    return x, y
 
 
 def _cache_target(cache: Cache, decoded_bytes: int) -> str | None:

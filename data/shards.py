@@ -239,8 +239,11 @@ def _decode(value, encoding: Encoding, shape: tuple[int, ...]):
             lambda: tf.io.decode_png(value, channels=channels),
         )
         return tf.ensure_shape(tf.cast(image, tf.float32), shape)  # (H, W, C) 0-255
-    dtype = tf.int32 if encoding == "int32" else tf.float32
-    return tf.reshape(tf.io.decode_raw(value, dtype, little_endian=True), shape)
+    if encoding == "int32":  # labels as int64, as NumPy arrays hold them: under
+        # MirroredStrategy int32 labels broke the evaluation step (BatchNorm shape errors)
+        ids = tf.io.decode_raw(value, tf.int32, little_endian=True)
+        return tf.reshape(tf.cast(ids, tf.int64), shape)
+    return tf.reshape(tf.io.decode_raw(value, tf.float32, little_endian=True), shape)
 
 
 def check_shard(path: Path, expected: str | None, verify: bool, remedy: str) -> None:

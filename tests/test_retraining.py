@@ -37,7 +37,7 @@ def project(tmp_path_factory, prefect_harness):
         patch.chdir(root)
         write_params(
             root,
-            train={"epochs": 2, "batch_size": 64, "patience": 3, "seed": 1},
+            train={"epochs": 3, "batch_size": 64, "patience": 3, "seed": 1},
             models={"mlp": {"preset": "mlp_small"}},
             serving={"poll_interval_s": 0.2, "num_warmup_records": 4},
             retraining={"gate": GATE, "infra_validation": {"requests": 4}},
