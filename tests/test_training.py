@@ -28,7 +28,9 @@ def params(project):
 
 @pytest.mark.slow
 def test_cnn_on_digits_beats_majority_and_is_fully_tracked(params, project):
-    params = params.replace(tracking=params.tracking.replace(mlflow_evaluate=True))
+    # a sample every second: a run shorter than the default 5 s interval would have none
+    watched = params.tracking.replace(mlflow_evaluate=True, system_metrics_interval_s=1.0)
+    params = params.replace(tracking=watched)
     result = train_run(params, "cnn", "digits", preset="cnn_small", overrides=["epochs=6"])
     metrics = result.metrics
     assert metrics["test_accuracy"] > 0.85 > metrics["baseline_majority_accuracy"] + 0.5
