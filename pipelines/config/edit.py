@@ -39,6 +39,12 @@ def write_dataset_entry(params_path: Path, name: str, entry: Mapping[str, Any]) 
     if tail:  # the blank lines or comments that closed the section move below the new entry
         token = CommentToken("\n" + tail, CommentMark(0), None)
         datasets[name].ca.items[list(entry)[-1]] = [None, None, token, None]
+    write_checked(params_path, yaml, document)
+
+
+def write_checked(params_path: Path, yaml: YAML, document: CommentedMap) -> None:
+    """Write `document` as params.yaml beside it, load it as params (raising on a mistake,
+    leaving the file as it was), then swap it in with one rename."""
     stream = io.StringIO()
     yaml.dump(document, stream)
     staged = params_path.with_name(f".{params_path.name}.{os.getpid()}.new")
@@ -114,13 +120,4 @@ def write_model_values(params_path: Path, family: str, values: Mapping[str, Any]
             value = CommentedSeq(value)
             value.fa.set_flow_style()
         target[name] = value
-    stream = io.StringIO()
-    yaml.dump(document, stream)
-    staged = params_path.with_name(f".{params_path.name}.{os.getpid()}.new")
-    staged.write_text(stream.getvalue())
-    try:
-        load_params(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    os.replace(staged, params_path)
+    write_checked(params_path, yaml, document)
