@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+import external  # noqa: E402
 from loadgen import LoadResult, grpc_load, rest_load  # noqa: E402
 
 BEGIN, END = "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->"
@@ -137,21 +138,32 @@ def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
     return results
 
 
-def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argparse.Namespace):
+def embedded(
+    repository: Path,
+    images: np.ndarray,
+    want: np.ndarray,
+    args: argparse.Namespace,
+    batching: bool = True,
+    protocols: tuple[str, ...] = ("rest", "rest_v2", "grpc", "grpc_v2"),
+):
     """Load on the embedded server over TF Serving's v1 API and the Open Inference Protocol
-    (v2), REST and gRPC. Per concurrency the four run back to back (v1 REST, v2 REST, v1 gRPC,
-    v2 gRPC), so that the v2 / v1 ratios compare figures taken under the same machine load."""
+    (v2), REST and gRPC, with the project's load generator and, where installed, `wrk` (v1
+    REST) and `h2load` (v1 gRPC). Per concurrency the loads run back to back, so that the
+    ratios between them compare figures taken under the same machine load. `batching` False
+    serves with `serving.batching.enabled: false`."""
     import httpx
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     rest, grpc_port = free_port(), free_port()
+    params = repository.parent / f"params-batching-{'on' if batching else 'off'}.yaml"
+    params.write_text(f"serving:\n  batching:\n    enabled: {str(batching).lower()}\n")
     command = [
         sys.executable,
         "-m",
         "kerasops",
         "--params",
-        os.devnull,
+        str(params),
         "serve",
         "--model-repository",
         str(repository),
@@ -184,19 +196,56 @@ def embedded(repository: Path, images: np.ndarray, want: np.ndarray, args: argpa
             "grpc": lambda c: grpc_load(target, request, c, seconds),
             "grpc_v2": lambda c: grpc_load(target, v2_request, c, seconds, protocol="v2"),
         }
-        results: dict[str, list[LoadResult]] = {name: [] for name in loads}
+        loads = {name: load for name, load in loads.items() if name in protocols}
+        tools = external.available()
+        external_loads = {}
+        if tools["wrk"]:
+            rest_url = f"http://127.0.0.1:{rest}/v1/models/digits:predict"
+            external_loads["rest_wrk"] = lambda c: external.wrk_rest(rest_url, body, c, seconds)
+        if tools["h2load"]:
+            grpc_url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
+            external_loads["grpc_h2load"] = lambda c: external.h2load_grpc(
+                grpc_url, request, c, seconds
+            )
+        results: dict[str, list[LoadResult]] = {name: [] for name in (*loads, *external_loads)}
+        mode = "batching on" if batching else "batching off"
         for level in args.concurrency:
-            rounds: dict[str, list[LoadResult]] = {name: [] for name in loads}
+            rounds: dict[str, list[LoadResult]] = {name: [] for name in results}
             for _ in range(args.rounds):
                 for name, load in loads.items():
-                    print(f"  embedded server, {LABELS[name]}", flush=True)
+                    print(f"  embedded server ({mode}), {LABELS[name]}", flush=True)
                     rounds[name] += run_loads(load, [level])
-            for name in loads:
+                for name, load in external_loads.items():
+                    print(f"  embedded server ({mode}), {LABELS[name]}", flush=True)
+                    rounds[name].append(show(load(level)))
+            for name in results:
                 results[name].append(median_of(rounds[name]))
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
         stop(process)
-    return results, mean_batch(metrics)
+    return results, mean_batch(metrics), failed_grpc(metrics)
+
+
+def show(result: LoadResult) -> LoadResult:
+    print(
+        f"    concurrency {result.concurrency:3d}: {result.rps:9.1f} req/s  p50 "
+        f"{result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+        flush=True,
+    )
+    return result
+
+
+def failed_grpc(metrics: str) -> int:
+    """gRPC answers with a status other than OK, from the server's own counters (h2load sees
+    only the HTTP status; the gRPC status travels in the trailers)."""
+    failed = 0
+    for line in metrics.splitlines():
+        grpc_line = (
+            line.startswith("kerasops_serving_requests_total{") and 'protocol="grpc"' in line
+        )
+        if grpc_line and 'code="OK"' not in line:
+            failed += int(float(line.split()[-1]))
+    return failed
 
 
 def median_of(rounds: list[LoadResult]) -> LoadResult:
@@ -219,6 +268,8 @@ LABELS = {
     "grpc": "gRPC (TF Serving v1)",
     "rest_v2": "REST (OIP v2, JSON)",
     "grpc_v2": "gRPC (OIP v2, raw)",
+    "rest_wrk": "REST (TF Serving v1), `wrk`",
+    "grpc_h2load": "gRPC (TF Serving v1), `h2load`",
 }
 
 
@@ -303,8 +354,13 @@ def mlflow_serve(
 def report(results: dict[str, Any], command: str) -> str:
     inproc = results["in_process"]
     batch1 = inproc["batch_1"]["calls_per_s"]
-    names = [n for n in ("rest", "grpc", "rest_v2", "grpc_v2", "mlflow") if results.get(n)]
+    order = ("rest", "rest_wrk", "grpc", "grpc_h2load", "rest_v2", "grpc_v2", "mlflow")
+    names = [n for n in order if results.get(n)]
     by_level = {name: {r["concurrency"]: r for r in results[name]} for name in names}
+    off = {
+        name: {r["concurrency"]: r for r in rows}
+        for name, rows in results.get("batching_off", {}).items()
+    }
     top = max(by_level["rest"])
     lines = [
         "## Serving: embedded TF-Serving-compatible server",
@@ -313,7 +369,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"model: {results['model']}.",
         "",
         "Command (after `kerasops prepare digits` and "
-        "`kerasops train cnn --dataset digits --preset cnn_small`):",
+        "`kerasops train cnn --dataset digits --preset cnn_small`; `wrk` and `h2load` from "
+        "Debian's `wrk` and `nghttp2-client`):",
         "",
         "```",
         command,
@@ -321,21 +378,28 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
         "Closed loop: N clients on loopback, each sending its next single-example request as "
         f"soon as the last is answered, {results['seconds']} s per point "
-        f"({results['mlflow_seconds']} s for MLflow) after 0.5 s of warmup; "
+        f"({results['mlflow_seconds']} s for MLflow) after a warmup; "
         f"{results.get('rounds', 1)} interleaved round(s) per embedded-server point. "
-        "Load generator and server share the machine's CPUs. Per concurrency the embedded "
-        "server's four loads run back to back (v1 REST, v2 REST, v1 gRPC, v2 gRPC), so each "
-        "v2 / v1 ratio compares figures taken seconds apart; with `--rounds N` each point is "
-        "the median of N such interleaved rounds.",
+        "Load generators and server share the machine's 2 CPUs. Two load generators per "
+        "protocol: the project's own (loadgen.py: raw keep-alive HTTP/1.1 for REST, grpc.aio "
+        "with the official stubs for gRPC; Python, so its own CPU cost is part of each figure) "
+        "and C ones (`wrk` for REST, `h2load` sending the same serialized PredictRequest for "
+        "gRPC). Per concurrency each server's loads run back to back, so ratios compare "
+        "figures taken seconds apart. The embedded server runs twice: with dynamic batching "
+        "(the default) and with `serving.batching.enabled: false`. "
+        "gRPC answers with a status other than OK over the whole run: "
+        f"{results.get('grpc_not_ok', 'n/a')}.",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, label in (
-        *((name, f"embedded {label}") for name, label in LABELS.items()),
-        ("mlflow", "`mlflow models serve`"),
-    ):
-        for level, row in sorted(by_level.get(name, {}).items()):
+    rows = [(name, f"embedded, batching on, {label}", by_level) for name, label in LABELS.items()]
+    rows += [
+        (name, f"embedded, batching off, {LABELS[name]}", off) for name in LABELS if name in off
+    ]
+    rows.append(("mlflow", "`mlflow models serve`", by_level))
+    for name, label, table in rows:
+        for level, row in sorted(table.get(name, {}).items()):
             lines.append(
                 f"| {label} | {level} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
                 f"{row['p99_ms']:.2f} | {row['errors']} |"
@@ -350,10 +414,10 @@ def report(results: dict[str, Any], command: str) -> str:
     ]
     for batch, row in inproc["all"].items():
         lines.append(f"| batch {batch} | {row['calls_per_s']:.0f} | {row['rows_per_s']:.0f} |")
+    lines += ["", *_ratio_table(by_level, off)]
     rest_top, grpc_top = by_level["rest"][top], by_level["grpc"][top]
     lines += [
-        "",
-        f"At concurrency {top} (rows per batched call in the embedded server, averaged over "
+        f"At concurrency {top} (rows per batched call in the batching server, averaged over "
         f"the whole run, all concurrencies: {results['mean_batch']:.1f}):",
         "",
     ]
@@ -375,11 +439,57 @@ def report(results: dict[str, Any], command: str) -> str:
         f"Load average (1/5/15 min) {_loads(results, 'start')} at the start, "
         f"{_loads(results, 'end')} at the end. Other jobs shared "
         "the 2 CPUs, which slows single-example calls (each one waits for TensorFlow's threads "
-        "to be scheduled) more than batched ones, so the ratios to the batch-1 call rate are "
-        "higher than on an idle machine; all figures of a run are taken under the same load.",
+        "to be scheduled) more than batched ones; all figures of a run are taken under the "
+        "same load, so compare ratios, not absolute figures, across runs.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _ratio_table(
+    by_level: dict[str, dict[int, dict]], off: dict[str, dict[int, dict]]
+) -> list[str]:
+    """gRPC ÷ REST (target ≥ 1) and batching on ÷ off (targets ≥ 0.95 at c=1, ≥ 3 at c=64),
+    per load generator and concurrency."""
+    levels = sorted(by_level["rest"])
+    lines = ["| ratio of requests/s | " + " | ".join(f"c={c}" for c in levels) + " | target |",
+             "|---|" + "---:|" * len(levels) + "---|"]  # fmt: skip
+
+    def add(
+        label: str, top: dict[int, dict] | None, bottom: dict[int, dict] | None, target: str
+    ) -> None:
+        if not top or not bottom:
+            return
+        cells = [
+            f"{top[c]['rps'] / bottom[c]['rps']:.2f}" if c in top and c in bottom else "–"
+            for c in levels
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+
+    add("gRPC ÷ REST, project load generator", by_level.get("grpc"), by_level.get("rest"), "≥ 1")
+    add(
+        "gRPC (`h2load`) ÷ REST (`wrk`)",
+        by_level.get("grpc_h2load"),
+        by_level.get("rest_wrk"),
+        "≥ 1",
+    )
+    add(
+        "batching on ÷ off, REST, project",
+        by_level.get("rest"),
+        off.get("rest"),
+        "≥ 0.95 at c=1, ≥ 3 at c=64",
+    )
+    add(
+        "batching on ÷ off, REST, `wrk`",
+        by_level.get("rest_wrk"),
+        off.get("rest_wrk"),
+        "≥ 0.95 at c=1, ≥ 3 at c=64",
+    )
+    add("batching on ÷ off, gRPC, project", by_level.get("grpc"), off.get("grpc"), "")
+    add(
+        "batching on ÷ off, gRPC, `h2load`", by_level.get("grpc_h2load"), off.get("grpc_h2load"), ""
+    )
+    return [*lines, ""]
 
 
 def _v2_ratios(by_level: dict[str, dict[int, dict]]) -> list[str]:
@@ -418,6 +528,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--mlflow-seconds", type=float, default=5.0)
     parser.add_argument("--no-mlflow", action="store_true", help="leave out mlflow models serve")
+    parser.add_argument(
+        "--no-batching-off",
+        action="store_true",
+        help="leave out the second embedded server with serving.batching.enabled: false",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -461,7 +576,13 @@ def main() -> None:
             f"{inproc['best_batch']}: {inproc['best']['rows_per_s']:.0f} examples/s",
             flush=True,
         )
-        served, batch = embedded(workdir / "models", images, want, args)
+        served, batch, failed = embedded(workdir / "models", images, want, args)
+        served_off: dict[str, list[LoadResult]] = {}
+        if not args.no_batching_off:
+            served_off, _, failed_off = embedded(
+                workdir / "models", images, want, args, batching=False, protocols=("rest", "grpc")
+            )
+            failed += failed_off
         mlflow_results = [] if args.no_mlflow else mlflow_serve(model, images, want, workdir, args)
         print("in-process signature calls, again (other jobs share this machine)", flush=True)
         again = in_process(exported.path, images, args.seconds)
@@ -480,6 +601,8 @@ def main() -> None:
         "mlflow_seconds": args.mlflow_seconds,
         "in_process": inproc,
         **{name: [r.row() for r in rows] for name, rows in served.items()},
+        "batching_off": {name: [r.row() for r in rows] for name, rows in served_off.items()},
+        "grpc_not_ok": failed,
         "mlflow": [r.row() for r in mlflow_results],
         "mean_batch": batch,
         "load_before": load_before,
