@@ -28,7 +28,7 @@ SEGMENTATION = {
     "pixel_max": 240.0,
 }
 SMALL_SET = {"source": "digits_segmentation", "num_images": 60}
-TRAIN_SET = {"source": "digits_segmentation", "num_images": 240}
+TRAIN_SET = {"source": "digits_segmentation", "num_images": 320}
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def trained(tmp_path_factory):
     from tests.conftest import train_run
 
     root = tmp_path_factory.mktemp("segmenter_project")
-    train = {"epochs": 4, "batch_size": 16, "learning_rate": 0.01}
+    train = {"epochs": 12, "batch_size": 16, "learning_rate": 0.01, "patience": 12}
     models = {"segmenter": {"preset": "segmenter_tiny", "train": train}}
     write_params(root, datasets={"segmentation_digits": TRAIN_SET}, models=models)
     with pytest.MonkeyPatch.context() as patch:
