@@ -269,3 +269,17 @@ def test_exported_segmenter_answers_rest_and_grpc_predicts(trained):
     assert mask.dtype == np.int32 and np.array_equal(mask, expected["mask"])
     probabilities = tf.make_ndarray(answer.outputs["probabilities"])
     np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+
+
+def test_data_add_suggests_the_folder_entry_with_classes_from_the_masks(tmp_path):
+    from kerasops.data.describe import suggest_entry
+
+    folder = write_pairs(tmp_path / "own", size=16)
+    entry = suggest_entry("segmentation_folder", folder, "own", {})
+    assert entry == {
+        "source": "segmentation_folder",
+        "path": "own",
+        "classes": ["background", "class_1", "class_2"],
+        "image_size": [16, 16],
+        "color_mode": "grayscale",
+    }
