@@ -61,6 +61,12 @@ def test_prepared_segmentation_digits_has_pixel_masks(tmp_path):
     raw = tmp_path / "raw" / "masks"
     assert len(list((raw / "images").glob("*.png"))) == len(list((raw / "masks").glob("*.png")))
 
+    from kerasops.data.validation import validate_prepared
+
+    checks = {c.name: c for c in validate_prepared(prepared, prepared).checks}
+    assert checks["label_set"].message.startswith("11 classes: background, 0, 1")
+    assert checks["drift"].status == "pass"  # over the pixel labels and input values
+
 
 def write_pairs(folder: Path, size: int = 16, count: int = 6) -> Path:
     (folder / "images").mkdir(parents=True, exist_ok=True)
