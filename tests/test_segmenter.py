@@ -289,3 +289,15 @@ def test_data_add_suggests_the_folder_entry_with_classes_from_the_masks(tmp_path
         "image_size": [16, 16],
         "color_mode": "grayscale",
     }
+
+
+@pytest.mark.slow
+def test_classifier_on_segmentation_data_is_a_one_line_error(trained, capsys):
+    from kerasops.pipelines.cli import main
+
+    root, _, _ = trained
+    argv = ["--params", str(root / "params.yaml"), "train", "cnn", "--dataset"]
+    code = main([*argv, "segmentation_digits"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "is a segmentation dataset" in err and "train the segmenter" in err
