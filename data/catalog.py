@@ -28,6 +28,16 @@ BUILTIN_DATASETS: dict[str, dict] = {
         "canvas_seed": 0,
         **_SPLIT,
     },
+    "segmentation_digits": {
+        "source": "digits_segmentation",
+        "num_images": 1000,
+        "canvas_size": 48,
+        "min_object_size": 12,
+        "max_object_size": 20,
+        "max_objects": 3,
+        "canvas_seed": 0,
+        **_SPLIT,
+    },
     "bbc_news_lm": {
         "source": "bbc_news_lm",
         "window": 128,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from kerasops.data.errors import DataError
@@ -158,6 +159,21 @@ def _detection_csv(folder: Path, relative: str, given: Mapping[str, Any]) -> dic
     return {"path": entry_path, **_image_settings([p for p in images if p.is_file()] or images)}
 
 
+def _segmentation_folder(folder: Path, relative: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    images, masks = folder / "images", folder / "masks"
+    if not images.is_dir() or not masks.is_dir():
+        raise DataError(f"{folder} needs images/<name> and masks/<name>.png side by side")
+    highest = 0
+    for path in sorted(masks.glob("*.png"))[:SAMPLE]:
+        try:
+            with Image.open(path) as mask:
+                highest = max(highest, int(np.asarray(mask).max()))
+        except (OSError, UnidentifiedImageError):
+            raise DataError(f"{path} is not a readable mask; remove or replace it") from None
+    classes = ["background", *(f"class_{i}" for i in range(1, max(highest, 1) + 1))]
+    return {"path": relative, "classes": classes, **_image_settings(_images(images))}
+
+
 def _text_corpus(folder: Path, relative: str, given: Mapping[str, Any]) -> dict[str, Any]:
     texts = [folder] if folder.is_file() else sorted(folder.rglob("*.txt"))
     if not texts:
@@ -173,5 +189,6 @@ INFER = {
     "timeseries_csv": _timeseries_csv,
     "translation_csv": _translation_csv,
     "detection_csv": _detection_csv,
+    "segmentation_folder": _segmentation_folder,
     "text_corpus": _text_corpus,
 }

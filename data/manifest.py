@@ -23,7 +23,14 @@ class Manifest:
     name: str
     source: str
     kind: Literal["image", "text", "timeseries", "tabular"]
-    task: Literal["classification", "regression", "language_modeling", "translation", "detection"]
+    task: Literal[
+        "classification",
+        "regression",
+        "language_modeling",
+        "translation",
+        "detection",
+        "segmentation",
+    ]
     input_shape: tuple[int, ...]  # per example: (8, 8, 1), () for one string, (window, 1)
     input_dtype: Literal["float32", "string"]
     target_shape: tuple[int, ...]  # () class index, (horizon,) forecast, (objects, 5) boxes

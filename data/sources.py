@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kerasops.config import StrictConfig, require
-from kerasops.data import detection, materialize, readers
+from kerasops.data import detection, materialize, readers, segmentation
 from kerasops.data.errors import DataError
 from kerasops.data.image_folder import ImageFolderPlan, plan_image_folder
 from kerasops.data.readers import LabeledExamples
@@ -23,7 +23,9 @@ from kerasops.data.splits import random_split, series_periods, stratified_split,
 from kerasops.errors import ConfigError
 
 Kind = Literal["image", "text", "timeseries", "tabular"]
-Task = Literal["classification", "regression", "language_modeling", "translation", "detection"]
+Task = Literal[
+    "classification", "regression", "language_modeling", "translation", "detection", "segmentation"
+]
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 
@@ -234,6 +236,51 @@ class DigitsDetectionConfig(SourceConfig):
         )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SegmentationFolderConfig(SourceConfig):
+    """Images in `<path>/images/` and their masks `<path>/masks/<same name>.png` (class ids)."""
+
+    source: Literal["segmentation_folder"] = "segmentation_folder"
+    path: str  # the folder holding images/ and masks/; relative to raw_root unless absolute
+    image_size: tuple[int, ...]  # (height, width); masks are resized by nearest pixel
+    classes: tuple[str, ...]  # class names by mask id; id 0 is the background
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            len(self.image_size) == 2 and min(self.image_size) >= 1,
+            f"image_size must be [height, width], both positive; got {list(self.image_size)}",
+        )
+        require(
+            len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
+            f"classes must name at least two distinct classes, background first; "
+            f"got {list(self.classes)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DigitsSegmentationConfig(SourceConfig):
+    """sklearn digits pasted on blank canvases, with a mask of each digit's ink (digit + 1)."""
+
+    source: Literal["digits_segmentation"] = "digits_segmentation"
+    num_images: int = 1000
+    canvas_size: int = 48
+    min_object_size: int = 12  # digit side in pixels, drawn uniformly per object
+    max_object_size: int = 20
+    max_objects: int = 3  # each canvas holds 1..max_objects digits
+    canvas_seed: int = 0  # seeds the drawing; `seed` seeds the split
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.num_images >= 10, f"num_images must be at least 10, got {self.num_images}")
+        require(self.max_objects >= 1, f"max_objects must be at least 1, got {self.max_objects}")
+        require(
+            4 <= self.min_object_size <= self.max_object_size <= self.canvas_size,
+            "need 4 <= min_object_size <= max_object_size <= canvas_size",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedDataset:
     """A source's examples, already split: splits[name] = (x, y)."""
@@ -365,6 +412,40 @@ def load_detection_csv(config: DetectionCsvConfig, raw_root: Path, name: str) ->
     stats = _image_stats(splits)
     stats["objects_per_image"] = float((examples.y[..., 4] >= 0).sum(axis=1).mean())
     return LoadedDataset("image", "detection", "float32", examples.classes, splits, stats)
+
+
+def load_segmentation_folder(
+    config: SegmentationFolderConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    folder = readers.resolve_path(config.path, raw_root)
+    size = (int(config.image_size[0]), int(config.image_size[1]))
+    examples = segmentation.read_mask_folder(folder, size, config.color_mode, config.classes)
+    indices = random_split(len(examples.y), config.val_fraction, config.test_fraction, config.seed)
+    splits = {s: (examples.x[i], examples.y[i]) for s, i in indices.items()}
+    stats = _image_stats(splits)
+    stats["foreground_fraction"] = float((examples.y > 0).mean())
+    return LoadedDataset("image", "segmentation", "float32", examples.classes, splits, stats)
+
+
+def load_digits_segmentation(
+    config: DigitsSegmentationConfig, raw_root: Path, name: str
+) -> LoadedDataset:
+    spec = detection.CanvasSpec(
+        num_images=config.num_images,
+        canvas_size=config.canvas_size,
+        min_object_size=config.min_object_size,
+        max_object_size=config.max_object_size,
+        max_objects=config.max_objects,
+        seed=config.canvas_seed,
+    )
+    folder = segmentation.materialize_segmentation_digits(Path(raw_root) / name, spec)
+    user = SegmentationFolderConfig(
+        path=str(folder.resolve()),
+        image_size=(config.canvas_size, config.canvas_size),
+        classes=segmentation.digit_classes(),
+        **_split_fields(config),
+    )
+    return load_segmentation_folder(user, raw_root, name)
 
 
 def _split_fields(config: SourceConfig) -> dict[str, Any]:
@@ -529,6 +610,8 @@ SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "tabular_csv": (TabularCsvConfig, load_tabular_csv),
     "digits_detection": (DigitsDetectionConfig, load_digits_detection),
     "detection_csv": (DetectionCsvConfig, load_detection_csv),
+    "digits_segmentation": (DigitsSegmentationConfig, load_digits_segmentation),
+    "segmentation_folder": (SegmentationFolderConfig, load_segmentation_folder),
     "bbc_news_lm": (BbcNewsLmConfig, load_bbc_news_lm),
     "text_corpus": (TextCorpusConfig, load_text_corpus),
     "generated_dates": (GeneratedDatesConfig, load_generated_dates),
@@ -545,6 +628,7 @@ BUILTIN_SOURCES = frozenset(
         "bbc_news",
         "sklearn_breast_cancer",
         "digits_detection",
+        "digits_segmentation",
         "bbc_news_lm",
         "generated_dates",
     }

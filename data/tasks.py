@@ -1,7 +1,8 @@
 """What each dataset task's targets hold, where preparation and validation need to know.
 
 Classification targets are one class index per example; detection targets are padded box rows
-`[ymin, xmin, ymax, xmax, class]` (class -1 pads), so their class indices are one per box.
+`[ymin, xmin, ymax, xmax, class]` (class -1 pads), so their class indices are one per box;
+segmentation targets are masks of class ids, one per pixel.
 The other tasks (regression, language modeling, translation) have no classes.
 """
 
@@ -21,10 +22,15 @@ def _box_classes(y: np.ndarray) -> np.ndarray:
     return classes[classes >= 0].astype(np.int64)  # padding rows left out
 
 
+def _pixel_classes(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y).reshape(-1).astype(np.int64)  # one class id per mask pixel
+
+
 # The tasks whose targets hold classes, and how to read the class indices from them.
 CLASS_LABELS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "classification": _example_classes,
     "detection": _box_classes,
+    "segmentation": _pixel_classes,
 }
 
 
@@ -56,6 +62,7 @@ def _box_samples(y: np.ndarray) -> dict[str, np.ndarray]:
 TARGET_SAMPLES: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {
     "classification": lambda y: {"labels": _example_classes(y).astype(float)},
     "detection": _box_samples,
+    "segmentation": lambda y: {"pixel labels": _pixel_classes(y).astype(float)},
 }
 
 

@@ -23,6 +23,7 @@ Task = Literal[
     "reconstruction",
     "generation",
     "detection",
+    "segmentation",
 ]
 
 INPUT_NAMES: dict[str, str] = {
@@ -35,6 +36,7 @@ OUTPUT_NAMES: dict[str, str] = {
     "classification": "probabilities",
     "regression": "forecast",
     "detection": "boxes",  # plus `classes`, `scores` and `num_detections`
+    "segmentation": "mask",  # plus `probabilities`
     "language_modeling": "logits",
     "translation": "logits",
     "reconstruction": "reconstruction",
@@ -53,7 +55,8 @@ class InputSpec(StrictConfig):
             (logits over `num_outputs` token ids at every position), reconstruction (an
             autoencoder gives back its input), generation (a generator makes inputs from
             noise), for those two `num_outputs` is the number of values per example, or
-            detection (boxes of `num_outputs` classes).
+            detection (boxes of `num_outputs` classes) or segmentation (a class of
+            `num_outputs`, background first, for every pixel).
         shape: per-example input shape; `()` for one string per example.
         num_outputs: number of classes, or of regression targets.
         pixel_max: images are rescaled by `1 / pixel_max` inside the model.

@@ -92,7 +92,7 @@ def data_input_spec(prepared: PreparedData, train: TrainConfig) -> InputSpec:
     """The InputSpec of a prepared dataset: its kind's statistics (SPEC_VALUES) added to the
     shapes and output width every kind has."""
     manifest = prepared.manifest
-    labelled = manifest.task in ("classification", "detection")
+    labelled = manifest.task in ("classification", "detection", "segmentation")
     values: dict[str, Any] = {
         "kind": manifest.kind,
         "task": manifest.task,

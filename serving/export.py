@@ -6,7 +6,8 @@ Signatures written (names and keys as TF Serving expects them):
   e.g. `image` -> `probabilities`; a classifier also answers `classes`, its class names (B, K)
   in the order of `probabilities`. Preprocessing is inside the model, so clients send raw values.
   A model with named (dict) outputs answers with those names, e.g. a detector's `boxes`,
-  `classes`, `scores` and `num_detections`.
+  `classes`, `scores` and `num_detections`, a segmenter's `mask` (int32 class ids per pixel)
+  and `probabilities`.
 * `classify` (classifiers, last layer `probabilities`): `inputs` = serialized `tf.Example`s with
   one feature named like the model input -> `classes` (string labels) and `scores`.
 * `regress` (regressors with one value per example, last layer `forecast`): `inputs` =

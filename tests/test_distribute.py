@@ -34,6 +34,7 @@ from tests.conftest import train_run, write_params
 from tests.services import free_port
 from tests.test_detection import DETECTION
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
+from tests.test_segmenter import SEGMENTATION
 from tests.test_sequence_models import (
     LM_INPUTS,
     PROMPTS,
@@ -268,6 +269,7 @@ SPECS = [
     (LM_INPUTS, PROMPTS),
     (TRANSLATION_INPUTS, {"source": SOURCES, "target": TARGETS}),
     (DETECTION, np.random.default_rng(0).uniform(0, 240, (2, 48, 48, 1)).astype("float32")),
+    (SEGMENTATION, np.random.default_rng(0).uniform(0, 240, (2, 48, 48, 1)).astype("float32")),
 ]
 
 

@@ -153,6 +153,7 @@ def test_the_shipped_pipeline_is_valid_in_a_fresh_clone(tmp_path):
     dry = dvc(repo, "repro", "--dry", "--force")
     assert stages_run(dry.stdout) == set(stages)
     assert {"prepare@detection_digits", "export@cnn-digits"} <= set(stages)
+    assert {"prepare@segmentation_digits", "train@segmenter-segmentation_digits"} <= set(stages)
     dvc(repo, "status")
     shown = dvc(repo, "metrics", "show")
     assert "failed" not in (shown.stdout + shown.stderr).lower()  # nothing trained: nothing shown

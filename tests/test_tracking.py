@@ -48,6 +48,10 @@ def test_compare_shows_each_familys_headline_metric_beside_its_baseline():
     assert headline(classifier)["baseline"] == "0.2300 (majority)"
     assert headline(classifier)["seconds"] == 9.0
     assert headline({"anomaly_roc_auc": 0.9})["metric"] == "anomaly_auc"
+    segmenter = {"test_mean_iou": 0.9, "test_pixel_accuracy": 0.99}
+    segmenter["baseline_background_mean_iou"] = 0.08
+    assert headline(segmenter)["metric"] == "mean_iou"
+    assert headline(segmenter)["baseline"] == "0.0800 (all background)"
     assert headline({})["metric"] is None  # a failed run has no metrics
 
 

@@ -13,6 +13,7 @@ from kerasops.pipelines.cli.common import add_overrides, params_of
 USER_SOURCES = (
     "detection_csv",
     "image_folder",
+    "segmentation_folder",
     "tabular_csv",
     "text_corpus",
     "text_csv",

@@ -2,7 +2,7 @@
 `kerasops lineage` (the chain from one run back to its code, params and data).
 
 `compare` shows model, dataset, status, and each run's headline test metric beside its
-baseline (accuracy for classifiers, MAE for forecasters, mAP for detectors,
+baseline (accuracy for classifiers, MAE for forecasters, mAP for detectors, mean IoU for segmenters,
 perplexity for language models, exact match for translators, ROC AUC for anomaly scoring,
 Fréchet distance for generators)."""
 
@@ -26,6 +26,7 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("masked_perplexity", "test_masked_perplexity", "unigram", "baseline_masked_perplexity"),
     ("exact_match", "test_exact_match", "copy", "baseline_copy_exact_match"),
     ("map50", "test_map50", "random boxes", "baseline_random_map50"),
+    ("mean_iou", "test_mean_iou", "all background", "baseline_background_mean_iou"),
     ("anomaly_auc", "anomaly_roc_auc", "mean image", "baseline_mean_image_roc_auc"),
     ("frechet", "test_frechet_distance", "noise", "baseline_noise_frechet_distance"),
     ("mae", "test_mae", "naive", "baseline_naive_mae"),
