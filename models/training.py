@@ -409,3 +409,23 @@ def as_history(history: keras.callbacks.History) -> History:
 def trainable_count(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def fit_phase(
+    phase: int,
+    model: keras.Model,
+    prepared: PreparedData,
+    train: TrainConfig,
+    callbacks: Sequence[keras.callbacks.Callback],
+    log: RunLog,
+    epochs: int,
+    offset: int = 0,
+) -> History:
+    """Fit one phase of a multi-phase run (frozen, then unfrozen): its epochs numbered after
+    the earlier phases' (one continuous curve per metric), its trainable count logged as
+    `phase<N>_trainable_params`."""
+    for callback in callbacks:
+        if isinstance(callback, EpochLogger) and not callback.prefix:
+            callback.step_offset = offset
+    log.params({f"phase{phase}_trainable_params": trainable_count(model)})
+    return fit(model, prepared, train, callbacks, epochs=epochs)

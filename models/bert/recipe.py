@@ -37,16 +37,14 @@ from kerasops.models.evaluation import Evaluation
 from kerasops.models.inputs import InputSpec, vocabulary_size
 from kerasops.models.recipe import Recipe
 from kerasops.models.training import (
-    EpochLogger,
     History,
     RunLog,
     TrainConfig,
     as_history,
     compile_model,
-    fit,
+    fit_phase,
     fit_verbosity,
     make_optimizer,
-    trainable_count,
 )
 
 
@@ -196,35 +194,17 @@ class BertClassifierRecipe(Recipe):
             log.params(backbone_params(config.backbone))
         budget = label_budget(prepared, config.train_examples, train.seed)
         log.params({"train_examples_used": len(budget.splits["train"].y)})
-        history = run_phase(1, model, budget, train, callbacks, log, train.epochs)
+        history = fit_phase(1, model, budget, train, callbacks, log, train.epochs)
         if config.fine_tune_epochs == 0:
             return history
         model.get_layer(ENCODER_LAYER).trainable = True
         slower = train.replace(learning_rate=config.fine_tune_learning_rate)
         compile_model(model, prepared.manifest.task, slower)
         offset = len(history.get("loss", []))
-        second = run_phase(
+        second = fit_phase(
             2, model, budget, slower, callbacks, log, config.fine_tune_epochs, offset
         )
         return {k: history.get(k, []) + second.get(k, []) for k in {*history, *second}}
-
-
-def run_phase(
-    phase: int,
-    model: keras.Model,
-    prepared: PreparedData,
-    train: TrainConfig,
-    callbacks: Sequence[keras.callbacks.Callback],
-    log: RunLog,
-    epochs: int,
-    offset: int = 0,
-) -> History:
-    """Fit one phase, its epochs numbered after the earlier phase's; log its trainable count."""
-    for callback in callbacks:
-        if isinstance(callback, EpochLogger) and not callback.prefix:
-            callback.step_offset = offset  # one continuous curve over both phases
-    log.params({f"phase{phase}_trainable_params": trainable_count(model)})
-    return fit(model, prepared, train, callbacks, epochs=epochs)
 
 
 def label_budget(prepared: PreparedData, examples: int, seed: int) -> PreparedData:

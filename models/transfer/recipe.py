@@ -22,7 +22,7 @@ from kerasops.models.training import (
     RunLog,
     TrainConfig,
     compile_model,
-    fit,
+    fit_phase,
     trainable_count,
 )
 from kerasops.models.transfer.builder import (
@@ -78,14 +78,12 @@ class TransferRecipe(Recipe):
     ) -> History:
         """Fit one phase and log its trainable count, wall time, epochs and test metrics."""
         prefix = f"phase{phase}_"
-        for callback in callbacks:
-            if isinstance(callback, EpochLogger) and not callback.prefix:
-                callback.step_offset = offset  # one continuous curve over both phases
         trainable = trainable_count(model)
-        log.params({f"{prefix}trainable_params": trainable})
         started = time.monotonic()
         phase_log = EpochLogger(log, prefix, offset)  # steps count epochs of the run
-        history = fit(model, prepared, train, [*callbacks, phase_log], epochs=epochs)
+        history = fit_phase(
+            phase, model, prepared, train, [*callbacks, phase_log], log, epochs, offset
+        )
         seconds = time.monotonic() - started
         scores = self.evaluate(model, prepared, config).metrics
         log.metrics(
