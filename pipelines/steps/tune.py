@@ -24,7 +24,6 @@ from typing import Any
 import keras
 import mlflow
 import optuna
-import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -40,6 +39,7 @@ from kerasops.pipelines.steps.runner import DirectRunner, StepRunner, named
 from kerasops.pipelines.steps.train import train_model
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import lineage_tags
+from kerasops.pipelines.training.distribute import limit_threads
 
 STUDY_TAG = "kerasops.study"  # on the parent and every trial run
 TRIAL_TAG = "kerasops.trial"  # the trial's number
@@ -304,16 +304,6 @@ def mark_trial_run(run_id: str, state: str, status: str | None) -> None:
     client.set_tag(run_id, STATE_TAG, state)
     if status:
         client.set_terminated(run_id, status=status)
-
-
-def limit_threads(threads: int) -> None:
-    """TensorFlow's thread pools sized so `parallel` trial processes share the cores; only
-    possible before the process's first TensorFlow op."""
-    if threads <= 0:
-        return
-    with contextlib.suppress(RuntimeError):  # already running: this process set them before
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 @named("trials")
