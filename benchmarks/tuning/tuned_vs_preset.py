@@ -9,9 +9,9 @@ In a fresh project folder under artifacts/benchmarks/tuning/ (untracked), as a u
 by `--apply`; then `kerasops train` twice with the same epochs, seed and prepared split: the
 shipped `models.<model>` entry (the preset) and the applied best values. Reports each one's best
 validation value of the objective and its test accuracy, the wall times and the load average.
-With `--workers K` the same study (trials, epochs, sampler, pruner) also runs from scratch in a
-second folder with `--parallel K` (a local Dask cluster of K worker processes), and the ratio
-of the two studies' wall times is recorded.
+With `--workers K` the same study (trials, epochs, sampler) also runs twice more from scratch,
+the pruner off so both train every epoch of every trial: on one worker, and with `--parallel K`
+(a local Dask cluster of K worker processes); the ratio of their wall times is recorded.
 
 Writes artifacts/benchmarks/tuning/tuned_vs_preset-<model>-<dataset>.json; with
 `--update-results` also merges it into benchmarks/tuning/results.json (tracked) and rewrites the
@@ -41,9 +41,9 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- tuning:begin -->", "<!-- tuning:end -->"
 
 
-def project(folder: Path, model: str) -> dict[str, Any]:
+def project(folder: Path, model: str, pruner: str = "") -> dict[str, Any]:
     """A params.yaml in `folder`: the repository's, its paths inside `folder`, only
-    `tuning.<model>` kept; returns its `tuning.<model>` section."""
+    `tuning.<model>` kept (its pruner replaced when one is given); returns that section."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"] = {
         "artifacts": "artifacts",
@@ -53,6 +53,8 @@ def project(folder: Path, model: str) -> dict[str, Any]:
     params["tracking"] = {"experiment": "tuning-benchmark", "mlflow_evaluate": False}
     tuning = params["tuning"]
     params["tuning"] = {k: tuning[k] for k in ("storage", "scheduler", "heartbeat_seconds", model)}
+    if pruner:
+        params["tuning"][model] = {**tuning[model], "pruner": pruner}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -147,28 +149,30 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         result[name] = trained(folder, args, tuning, seconds)
         print(f"{name}: {json.dumps(result[name])}", flush=True)
     if args.workers > 1:
-        result["parallel_study"] = parallel_study(args, tune, fixed, result["study"])
+        result["parallel_study"] = parallel_study(args, tune, fixed)
     result["load_average_after"] = loads()
     return result
 
 
-def parallel_study(
-    args: argparse.Namespace, tune: list[str], fixed: list[str], single: dict[str, Any]
-) -> dict[str, Any]:
-    """The same study from scratch with `--parallel K`; its wall time against one worker's."""
-    folder = OUT / f"{args.model}-{args.dataset}-vs-preset-{args.workers}-workers"
-    project(folder, args.model)
-    kerasops(folder, "prepare", args.dataset)
-    before = loads()
-    seconds, stdout = kerasops(folder, *tune, *fixed, "--parallel", str(args.workers))
-    print(f"study on {args.workers} workers: {seconds:.1f} s", flush=True)
-    return {
-        **study_summary(stdout),
-        "workers": args.workers,
-        "wall_seconds": round(seconds, 1),
-        "load_average_before": before,
-        "wall_ratio_1_to_k": round(single["wall_seconds"] / seconds, 2),
-    }
+def parallel_study(args: argparse.Namespace, tune: list[str], fixed: list[str]) -> dict[str, Any]:
+    """The study without pruning, from scratch on one worker and on K: their wall times."""
+    timed: dict[str, Any] = {"workers": args.workers}
+    for workers in (1, args.workers):
+        folder = OUT / f"{args.model}-{args.dataset}-unpruned-{workers}-workers"
+        project(folder, args.model, pruner="none")
+        kerasops(folder, "prepare", args.dataset)
+        before = loads()
+        seconds, stdout = kerasops(folder, *tune, *fixed, "--parallel", str(workers))
+        print(f"unpruned study on {workers} worker(s): {seconds:.1f} s", flush=True)
+        timed[str(workers)] = {
+            **study_summary(stdout),
+            "wall_seconds": round(seconds, 1),
+            "load_average_before": before,
+        }
+    timed["wall_ratio_1_to_k"] = round(
+        timed["1"]["wall_seconds"] / timed[str(args.workers)]["wall_seconds"], 2
+    )
+    return timed
 
 
 def markdown(entries: dict[str, dict[str, Any]]) -> str:
@@ -200,11 +204,14 @@ def markdown(entries: dict[str, dict[str, Any]]) -> str:
         )
         if "parallel_study" in e:
             p = e["parallel_study"]
+            one, many = p["1"], p[str(p["workers"])]
             notes.append(
-                f"  The same study from scratch on {p['workers']} Dask worker processes: "
-                f"{p['wall_seconds']:.0f} s against {study['wall_seconds']:.0f} s on one "
-                f"(ratio {p['wall_ratio_1_to_k']:.2f}; {p['states']}; load average "
-                f"{', '.join(map(str, p['load_average_before']))} before it)."
+                f"  Fan-out, the same {e['trials']} trials x {e['epochs']} epochs with the pruner "
+                f"off, each from scratch: {one['wall_seconds']:.0f} s on one worker, "
+                f"{many['wall_seconds']:.0f} s on {p['workers']} Dask worker processes "
+                f"(1-to-{p['workers']} wall ratio {p['wall_ratio_1_to_k']:.2f}; load average "
+                f"{', '.join(map(str, one['load_average_before']))} and "
+                f"{', '.join(map(str, many['load_average_before']))} before each)."
             )
     commands = "\n".join(
         f"PYTHONPATH=. python benchmarks/tuning/tuned_vs_preset.py --model {e['model']} "

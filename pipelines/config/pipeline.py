@@ -63,6 +63,9 @@ class PipelineConfig(StrictConfig):
         fine_tunes: `<model>-<dataset>: {model, dataset, backbone}` trained with
             `--set backbone=<artifacts>/runs/<backbone>` and evaluated, after the run named by
             `backbone` (one `fine_tune` stage each).
+        tunes: `<model>-<dataset>: {model, dataset}` studied by the `tune` stage (one each,
+            `kerasops tune --apply`: the best values into `models.<model>`); none by default,
+            a study starts as a DVC experiment (README "Tuning").
         max_parallel: trainings run at once by the Prefect pipeline: 1 in the flow's own
             process; K > 1 on a local Dask cluster of K worker processes (one training each,
             TensorFlow's threads = cores / K), or on the cluster of `scheduler`.
@@ -78,6 +81,7 @@ class PipelineConfig(StrictConfig):
     datasets: tuple[str, ...] = ()
     runs: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     fine_tunes: dict[str, FineTuneSpec] = dataclasses.field(default_factory=dict)
+    tunes: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     max_parallel: int = 1
     scheduler: str = ""
     retries: int = 2
@@ -104,6 +108,12 @@ class PipelineConfig(StrictConfig):
                 f"pipeline.fine_tunes.{key} uses {spec.dataset!r}, not in pipeline.datasets",
             )
             require(key not in self.runs, f"{key} is in both pipeline.runs and fine_tunes")
+        for key, spec in self.tunes.items():
+            require(key == spec.name, f"pipeline.tunes.{key} must be named {spec.name}")
+            require(
+                spec.dataset in self.datasets,
+                f"pipeline.tunes.{key} uses {spec.dataset!r}, not in pipeline.datasets",
+            )
 
     @property
     def run_specs(self) -> tuple[RunSpec, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -181,6 +182,36 @@ def prepare_study(
                 "objective); pass --study NEW_NAME, or restore its tuning section"
             )
     return name, pairs
+
+
+def config_study_name(
+    params: Params, model: str, dataset: str, overrides: Sequence[str] = ()
+) -> str:
+    """`<model>-<dataset>-<hash>`: named by the space, the objective and the config trials start
+    from (less the searched keys), so a changed config gets a study of its own and the same
+    config resumes its own (a DVC stage's study; `--trials` may grow it)."""
+    tuning = params.tuning.for_family(model)
+    pairs = dict(parse_override(o) for o in overrides)
+    base = resolve_run_config(params, model, dataset, None, pairs).to_dict()
+    for key in tuning.space:
+        section, _, name = key.partition(".")
+        base["train" if section == "train" else "model_config"].pop(name, None)
+    text = json.dumps([tuning.fingerprint(model, dataset), base], sort_keys=True, default=str)
+    return f"{model}-{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def summary(result: TuneResult) -> dict[str, Any]:
+    """A study's outcome as flat JSON (a DVC stage's metrics file): the best value and trial,
+    the trial counts by state, the best values under their param keys."""
+    return {
+        "study": result.study,
+        "mlflow_parent_run": result.parent_run_id,
+        "objective": result.objective,
+        f"best_{result.objective}": result.best_value,
+        "best_trial": result.best_trial,
+        **{f"trials_{state.lower()}": count for state, count in result.states.items() if count},
+        "best": result.best_values,
+    }
 
 
 def existing_study(params: Params, url: str, name: str) -> optuna.Study | None:
