@@ -113,6 +113,41 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(project, capsys):
     assert not (project / "artifacts").exists()
 
 
+def test_a_study_per_config_changes_with_the_space_or_base_config_only(project, capsys):
+    """`--study-per-config` (the tune stage's): applied best values and `trials` keep the name,
+    a changed space or a changed key the trials start from give a new study."""
+
+    def name(models=None, overrides=(), **family) -> str:
+        write_params(project, tuning=tuning_section(**family), models=models or {})
+        return tune.config_study_name(load_params("params.yaml"), "mlp", "digits", overrides)
+
+    first = name()
+    assert first.startswith("mlp-digits-") and first == name()
+    applied = {"mlp": {"dropout": 0.2, "train": {"learning_rate": 0.005}}}
+    assert name(models=applied, trials=9) == first
+    assert name(overrides=["epochs=2"]) != first
+    assert name(models={"mlp": {"activation": "tanh"}}) != first
+    assert name(space={**SPACE, "dropout": {"type": "float", "low": 0.0, "high": 0.4}}) != first
+    assert main(["tune", "mlp", "--dataset", "digits", "--study", "a", "--study-per-config"]) == 2
+    assert "pass one" in capsys.readouterr().err
+    assert not (project / "artifacts").exists()
+
+
+def test_pipeline_tunes_entries_are_checked(project):
+    pipeline = {"datasets": ["digits"], "runs": {}, "fine_tunes": {}}
+    tunes = {"mlp-digits": {"model": "mlp", "dataset": "digits"}}
+    write_params(project, pipeline={**pipeline, "tunes": tunes})
+    assert load_params("params.yaml").pipeline.tunes["mlp-digits"].model == "mlp"
+    write_params(
+        project, pipeline={**pipeline, "tunes": {"mlp-iris": {"model": "mlp", "dataset": "iris"}}}
+    )
+    with pytest.raises(ConfigError, match="pipeline.tunes.mlp-iris uses 'iris'"):
+        load_params("params.yaml")
+    write_params(project, pipeline={**pipeline, "tunes": {"x": tunes["mlp-digits"]}})
+    with pytest.raises(ConfigError, match="pipeline.tunes.x must be named mlp-digits"):
+        load_params("params.yaml")
+
+
 @pytest.mark.slow
 def test_study_nests_trials_marks_failed_and_pruned_and_best_reproduces(tuned, monkeypatch, capsys):
     """4 trials: one crashes mid-fit (FAILED, the study goes on), one is pruned (KILLED); the
