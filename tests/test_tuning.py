@@ -133,6 +133,25 @@ def test_a_study_per_config_changes_with_the_space_or_base_config_only(project, 
     assert not (project / "artifacts").exists()
 
 
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving"])
+def test_no_trial_is_pruned_within_its_warmup_epochs(project, pruner):
+    write_params(project, tuning=tuning_section(pruner=pruner, warmup_epochs=2))
+    tuning = load_params("params.yaml").tuning.for_family("mlp")
+    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner(tuning))
+    for _ in range(3):  # finished trials, good at every epoch
+        trial = study.ask()
+        for epoch in range(1, 5):
+            trial.report(0.9, epoch)
+            assert not trial.should_prune()  # (successive halving records its rungs here)
+        study.tell(trial, 0.9)
+    slow = study.ask()
+    verdicts = []
+    for epoch in range(1, 5):
+        slow.report(0.1, epoch)
+        verdicts.append(slow.should_prune())
+    assert verdicts[:2] == [False, False] and True in verdicts[2:]
+
+
 def test_pipeline_tunes_entries_are_checked(project):
     pipeline = {"datasets": ["digits"], "runs": {}, "fine_tunes": {}}
     tunes = {"mlp-digits": {"model": "mlp", "dataset": "digits"}}

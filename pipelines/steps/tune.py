@@ -124,11 +124,12 @@ def make_sampler(tuning: FamilyTuning, offset: int) -> optuna.samplers.BaseSampl
 
 def make_pruner(tuning: FamilyTuning) -> optuna.pruners.BasePruner:
     startup = tuning.startup_trials
+    first = tuning.warmup_epochs + 1  # the first epoch (steps count from 1) a trial may stop at
     pruners: dict[str, Any] = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=startup),
-        "percentile": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=startup),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "median": lambda: optuna.pruners.MedianPruner(startup, n_warmup_steps=first),
+        "percentile": lambda: optuna.pruners.PercentilePruner(25.0, startup, first),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=first),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first),
         "none": optuna.pruners.NopPruner,
     }
     return pruners[tuning.pruner]()
