@@ -133,6 +133,33 @@ def test_a_study_per_config_changes_with_the_space_or_base_config_only(project, 
     assert not (project / "artifacts").exists()
 
 
+def test_a_trial_started_once_the_study_is_full_gives_way(project, monkeypatch, capsys):
+    """Two processes that both saw one trial left each start one: the later-numbered one is
+    marked surplus, never trained, and not counted, so the study holds exactly `--trials`."""
+    write_params(project, tuning=tuning_section())
+    params = load_params("params.yaml")
+    url = tune.storage_url(params)
+    study = optuna.create_study(
+        study_name="race", storage=tune.open_storage(params, url), direction="maximize"
+    )
+    for value in (0.5, 0.6):  # the other process's trials: the study is full
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    views = iter([1])  # this process checked before the other's last trial started
+
+    def stale_then_real(study, total):
+        return next(views, None) or tune.counted_left(study, total)
+
+    monkeypatch.setattr(tune, "counted_left", tune.trials_left, raising=False)
+    monkeypatch.setattr(tune, "trials_left", stale_then_real)
+    monkeypatch.setattr(tune, "run_trial", lambda job, trial: pytest.fail("trained a surplus"))
+    job = tune.TuningJob(params, "mlp", "digits", "race", url, 2, (), "")
+    assert tune.run_trials(job) == 0
+    trials = study.get_trials()
+    assert len(trials) == 3 and trials[2].user_attrs[tune.SURPLUS_ATTR] is True
+    assert [t.number for t in tune.counted(trials)] == [0, 1]
+    assert "trial failed" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving"])
 def test_no_trial_is_pruned_within_its_warmup_epochs(project, pruner):
     write_params(project, tuning=tuning_section(pruner=pruner, warmup_epochs=2))

@@ -47,12 +47,17 @@ TRIAL_TAG = "kerasops.trial"  # the trial's number
 STATE_TAG = "kerasops.trial_state"  # COMPLETE | PRUNED | FAIL
 PROCESS_TAG = "kerasops.trial_process"  # host:pid of the process that trained it
 FINGERPRINT_ATTR = "kerasops.fingerprint"
+SURPLUS_ATTR = "kerasops.surplus"  # a trial started once the study had its trials (not counted)
 PARENT_ATTR = "kerasops.mlflow_parent_run"
 RUN_ATTR = "mlflow_run_id"
 
 
 class ObjectiveMissing(KerasopsError):
     """The objective is not among the metrics a model logs each epoch: every trial would fail."""
+
+
+class SurplusTrial(KerasopsError):
+    """Another process drew the study's last trial between this one's check and its start."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +232,24 @@ def existing_study(params: Params, url: str, name: str) -> optuna.Study | None:
 
 
 def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, less those replaced by a retry (their process died)."""
+    """The study's trials, less those replaced by a retry (their process died) and those
+    started once it had its trials."""
     replaced = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in replaced]
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(SURPLUS_ATTR)]
+
+
+def check_not_surplus(job: TuningJob, trial: optuna.Trial) -> None:
+    """Raise SurplusTrial (the trial marked, never trained) when the study already had its
+    trials before this one: two processes that both saw one trial left start one each, and
+    the storage numbers them, so the later one gives way."""
+    trials = counted(trial.study.get_trials(deepcopy=False))
+    earlier = [t for t in trials if t.number < trial.number]
+    if len(earlier) >= job.trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        raise SurplusTrial(
+            f"study {job.study} already has its {job.trials} trials (another process started "
+            "the last one first); this one is not run"
+        )
 
 
 def trials_left(study: optuna.Study, total: int) -> int:
@@ -354,6 +374,7 @@ def run_trials(job: TuningJob, worker: int = 0) -> int:
 
     def objective(trial: optuna.Trial) -> float:
         try:
+            check_not_surplus(job, trial)
             return run_trial(job, trial)
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
@@ -367,6 +388,8 @@ def run_trials(job: TuningJob, worker: int = 0) -> int:
             return ran
         error.clear()
         study.optimize(objective, n_trials=1, catch=(Exception,))
+        if error and isinstance(error[0], SurplusTrial):
+            return ran
         ran += 1
         if error:
             print(f"trial failed: {error[0]}", flush=True)
