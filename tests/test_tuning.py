@@ -349,3 +349,26 @@ def test_trials_fan_out_over_two_dask_worker_processes(tuned):
     processes = {r.data.tags[tune.PROCESS_TAG] for r in children}
     assert len(processes) == 2 and f":{os.getpid()}" not in " ".join(processes)
     assert len(tune.counted(study_trials(tuned, "fan"))) == 4
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_without_overshooting(tuned):
+    """Two `kerasops tune` processes started at once on one study: one MLflow parent run, and
+    together exactly `--trials` trials trained and counted."""
+    assert main(["prepare", "digits"]) == 0  # not twice at once
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = tune_command(tuned, "--study", "shared", "--trials", "3", *FAST)
+    processes = [
+        subprocess.Popen(command, cwd=tuned, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.communicate(timeout=400)
+        assert process.returncode == 0
+    runs = runs_of(tuned, "shared")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    counted = tune.counted(study_trials(tuned, "shared"))
+    assert len(counted) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in counted)

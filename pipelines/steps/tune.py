@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -19,7 +20,7 @@ import os
 import shutil
 import socket
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -472,6 +473,20 @@ def decoded(values: Mapping[str, Any], tuning: FamilyTuning) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Processes opening a study in one SQLite storage (one machine) do so one at a time."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(url.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def tune_model(
     params: Params,
     model: str,
@@ -489,14 +504,15 @@ def tune_model(
     ensure_prepared(params, dataset)  # before the study is stored: lineage hashes the data
     url = storage_url(params)
     storage = open_storage(params, url)
-    created = optuna.create_study(
-        study_name=name, storage=storage, direction=tuning.direction, load_if_exists=True
-    )
-    created.set_user_attr(FINGERPRINT_ATTR, tuning.fingerprint(model, dataset))
     job = TuningJob(
         params, model, dataset, name, url, trials or tuning.trials, tuple(pairs.items()), ""
     )
-    job = dataclasses.replace(job, parent_run_id=open_parent(params, job, created))
+    with study_lock(url):  # a second process at once finds the first's parent run
+        created = optuna.create_study(
+            study_name=name, storage=storage, direction=tuning.direction, load_if_exists=True
+        )
+        created.set_user_attr(FINGERPRINT_ATTR, tuning.fingerprint(model, dataset))
+        job = dataclasses.replace(job, parent_run_id=open_parent(params, job, created))
     workers = max(parallel, 1)
     if workers > 1:
         job = dataclasses.replace(job, threads=max((os.cpu_count() or 1) // workers, 1))
