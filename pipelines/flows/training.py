@@ -6,10 +6,10 @@
 - `pipeline_flow(params_path, models, datasets, overrides)`: check every run's config -> prepare
   -> validate -> train (up to `pipeline.max_parallel` at once) -> evaluate -> report artifact.
 
-`run_pipeline_flow` runs the pipeline's fanned-out steps (prepare, validate and the trainings)
-in the flow's own process when `pipeline.max_parallel` is 1, and otherwise on a Dask cluster
-through Prefect's DaskTaskRunner, as the tuning flow runs trials: a local cluster of
-`max_parallel` worker processes, or the scheduler at `pipeline.scheduler`.
+`run_pipeline_flow` runs the pipeline's trainings in the flow's own process when
+`pipeline.max_parallel` is 1, and otherwise on a Dask cluster through Prefect's DaskTaskRunner,
+as the tuning flow runs trials: a local cluster of `max_parallel` worker processes, or the
+scheduler at `pipeline.scheduler`. Every other step runs in the flow's process.
 """
 
 from __future__ import annotations
