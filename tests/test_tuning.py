@@ -359,12 +359,14 @@ def test_two_tune_processes_share_one_study_without_overshooting(tuned):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = tune_command(tuned, "--study", "shared", "--trials", "3", *FAST)
     processes = [
-        subprocess.Popen(command, cwd=tuned, env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command, cwd=tuned, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     for process in processes:
-        process.communicate(timeout=400)
-        assert process.returncode == 0
+        _, stderr = process.communicate(timeout=400)
+        assert process.returncode == 0, stderr[-3000:]
     runs = runs_of(tuned, "shared")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -111,13 +111,14 @@ def open_storage(params: Params, url: str) -> RDBStorage:
     if url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}  # processes writing at once wait their turn
-    return RDBStorage(
-        url,
-        engine_kwargs=kwargs,
-        heartbeat_interval=beat,
-        grace_period=2 * beat,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    with study_lock(url):  # processes creating a new SQLite storage's tables at once collide
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=beat,
+            grace_period=2 * beat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def make_sampler(tuning: FamilyTuning, offset: int) -> optuna.samplers.BaseSampler:
@@ -475,7 +476,8 @@ def decoded(values: Mapping[str, Any], tuning: FamilyTuning) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def study_lock(url: str) -> Iterator[None]:
-    """Processes opening a study in one SQLite storage (one machine) do so one at a time."""
+    """Processes opening a study in one SQLite storage (one machine) do so one at a time (not
+    reentrant: never nest two)."""
     if not url.startswith("sqlite:///"):
         yield
         return
