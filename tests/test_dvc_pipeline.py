@@ -3,6 +3,7 @@ re-running only what a param change touches, corrupted data, and failed stages n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -309,3 +310,38 @@ def test_failing_stages_are_not_recorded_as_done(pipeline_repo):
         (repo / "dvc.yaml").write_text(dvc_yaml)
     assert broken.returncode != 0 and "cmdd" in broken.stderr + broken.stdout
     assert (repo / "dvc.lock").read_text() == lock_before
+
+
+TUNE_STAGES = ("tune@mlp-digits", "train@mlp-digits", "evaluate@mlp-digits", "export@mlp-digits")
+
+
+@pytest.mark.slow
+def test_a_study_runs_as_an_experiment_then_trains_with_its_best_values(pipeline_repo):
+    """README "Tuning": one `dvc exp run` adds a pipeline.tunes entry; `tune@mlp-digits` runs a
+    study and writes its best values into models.mlp, then the run trains with them."""
+    repo, _, _ = pipeline_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    space = {
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "train.learning_rate": {"type": "log_float", "low": 1.0e-3, "high": 1.0e-2},
+    }
+    tuning = {"objective": "val_accuracy", "direction": "maximize", "trials": 2, "space": space}
+    params["tuning"]["mlp"] = tuning
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "tuning.mlp")
+    entry = "+pipeline.tunes.mlp-digits={model: mlp, dataset: digits}"
+    done = dvc(repo, "exp", "run", "-n", "mlp-tuned", "-S", entry, *TUNE_STAGES)
+    assert stages_run(done.stdout) == set(TUNE_STAGES)
+    ran = done.stdout.index
+    assert ran("Running stage 'tune@mlp-digits'") < ran("Running stage 'train@mlp-digits'")
+    summary = json.loads((repo / "artifacts/metrics/tuning/mlp-digits.json").read_text())
+    assert summary["trials_complete"] == 2 and summary["study"].startswith("mlp-digits-")
+    applied = yaml.safe_load((repo / "params.yaml").read_text())["models"]["mlp"]
+    assert applied["dropout"] == summary["best"]["model.dropout"]
+    assert applied["train"]["learning_rate"] == summary["best"]["train.learning_rate"]
+    trained = json.loads((repo / "artifacts/runs/mlp-digits/config.json").read_text())
+    assert trained["model_config"]["dropout"] == applied["dropout"]
+    assert trained["train"]["learning_rate"] == applied["train"]["learning_rate"]
+    assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
+    shown = dvc(repo, "exp", "show", "--csv").stdout
+    assert "mlp-tuned" in shown and "best_val_accuracy" in shown.splitlines()[0]

@@ -113,6 +113,87 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(project, capsys):
     assert not (project / "artifacts").exists()
 
 
+def test_a_study_per_config_changes_with_the_space_or_base_config_only(project, capsys):
+    """`--study-per-config` (the tune stage's): applied best values and `trials` keep the name,
+    a changed space or a changed key the trials start from give a new study."""
+
+    def name(models=None, overrides=(), **family) -> str:
+        write_params(project, tuning=tuning_section(**family), models=models or {})
+        return tune.config_study_name(load_params("params.yaml"), "mlp", "digits", overrides)
+
+    first = name()
+    assert first.startswith("mlp-digits-") and first == name()
+    applied = {"mlp": {"dropout": 0.2, "train": {"learning_rate": 0.005}}}
+    assert name(models=applied, trials=9) == first
+    assert name(overrides=["epochs=2"]) != first
+    assert name(models={"mlp": {"activation": "tanh"}}) != first
+    assert name(space={**SPACE, "dropout": {"type": "float", "low": 0.0, "high": 0.4}}) != first
+    assert main(["tune", "mlp", "--dataset", "digits", "--study", "a", "--study-per-config"]) == 2
+    assert "pass one" in capsys.readouterr().err
+    assert not (project / "artifacts").exists()
+
+
+def test_a_trial_started_once_the_study_is_full_gives_way(project, monkeypatch, capsys):
+    """Two processes that both saw one trial left each start one: the later-numbered one is
+    marked surplus, never trained, and not counted, so the study holds exactly `--trials`."""
+    write_params(project, tuning=tuning_section())
+    params = load_params("params.yaml")
+    url = tune.storage_url(params)
+    study = optuna.create_study(
+        study_name="race", storage=tune.open_storage(params, url), direction="maximize"
+    )
+    for value in (0.5, 0.6):  # the other process's trials: the study is full
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    views = iter([1])  # this process checked before the other's last trial started
+
+    def stale_then_real(study, total):
+        return next(views, None) or tune.counted_left(study, total)
+
+    monkeypatch.setattr(tune, "counted_left", tune.trials_left, raising=False)
+    monkeypatch.setattr(tune, "trials_left", stale_then_real)
+    monkeypatch.setattr(tune, "run_trial", lambda job, trial: pytest.fail("trained a surplus"))
+    job = tune.TuningJob(params, "mlp", "digits", "race", url, 2, (), "")
+    assert tune.run_trials(job) == 0
+    trials = study.get_trials()
+    assert len(trials) == 3 and trials[2].user_attrs[tune.SURPLUS_ATTR] is True
+    assert [t.number for t in tune.counted(trials)] == [0, 1]
+    assert "trial failed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving"])
+def test_no_trial_is_pruned_within_its_warmup_epochs(project, pruner):
+    write_params(project, tuning=tuning_section(pruner=pruner, warmup_epochs=2))
+    tuning = load_params("params.yaml").tuning.for_family("mlp")
+    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner(tuning))
+    for _ in range(3):  # finished trials, good at every epoch
+        trial = study.ask()
+        for epoch in range(1, 5):
+            trial.report(0.9, epoch)
+            assert not trial.should_prune()  # (successive halving records its rungs here)
+        study.tell(trial, 0.9)
+    slow = study.ask()
+    verdicts = []
+    for epoch in range(1, 5):
+        slow.report(0.1, epoch)
+        verdicts.append(slow.should_prune())
+    assert verdicts[:2] == [False, False] and True in verdicts[2:]
+
+
+def test_pipeline_tunes_entries_are_checked(project):
+    pipeline = {"datasets": ["digits"], "runs": {}, "fine_tunes": {}}
+    tunes = {"mlp-digits": {"model": "mlp", "dataset": "digits"}}
+    write_params(project, pipeline={**pipeline, "tunes": tunes})
+    assert load_params("params.yaml").pipeline.tunes["mlp-digits"].model == "mlp"
+    write_params(
+        project, pipeline={**pipeline, "tunes": {"mlp-iris": {"model": "mlp", "dataset": "iris"}}}
+    )
+    with pytest.raises(ConfigError, match="pipeline.tunes.mlp-iris uses 'iris'"):
+        load_params("params.yaml")
+    write_params(project, pipeline={**pipeline, "tunes": {"x": tunes["mlp-digits"]}})
+    with pytest.raises(ConfigError, match="pipeline.tunes.x must be named mlp-digits"):
+        load_params("params.yaml")
+
+
 @pytest.mark.slow
 def test_study_nests_trials_marks_failed_and_pruned_and_best_reproduces(tuned, monkeypatch, capsys):
     """4 trials: one crashes mid-fit (FAILED, the study goes on), one is pruned (KILLED); the
@@ -268,3 +349,28 @@ def test_trials_fan_out_over_two_dask_worker_processes(tuned):
     processes = {r.data.tags[tune.PROCESS_TAG] for r in children}
     assert len(processes) == 2 and f":{os.getpid()}" not in " ".join(processes)
     assert len(tune.counted(study_trials(tuned, "fan"))) == 4
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_without_overshooting(tuned):
+    """Two `kerasops tune` processes started at once on one study: one MLflow parent run, and
+    together exactly `--trials` trials trained and counted."""
+    assert main(["prepare", "digits"]) == 0  # not twice at once
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = tune_command(tuned, "--study", "shared", "--trials", "3", *FAST)
+    processes = [
+        subprocess.Popen(
+            command, cwd=tuned, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=400)
+        assert process.returncode == 0, stderr[-3000:]
+    runs = runs_of(tuned, "shared")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    counted = tune.counted(study_trials(tuned, "shared"))
+    assert len(counted) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in counted)

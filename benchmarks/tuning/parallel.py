@@ -1,15 +1,14 @@
-"""Wall time of the same N-trial study with 1 and with K Dask workers, and optionally the tuned
-config against the shipped preset on the same split.
+"""Wall time of the same N-trial study with 1 and with K Dask workers, the pruner off.
 
     PYTHONPATH=. python benchmarks/tuning/parallel.py [--model cnn] [--dataset digits]
-        [--trials 6] [--parallel 2] [--epochs 3] [--compare-preset]
+        [--trials 6] [--parallel 2] [--epochs 3]
 
 Each measurement is a fresh project folder under artifacts/benchmarks/tuning/ (untracked) and a
 `kerasops tune` process, as a user runs it: `--parallel 1` trains in the command's process,
 `--parallel K` on a local Dask cluster of K worker processes through Prefect. The pruner is off
-so both runs train the same number of epochs. With --compare-preset the best trial's values and
-the preset are each trained with `kerasops train` (same seed, same split) and their test metric
-printed. Writes artifacts/benchmarks/tuning/<model>-<dataset>.json; prints it.
+so both runs train the same number of epochs. (The tuned config against the shipped preset, and
+the same ratio with pruning on: `benchmarks/tuning/tuned_vs_preset.py`.)
+Writes artifacts/benchmarks/tuning/<model>-<dataset>.json; prints it.
 """
 
 from __future__ import annotations
@@ -82,13 +81,6 @@ def kerasops(folder: Path, *args: str) -> tuple[float, str]:
     return time.monotonic() - started, done.stdout
 
 
-def test_metric(stdout: str) -> float:
-    for line in stdout.splitlines():
-        if line.strip().startswith("test_accuracy"):
-            return float(line.split()[-1])
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn", choices=sorted(SPACES))
@@ -96,7 +88,6 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--compare-preset", action="store_true")
     args = parser.parse_args()
 
     fixed = ["--set", f"epochs={args.epochs}"]
@@ -126,18 +117,6 @@ def main() -> None:
         print(f"{workers} worker(s): {seconds:.1f} s", flush=True)
     one, many = (result["runs"][str(w)]["wall_seconds"] for w in (1, args.parallel))
     result["speedup"] = round(one / many, 2)
-
-    if args.compare_preset:
-        folder = OUT / f"{args.model}-{args.dataset}-1"
-        best = [
-            line.strip()
-            for line in result["runs"]["1"]["summary"]
-            if " = " in line and line.startswith("  ")
-        ]
-        sets = [a for line in best for a in ("--set", line.replace(" = ", "=", 1))]
-        train = ["train", args.model, "--dataset", args.dataset, *fixed]
-        result["preset_test_accuracy"] = test_metric(kerasops(folder, *train)[1])
-        result["tuned_test_accuracy"] = test_metric(kerasops(folder, *train, *sets)[1])
 
     OUT.mkdir(parents=True, exist_ok=True)
     target = OUT / f"{args.model}-{args.dataset}.json"

@@ -31,13 +31,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     # deferred: the tune step loads TensorFlow, MLflow and Optuna
-    from kerasops.pipelines.steps.tune import prepare_study, tune_model
+    from kerasops.pipelines.steps.tune import (
+        config_study_name,
+        prepare_study,
+        summary,
+        tune_model,
+    )
 
     params = params_of(args)
     if args.trials is not None and args.trials < 1:
         raise ConfigError("--trials must be >= 1")
     if args.parallel < 1:
         raise ConfigError("--parallel must be >= 1")
+    if args.study_per_config:
+        if args.study:
+            raise ConfigError("--study and --study-per-config name the study both; pass one")
+        args.study = config_study_name(params, args.model, args.dataset, args.set)
     prepare_study(params, args.model, args.dataset, args.study, args.set)  # before any work
     if args.parallel == 1:
         result = tune_model(params, args.model, args.dataset, args.trials, 1, args.study, args.set)
@@ -57,6 +66,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             args.study,
             args.set,
         )
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
     states = ", ".join(f"{n.lower()} {c}" for n, c in result.states.items() if c)
     print(f"study {result.study} (MLflow parent run {result.parent_run_id}): {states}")
     if result.best_trial is None:
@@ -160,6 +172,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--parallel", type=int, default=1, help="trial processes at once, on Dask (default 1)"
     )
     tune.add_argument("--study", help="study name (default MODEL-DATASET); rerun to resume it")
+    tune.add_argument(
+        "--study-per-config",
+        action="store_true",
+        help="name the study MODEL-DATASET-HASH of the space and base config (a DVC stage's)",
+    )
+    tune.add_argument("--summary", type=Path, help="write the study's outcome as JSON here")
     tune.add_argument(
         "--apply", action="store_true", help="write the best values into params.yaml models.MODEL"
     )

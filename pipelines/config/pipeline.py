@@ -63,7 +63,14 @@ class PipelineConfig(StrictConfig):
         fine_tunes: `<model>-<dataset>: {model, dataset, backbone}` trained with
             `--set backbone=<artifacts>/runs/<backbone>` and evaluated, after the run named by
             `backbone` (one `fine_tune` stage each).
-        max_parallel: trainings run at once by the Prefect pipeline.
+        tunes: `<model>-<dataset>: {model, dataset}` studied by the `tune` stage (one each,
+            `kerasops tune --apply`: the best values into `models.<model>`); none by default,
+            a study starts as a DVC experiment (README "Tuning").
+        max_parallel: trainings run at once by the Prefect pipeline: 1 in the flow's own
+            process; K > 1 on a local Dask cluster of K worker processes (one training each,
+            TensorFlow's threads = cores / K), or on the cluster of `scheduler`.
+        scheduler: the address of a Dask scheduler the trainings run on (`tcp://host:8786`);
+            empty: the local cluster when `max_parallel` > 1.
         retries: retries of a step that failed for a transient reason (never a user mistake).
         retry_delay_seconds: first retry delay; it doubles each retry.
         mlflow_ui_url: base URL of the MLflow UI the report links runs to when no tracking
@@ -74,7 +81,9 @@ class PipelineConfig(StrictConfig):
     datasets: tuple[str, ...] = ()
     runs: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     fine_tunes: dict[str, FineTuneSpec] = dataclasses.field(default_factory=dict)
+    tunes: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     max_parallel: int = 1
+    scheduler: str = ""
     retries: int = 2
     retry_delay_seconds: float = 2.0
     mlflow_ui_url: str = "http://127.0.0.1:5000"
@@ -99,6 +108,12 @@ class PipelineConfig(StrictConfig):
                 f"pipeline.fine_tunes.{key} uses {spec.dataset!r}, not in pipeline.datasets",
             )
             require(key not in self.runs, f"{key} is in both pipeline.runs and fine_tunes")
+        for key, spec in self.tunes.items():
+            require(key == spec.name, f"pipeline.tunes.{key} must be named {spec.name}")
+            require(
+                spec.dataset in self.datasets,
+                f"pipeline.tunes.{key} uses {spec.dataset!r}, not in pipeline.datasets",
+            )
 
     @property
     def run_specs(self) -> tuple[RunSpec, ...]:

@@ -97,6 +97,8 @@ class FamilyTuning(StrictConfig):
         pruner: median | percentile | hyperband | successive_halving | none.
         trials: trials of a study, when `--trials` does not say.
         startup_trials: trials finished before the pruner prunes any.
+        warmup_epochs: epochs every trial trains before the pruner may stop it (0: it may from
+            the first; a slow starter with a lower learning rate is otherwise cut early).
         space: key -> SpaceParam.
     """
 
@@ -106,6 +108,7 @@ class FamilyTuning(StrictConfig):
     pruner: str = "median"
     trials: int = 20
     startup_trials: int = 2
+    warmup_epochs: int = 0
     seed: int = 42
     space: dict[str, SpaceParam] = dataclasses.field(default_factory=dict)
 
@@ -121,6 +124,7 @@ class FamilyTuning(StrictConfig):
         )
         require(self.trials >= 1, "trials must be >= 1")
         require(self.startup_trials >= 0, "startup_trials must be >= 0")
+        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")
         require(bool(self.objective.strip()), "objective must name a metric")
 
     @classmethod

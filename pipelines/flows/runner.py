@@ -8,7 +8,7 @@ Reports become markdown artifacts of the flow run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from prefect import Task
@@ -44,10 +44,18 @@ def publish_report(key: str, markdown: str, description: str) -> str:
 
 
 class PrefectRunner:
-    """Each step a Prefect task, named as the step is (`train_model` -> `train`)."""
+    """Each step a Prefect task, named as the step is (`train_model` -> `train`).
 
-    def __init__(self, params: Params, retries: bool = True) -> None:
+    `map` submits its calls to the flow's task runner (a thread pool, a Dask cluster), or,
+    when `fan_out` names the steps to submit and this one is not among them, runs them one by
+    one in the flow's own process (steps that start processes of their own, such as prepare's
+    pool, cannot run on a Dask worker)."""
+
+    def __init__(
+        self, params: Params, retries: bool = True, fan_out: Collection[str] | None = None
+    ) -> None:
         config = params.pipeline
+        self.fan_out = fan_out
         self.retries = config.retries if retries else 0
         self.delays = exponential_backoff(backoff_factor=config.retry_delay_seconds)
         self._tasks: dict[Callable[..., Any], Task] = {}
@@ -69,6 +77,8 @@ class PrefectRunner:
         return self.task(step)(*args)
 
     def map(self, step: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[Outcome[T]]:
+        if self.fan_out is not None and step_name(step) not in self.fan_out:
+            return [self.outcome(step, args) for args in calls]
         futures = [self.task(step).submit(*args) for args in calls]
         wait(futures)
         outcomes: list[Outcome[T]] = []
@@ -81,6 +91,13 @@ class PrefectRunner:
                     error = KerasopsError(f"{step.__name__} ended {future.state.name}")
                 outcomes.append(Outcome(error=error))
         return outcomes
+
+    def outcome(self, step: Callable[..., T], args: tuple[Any, ...]) -> Outcome[T]:
+        """One call of `step` as a task in this process: its value or its error."""
+        try:
+            return Outcome(value=self.run(step, *args))
+        except Exception as exc:  # noqa: BLE001  (collected: the caller decides)
+            return Outcome(error=exc)
 
     def report(self, key: str, markdown: str, description: str) -> None:
         self.run(publish_report, report_key(key), markdown, description)

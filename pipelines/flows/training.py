@@ -5,6 +5,11 @@
   train -> report artifact.
 - `pipeline_flow(params_path, models, datasets, overrides)`: check every run's config -> prepare
   -> validate -> train (up to `pipeline.max_parallel` at once) -> evaluate -> report artifact.
+
+`run_pipeline_flow` runs the pipeline's trainings in the flow's own process when
+`pipeline.max_parallel` is 1, and otherwise on a Dask cluster through Prefect's DaskTaskRunner,
+as the tuning flow runs trials: a local cluster of `max_parallel` worker processes, or the
+scheduler at `pipeline.scheduler`. Every other step runs in the flow's process.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from kerasops.pipelines.config import load_params
+from kerasops.pipelines.config import Params, load_params
+from kerasops.pipelines.flows.cluster import dask_task_runner, share_temporary_server
 from kerasops.pipelines.flows.failures import params_file, user_errors_fail
 from kerasops.pipelines.flows.runner import PrefectRunner
 from kerasops.pipelines.steps.pipeline import PipelineResult, run_pipeline, train_and_report
-from kerasops.pipelines.steps.train import TrainResult
+from kerasops.pipelines.steps.runner import step_name
+from kerasops.pipelines.steps.train import TrainResult, train_model
 
 
 @flow(name="training", log_prints=True)
@@ -45,7 +52,8 @@ def pipeline_flow(
 
     def pipeline() -> PipelineResult:
         params = load_params(params_file(params_path))
-        return run_pipeline(params, models, datasets, tuple(overrides), PrefectRunner(params))
+        runner = PrefectRunner(params, fan_out={step_name(train_model)})  # trainings only
+        return run_pipeline(params, models, datasets, tuple(overrides), runner)
 
     return user_errors_fail(pipeline)
 
@@ -56,7 +64,17 @@ def run_pipeline_flow(
     datasets: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
 ) -> PipelineResult:
-    """Run `pipeline_flow` with up to `pipeline.max_parallel` trainings at once."""
-    workers = load_params(params_path).pipeline.max_parallel
-    runner = pipeline_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    """Run `pipeline_flow` with up to `pipeline.max_parallel` trainings at once, each in its own
+    Dask worker process when that is more than one (or a scheduler is set)."""
+    runner = pipeline_flow.with_options(task_runner=pipeline_task_runner(load_params(params_path)))
     return runner(params_path, models, datasets, overrides)
+
+
+def pipeline_task_runner(params: Params) -> TaskRunner:
+    """In-process for one training at a time; else the Dask cluster (its worker processes
+    report to the flow's Prefect server, the temporary one in local mode)."""
+    config = params.pipeline
+    if config.max_parallel <= 1 and not config.scheduler:
+        return ThreadPoolTaskRunner(max_workers=1)
+    share_temporary_server()
+    return dask_task_runner(config.scheduler, config.max_parallel)

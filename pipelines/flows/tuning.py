@@ -4,14 +4,12 @@ worker processes by default, the scheduler at `tuning.scheduler` when one is set
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 
 from prefect import flow
-from prefect_dask import DaskTaskRunner
 
 from kerasops.pipelines.config import load_params
+from kerasops.pipelines.flows.cluster import dask_task_runner, share_temporary_server
 from kerasops.pipelines.flows.failures import params_file, user_errors_fail
 from kerasops.pipelines.flows.runner import PrefectRunner
 from kerasops.pipelines.steps.tune import TuneResult, tune_model
@@ -37,19 +35,6 @@ def tuning_flow(
     return user_errors_fail(tune)
 
 
-def dask_task_runner(scheduler: str, workers: int) -> DaskTaskRunner:
-    """The scheduler's cluster, or a local one of `workers` single-threaded processes."""
-    if scheduler:
-        return DaskTaskRunner(address=scheduler)
-    cluster = {
-        "n_workers": workers,
-        "threads_per_worker": 1,
-        "processes": True,
-        "silence_logs": logging.WARNING,
-    }
-    return DaskTaskRunner(cluster_kwargs={**cluster, "dashboard_address": None})
-
-
 def run_tuning_flow(
     params_path: str,
     model: str,
@@ -61,13 +46,7 @@ def run_tuning_flow(
 ) -> TuneResult:
     """`tuning_flow` on Dask; worker processes report to the Prefect server the flow uses."""
     params = load_params(params_path)
-    if "PREFECT_API_URL" not in os.environ:  # local mode: workers use the same temporary server
-        # deferred: Prefect's server code, needed in local mode only
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        server.start(timeout=180)
-        os.environ["PREFECT_API_URL"] = server.api_url
+    share_temporary_server()
     runner = dask_task_runner(params.tuning.scheduler, parallel)
     flow_with_dask = tuning_flow.with_options(task_runner=runner)
     return flow_with_dask(model, dataset, trials, parallel, study, list(overrides), params_path)

@@ -77,6 +77,7 @@ def run_pipeline(
         outcome.result()
     validations = gather_validations(names, runner.map(validate, [(params, n) for n in names]))
     tags = runner.tags()
+    tracking.configure(params)  # the store and experiment exist before trainings open them at once
     trainings = runner.map(train_model, [(params, config, tags) for config in configs])
     results, failures = [], []
     for config, outcome in zip(configs, trainings, strict=True):

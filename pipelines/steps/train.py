@@ -13,6 +13,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import socket
 import tempfile
 import time
 import warnings
@@ -50,6 +52,7 @@ from kerasops.pipelines.training import distribute
 from kerasops.pipelines.training.outputs import publish_run, write_outputs
 
 MODEL_URI_TAG = "kerasops.model_uri"  # the logged model of a run: what retraining registers
+PROCESS_TAG = "kerasops.process"  # host:pid of the process that trained the run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,7 @@ def train_model(
         "preset": str(run.preset),
         "data.content_hash": built.prepared.manifest.content_hash,
         "params_hash": run.params_hash(),
+        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
         **lineage_tags(params, [run.dataset]),
         **(tags or {}),
     }

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
 import socket
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
 import mlflow
 import optuna
-import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -40,18 +41,24 @@ from kerasops.pipelines.steps.runner import DirectRunner, StepRunner, named
 from kerasops.pipelines.steps.train import train_model
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.pipelines.tracking.lineage import lineage_tags
+from kerasops.pipelines.training.distribute import limit_threads
 
 STUDY_TAG = "kerasops.study"  # on the parent and every trial run
 TRIAL_TAG = "kerasops.trial"  # the trial's number
 STATE_TAG = "kerasops.trial_state"  # COMPLETE | PRUNED | FAIL
 PROCESS_TAG = "kerasops.trial_process"  # host:pid of the process that trained it
 FINGERPRINT_ATTR = "kerasops.fingerprint"
+SURPLUS_ATTR = "kerasops.surplus"  # a trial started once the study had its trials (not counted)
 PARENT_ATTR = "kerasops.mlflow_parent_run"
 RUN_ATTR = "mlflow_run_id"
 
 
 class ObjectiveMissing(KerasopsError):
     """The objective is not among the metrics a model logs each epoch: every trial would fail."""
+
+
+class SurplusTrial(KerasopsError):
+    """Another process drew the study's last trial between this one's check and its start."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +111,14 @@ def open_storage(params: Params, url: str) -> RDBStorage:
     if url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}  # processes writing at once wait their turn
-    return RDBStorage(
-        url,
-        engine_kwargs=kwargs,
-        heartbeat_interval=beat,
-        grace_period=2 * beat,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    with study_lock(url):  # processes creating a new SQLite storage's tables at once collide
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=beat,
+            grace_period=2 * beat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def make_sampler(tuning: FamilyTuning, offset: int) -> optuna.samplers.BaseSampler:
@@ -123,11 +131,12 @@ def make_sampler(tuning: FamilyTuning, offset: int) -> optuna.samplers.BaseSampl
 
 def make_pruner(tuning: FamilyTuning) -> optuna.pruners.BasePruner:
     startup = tuning.startup_trials
+    first = tuning.warmup_epochs + 1  # the first epoch (steps count from 1) a trial may stop at
     pruners: dict[str, Any] = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=startup),
-        "percentile": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=startup),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "median": lambda: optuna.pruners.MedianPruner(startup, n_warmup_steps=first),
+        "percentile": lambda: optuna.pruners.PercentilePruner(25.0, startup, first),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=first),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first),
         "none": optuna.pruners.NopPruner,
     }
     return pruners[tuning.pruner]()
@@ -183,6 +192,36 @@ def prepare_study(
     return name, pairs
 
 
+def config_study_name(
+    params: Params, model: str, dataset: str, overrides: Sequence[str] = ()
+) -> str:
+    """`<model>-<dataset>-<hash>`: named by the space, the objective and the config trials start
+    from (less the searched keys), so a changed config gets a study of its own and the same
+    config resumes its own (a DVC stage's study; `--trials` may grow it)."""
+    tuning = params.tuning.for_family(model)
+    pairs = dict(parse_override(o) for o in overrides)
+    base = resolve_run_config(params, model, dataset, None, pairs).to_dict()
+    for key in tuning.space:
+        section, _, name = key.partition(".")
+        base["train" if section == "train" else "model_config"].pop(name, None)
+    text = json.dumps([tuning.fingerprint(model, dataset), base], sort_keys=True, default=str)
+    return f"{model}-{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def summary(result: TuneResult) -> dict[str, Any]:
+    """A study's outcome as flat JSON (a DVC stage's metrics file): the best value and trial,
+    the trial counts by state, the best values under their param keys."""
+    return {
+        "study": result.study,
+        "mlflow_parent_run": result.parent_run_id,
+        "objective": result.objective,
+        f"best_{result.objective}": result.best_value,
+        "best_trial": result.best_trial,
+        **{f"trials_{state.lower()}": count for state, count in result.states.items() if count},
+        "best": result.best_values,
+    }
+
+
 def existing_study(params: Params, url: str, name: str) -> optuna.Study | None:
     try:
         storage = open_storage(params, url)
@@ -195,9 +234,24 @@ def existing_study(params: Params, url: str, name: str) -> optuna.Study | None:
 
 
 def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, less those replaced by a retry (their process died)."""
+    """The study's trials, less those replaced by a retry (their process died) and those
+    started once it had its trials."""
     replaced = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in replaced]
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(SURPLUS_ATTR)]
+
+
+def check_not_surplus(job: TuningJob, trial: optuna.Trial) -> None:
+    """Raise SurplusTrial (the trial marked, never trained) when the study already had its
+    trials before this one: two processes that both saw one trial left start one each, and
+    the storage numbers them, so the later one gives way."""
+    trials = counted(trial.study.get_trials(deepcopy=False))
+    earlier = [t for t in trials if t.number < trial.number]
+    if len(earlier) >= job.trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        raise SurplusTrial(
+            f"study {job.study} already has its {job.trials} trials (another process started "
+            "the last one first); this one is not run"
+        )
 
 
 def trials_left(study: optuna.Study, total: int) -> int:
@@ -306,16 +360,6 @@ def mark_trial_run(run_id: str, state: str, status: str | None) -> None:
         client.set_terminated(run_id, status=status)
 
 
-def limit_threads(threads: int) -> None:
-    """TensorFlow's thread pools sized so `parallel` trial processes share the cores; only
-    possible before the process's first TensorFlow op."""
-    if threads <= 0:
-        return
-    with contextlib.suppress(RuntimeError):  # already running: this process set them before
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 @named("trials")
 def run_trials(job: TuningJob, worker: int = 0) -> int:
     """Run trials of the study until it has `job.trials`; return how many this call ran.
@@ -332,6 +376,7 @@ def run_trials(job: TuningJob, worker: int = 0) -> int:
 
     def objective(trial: optuna.Trial) -> float:
         try:
+            check_not_surplus(job, trial)
             return run_trial(job, trial)
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
@@ -345,6 +390,8 @@ def run_trials(job: TuningJob, worker: int = 0) -> int:
             return ran
         error.clear()
         study.optimize(objective, n_trials=1, catch=(Exception,))
+        if error and isinstance(error[0], SurplusTrial):
+            return ran
         ran += 1
         if error:
             print(f"trial failed: {error[0]}", flush=True)
@@ -427,6 +474,21 @@ def decoded(values: Mapping[str, Any], tuning: FamilyTuning) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Processes opening a study in one SQLite storage (one machine) do so one at a time (not
+    reentrant: never nest two)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(url.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def tune_model(
     params: Params,
     model: str,
@@ -444,14 +506,15 @@ def tune_model(
     ensure_prepared(params, dataset)  # before the study is stored: lineage hashes the data
     url = storage_url(params)
     storage = open_storage(params, url)
-    created = optuna.create_study(
-        study_name=name, storage=storage, direction=tuning.direction, load_if_exists=True
-    )
-    created.set_user_attr(FINGERPRINT_ATTR, tuning.fingerprint(model, dataset))
     job = TuningJob(
         params, model, dataset, name, url, trials or tuning.trials, tuple(pairs.items()), ""
     )
-    job = dataclasses.replace(job, parent_run_id=open_parent(params, job, created))
+    with study_lock(url):  # a second process at once finds the first's parent run
+        created = optuna.create_study(
+            study_name=name, storage=storage, direction=tuning.direction, load_if_exists=True
+        )
+        created.set_user_attr(FINGERPRINT_ATTR, tuning.fingerprint(model, dataset))
+        job = dataclasses.replace(job, parent_run_id=open_parent(params, job, created))
     workers = max(parallel, 1)
     if workers > 1:
         job = dataclasses.replace(job, threads=max((os.cpu_count() or 1) // workers, 1))

@@ -146,3 +146,13 @@ def run_params(model: keras.Model, train: TrainConfig, strategy: tf.distribute.S
         "train.global_batch_size": global_batch_size(train, strategy),
         "train.jit_compile_effective": bool(model.jit_compile),
     }
+
+
+def limit_threads(threads: int) -> None:
+    """TensorFlow's thread pools sized so parallel worker processes share the cores; only
+    possible before the process's first TensorFlow op."""
+    if threads <= 0:
+        return
+    with contextlib.suppress(RuntimeError):  # already running: this process set them before
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
