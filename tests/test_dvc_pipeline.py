@@ -288,6 +288,8 @@ def test_corrupted_data_is_detected_and_dvc_restores_it(pipeline_repo, capsys):
 def test_failing_stages_are_not_recorded_as_done(pipeline_repo):
     repo, _, _ = pipeline_repo
     lock_before = (repo / "dvc.lock").read_text()
+    verdict = repo / "artifacts" / "validation" / "digits.json"
+    verdict_before = verdict.read_text()
     params_text = (repo / "params.yaml").read_text()
     misspelled = params_text.replace("max_leakage_fraction: 0.0", "max_leakage_fraktion: 0.0", 1)
     assert misspelled != params_text
@@ -299,6 +301,7 @@ def test_failing_stages_are_not_recorded_as_done(pipeline_repo):
     assert failed.returncode != 0
     assert "unknown key pipeline.validation.max_leakage_fraktion" in failed.stderr + failed.stdout
     assert (repo / "dvc.lock").read_text() == lock_before
+    assert verdict.read_text() == verdict_before  # a persisted output: DVC does not delete it
 
     dvc_yaml = (repo / "dvc.yaml").read_text()
     (repo / "dvc.yaml").write_text(
