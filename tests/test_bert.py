@@ -181,3 +181,54 @@ def test_both_export_and_answer_rest_and_grpc_predicts(project, pretrained, tmp_
         )
     finally:
         server.stop()
+
+
+FINE_TUNE_PIPELINE = {
+    "datasets": ["bbc_news"],
+    "runs": {"bert_masked_lm-bbc_news": {"model": "bert_masked_lm", "dataset": "bbc_news"}},
+    "fine_tunes": {
+        "bert_classifier-bbc_news": {
+            "model": "bert_classifier",
+            "dataset": "bbc_news",
+            "backbone": "bert_masked_lm-bbc_news",
+        }
+    },
+}
+
+
+def test_a_fine_tune_picked_without_its_backbone_run_needs_that_run_on_disk(tmp_path, capsys):
+    params = write_params(tmp_path, pipeline=FINE_TUNE_PIPELINE)
+    argv = ["--params", str(params), "run-pipeline", "--model", "bert_classifier"]
+    assert kerasops(argv) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: fine-tune bert_classifier-bbc_news starts from run ")
+    assert "select it too (--model bert_masked_lm) or train it first" in error
+    assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_pipeline_trains_the_fine_tunes_after_their_backbone_runs(tmp_path, monkeypatch):
+    """`run-pipeline` (as the `fine_tune` DVC stage): the pretraining, then the classifier from
+    its folder, both evaluated; the report has a row for each."""
+    from kerasops.pipelines.steps.pipeline import run_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    models = {
+        "bert_masked_lm": {"windows_per_text": 1,
+                           "train": {"epochs": 1, "max_tokens": 2000, "sequence_length": 32}},
+        "bert_classifier": {"train_examples": 50, "fine_tune_epochs": 1,
+                            "train": {"epochs": 1, "sequence_length": 32}},
+    }  # fmt: skip
+    params = load_params(write_params(tmp_path, pipeline=FINE_TUNE_PIPELINE, models=models))
+    result = run_pipeline(params)
+    assert [row["model"] for row in result.rows] == ["bert_masked_lm", "bert_classifier"]
+    runs = tmp_path / "artifacts" / "runs"
+    fine_tune = json.loads((runs / "bert_classifier-bbc_news" / "config.json").read_text())
+    backbone = runs / "bert_masked_lm-bbc_news"
+    assert fine_tune["model_config"]["backbone"] == str(backbone)
+    pretraining = json.loads((backbone / "config.json").read_text())
+    tracking.configure(params)
+    logged = MlflowClient().get_run(fine_tune["run_id"]).data.params
+    assert logged["backbone_run_id"] == pretraining["run_id"]
+    assert (tmp_path / "artifacts" / "metrics" / "bert_classifier-bbc_news.json").is_file()

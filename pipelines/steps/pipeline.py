@@ -1,6 +1,7 @@
 """The pipeline and training sequences as plain functions: check every run's config, prepare
 and validate the datasets (a failed check stops everything before any training), train (up to
-`pipeline.max_parallel` at once), evaluate, and publish a markdown report. Each step goes through
+`pipeline.max_parallel` at once), evaluate, train and evaluate the fine-tunes of the runs that
+succeeded, and publish a markdown report. Each step goes through
 a `StepRunner`: directly by default, as Prefect tasks from the flows, which only call these.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -15,7 +17,7 @@ import mlflow
 from kerasops.data.validation import ValidationError, ValidationReport
 from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params, RunConfig, resolve_run_config
-from kerasops.pipelines.config.pipeline import RunSpec
+from kerasops.pipelines.config.pipeline import FineTuneSpec, RunSpec
 from kerasops.pipelines.steps.evaluate import evaluate_run
 from kerasops.pipelines.steps.prepare import prepare
 from kerasops.pipelines.steps.runner import DirectRunner, Outcome, StepRunner, named
@@ -38,20 +40,50 @@ class PipelineResult:
 def check_runs(
     params: Params, runs: Sequence[RunSpec], overrides: Sequence[str]
 ) -> list[RunConfig]:
-    """Resolve every run's config first, so a misspelled key fails before any work is done."""
-    configs = [resolve_run_config(params, r.model, r.dataset, None, overrides) for r in runs]
+    """Resolve every run's config first, so a misspelled key fails before any work is done; a
+    fine-tune whose backbone run is not among `runs` needs that run's outputs on disk."""
+    configs = []
+    for spec in runs:
+        if isinstance(spec, FineTuneSpec) and spec.backbone not in {r.name for r in runs}:
+            require_backbone(params, spec)
+        extra = spec_overrides(params, spec, overrides)
+        configs.append(resolve_run_config(params, spec.model, spec.dataset, None, extra))
     for config in configs:
         require_one_process(config.train)
     return configs
 
 
+def spec_overrides(params: Params, spec: RunSpec, overrides: Sequence[str]) -> tuple[str, ...]:
+    """A fine-tune starts from its backbone run's folder, as its `fine_tune` DVC stage does
+    (`--set backbone=<artifacts>/runs/<backbone>`); the user's overrides come after."""
+    if isinstance(spec, FineTuneSpec):
+        return (f"backbone={backbone_folder(params, spec)}", *overrides)
+    return tuple(overrides)
+
+
+def backbone_folder(params: Params, spec: FineTuneSpec) -> Path:
+    return params.path("artifacts") / "runs" / spec.backbone
+
+
+def require_backbone(params: Params, spec: FineTuneSpec) -> None:
+    folder = backbone_folder(params, spec)
+    if not (folder / "model.keras").is_file():
+        raise KerasopsError(
+            f"fine-tune {spec.name} starts from run {spec.backbone}, which has no model at "
+            f"{folder}: select it too (--model {params.pipeline.runs[spec.backbone].model}) or "
+            "train it first"
+        )
+
+
 def select_runs(
     params: Params, models: Sequence[str] | None, datasets: Sequence[str] | None
 ) -> list[RunSpec]:
-    """`pipeline.runs`, narrowed to the model families and datasets asked for."""
+    """`pipeline.runs`, then `pipeline.fine_tunes`, narrowed to the model families and datasets
+    asked for."""
+    pipeline = params.pipeline
     runs = [
         r
-        for r in params.pipeline.run_specs
+        for r in (*pipeline.run_specs, *pipeline.fine_tunes.values())
         if (not models or r.model in models) and (not datasets or r.dataset in datasets)
     ]
     if not runs:
@@ -67,8 +99,8 @@ def run_pipeline(
     runner: StepRunner | None = None,
 ) -> PipelineResult:
     """check configs -> prepare -> validate -> train -> evaluate -> report, for `pipeline.runs`
-    (or those of `models` and `datasets`). Raises KerasopsError naming every failed training,
-    after the report is published."""
+    and then `pipeline.fine_tunes` (or those of `models` and `datasets`). Raises KerasopsError
+    naming every failed training, after the report is published."""
     runner = runner or default_runner(params)
     runs = select_runs(params, models, datasets)
     names = sorted({r.dataset for r in runs})
@@ -78,15 +110,7 @@ def run_pipeline(
     validations = gather_validations(names, runner.map(validate, [(params, n) for n in names]))
     tags = runner.tags()
     tracking.configure(params)  # the store and experiment exist before trainings open them at once
-    trainings = runner.map(train_model, [(params, config, tags) for config in configs])
-    results, failures = [], []
-    for config, outcome in zip(configs, trainings, strict=True):
-        if outcome.error is None:
-            results.append(outcome.value)
-            runner.run(evaluate_run, params, config.model, config.dataset)
-        else:
-            error = str(outcome.error).splitlines()[0] if str(outcome.error) else "failed"
-            failures.append({"model": config.model, "dataset": config.dataset, "error": error})
+    results, failures = train_and_evaluate(params, runs, configs, runner, tags)
     rows = report_rows(params, results) + [{**f, "metrics": {}} for f in failures]
     notes = [validations[n].to_markdown() for n in names]
     markdown = report_markdown("kerasops pipeline", rows, notes)
@@ -95,6 +119,44 @@ def run_pipeline(
         failed = [f"{f['model']}-{f['dataset']}: {f['error']}" for f in failures]
         raise KerasopsError(f"{len(failed)} training(s) failed: {'; '.join(failed)}")
     return PipelineResult(rows, validations, markdown)
+
+
+def train_and_evaluate(
+    params: Params,
+    runs: Sequence[RunSpec],
+    configs: Sequence[RunConfig],
+    runner: StepRunner,
+    tags: dict[str, str],
+) -> tuple[list[TrainResult], list[dict[str, str]]]:
+    """Train the runs at once, evaluating each that succeeded; then the fine-tunes of those
+    (a backbone run that failed here fails its fine-tunes without training them)."""
+    results: list[TrainResult] = []
+    failures: list[dict[str, str]] = []
+    failed: set[str] = set()
+
+    def train_all(todo: list[tuple[RunSpec, RunConfig]]) -> None:
+        trainings = runner.map(train_model, [(params, config, tags) for _, config in todo])
+        for (spec, config), outcome in zip(todo, trainings, strict=True):
+            if outcome.error is None:
+                results.append(outcome.value)
+                runner.run(evaluate_run, params, config.model, config.dataset)
+            else:
+                failed.add(spec.name)
+                error = str(outcome.error).splitlines()[0] if str(outcome.error) else "failed"
+                failures.append(failure(config, error))
+
+    pairs = list(zip(runs, configs, strict=True))
+    train_all([(s, c) for s, c in pairs if not isinstance(s, FineTuneSpec)])
+    fine_tunes = [(s, c) for s, c in pairs if isinstance(s, FineTuneSpec)]
+    for spec, config in fine_tunes:
+        if spec.backbone in failed:
+            failures.append(failure(config, f"its backbone run {spec.backbone} failed"))
+    train_all([(s, c) for s, c in fine_tunes if s.backbone not in failed])
+    return results, failures
+
+
+def failure(config: RunConfig, error: str) -> dict[str, str]:
+    return {"model": config.model, "dataset": config.dataset, "error": error}
 
 
 def train_and_report(
