@@ -36,9 +36,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.sections import write_section  # noqa: E402  (a script: the repository root first)
+
 OUT = ROOT / "artifacts" / "benchmarks" / "tuning"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- tuning:begin -->", "<!-- tuning:end -->"
 
 
 def project(folder: Path, model: str, pruner: str = "") -> dict[str, Any]:
@@ -265,14 +267,7 @@ def update_results(result: dict[str, Any]) -> None:
     entries = json.loads(store.read_text()) if store.exists() else {}
     entries[f"{result['model']}-{result['dataset']}"] = result
     store.write_text(json.dumps(entries, indent=2) + "\n")
-    section = f"{BEGIN}\n{markdown(entries)}\n{END}\n"
-    text = RESULTS.read_text()
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
+    write_section(RESULTS, "tuning", markdown(entries))
 
 
 def main() -> None:
