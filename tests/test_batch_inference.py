@@ -298,3 +298,40 @@ def test_an_unwritable_output_or_unknown_format_is_one_error_line(project, tmp_p
     assert "cannot write" in one_error_line(capsys)
     assert score(project, "tabular", "--input", source, "--output", str(tmp_path / "x.txt")) == 2
     assert "name it .csv or .parquet" in one_error_line(capsys)
+
+
+def read_artifact(key: str) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        response = client.request("GET", f"/artifacts/{key}/latest")
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.mark.slow  # Prefect's test harness starts a server
+def test_the_scoring_flow_runs_the_step_and_fails_a_mistake_with_one_line(
+    project, tmp_path, prefect_harness
+):
+    from kerasops.pipelines.flows.batch import batch_scoring_flow
+
+    output = tmp_path / "flow.csv"
+    params_path = str(project["params"])
+    state = batch_scoring_flow(
+        "digits", "digits", str(output), split="test", params_path=params_path, return_state=True
+    )
+    assert state.is_completed()
+    report = state.result()
+    rows = read_rows(output)
+    test_count = load_prepared("digits", project["root"] / "data" / "prepared").manifest.splits
+    assert report.rows == len(rows) == test_count["test"]
+    assert rows[0]["key"] == "test-00000.tfrecord:0"
+    artifact = read_artifact("batch-digits")
+    assert artifact["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert f"{report.rows} rows" in artifact["data"]
+
+    failed = batch_scoring_flow(
+        "nosuch", "digits", str(output), params_path=params_path, return_state=True
+    )
+    assert failed.is_failed() and failed.message.startswith("error: unknown model 'nosuch'")
+    assert len(read_rows(output)) == report.rows  # the output of the run before stays
