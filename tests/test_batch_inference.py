@@ -101,6 +101,24 @@ def test_a_prepared_dataset_scores_as_the_keras_model_predicts_every_row(project
     assert [row["class"] for row in rows] == [f"digit{i}" for i in np.argmax(expected, -1)]
 
 
+@pytest.mark.slow  # the monitor records an MLflow run (its SQLite store takes seconds)
+def test_batch_scores_are_what_the_monitor_reads(project, tmp_path, capsys):
+    import json
+
+    logs = Path(project["config"].prediction_log_dir)
+    shutil.rmtree(logs, ignore_errors=True)
+    output = tmp_path / "digits.csv"
+    assert score(project, "digits", "--input", "digits", "--output", str(output)) == 0
+    rows = len(read_rows(output))
+    code = kerasops(
+        ["--params", str(project["params"]), "monitor", "digits", "--dataset", "digits"]
+    )
+    assert code in (0, 1), capsys.readouterr().err  # drift or not; not a mistake
+    summary = json.loads((project["root"] / "artifacts/monitoring/digits.json").read_text())
+    assert summary["rows"] == rows and summary["records"] == len(log_records(logs))
+    assert summary["scores"]["input values"] < 0.01  # the training data itself: no drift
+
+
 def test_an_image_folder_scores_every_file_and_logs_tf_serving_records(project, tmp_path):
     folder = generate_photo_folder(tmp_path / "photos", 21, size=24)  # cool/ grey/ warm/
     shutil.copy(folder / "cool" / "000000.jpg", folder / "loose.jpg")  # a flat file too
