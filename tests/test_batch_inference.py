@@ -353,3 +353,45 @@ def test_the_scoring_flow_runs_the_step_and_fails_a_mistake_with_one_line(
     )
     assert failed.is_failed() and failed.message.startswith("error: unknown model 'nosuch'")
     assert len(read_rows(output)) == report.rows  # the output of the run before stays
+
+
+@pytest.mark.slow  # Prefect's test harness, and a kerasops process of its own
+def test_cron_serves_the_scoring_flow_as_a_scheduled_deployment(project, prefect_harness):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "kerasops", "--params", str(project["params"])]
+    command += ["predict-batch", "digits", "--input", "digits", "--output", "nightly.parquet"]
+    command += ["--split", "test", "--cron", "0 4 * * *"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    async def registered():
+        async with get_client() as client:
+            for _ in range(300):
+                try:
+                    return await client.read_deployment_by_name("batch-scoring/score-digits")
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+                    await asyncio.sleep(0.5)
+        raise AssertionError("the deployment was not registered within 150 s")
+
+    try:
+        stored = asyncio.run(registered())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert [s.schedule.cron for s in stored.schedules] == ["0 4 * * *"]
+    parameters = stored.parameters
+    assert (parameters["model"], parameters["split"], parameters["output"]) == (
+        "digits",
+        "test",
+        "nightly.parquet",
+    )
+    assert parameters["params_path"] == str(project["params"])
