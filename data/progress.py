@@ -17,3 +17,9 @@ def progress(items: Iterable[T], total: int, what: str, unit: str = "it") -> Ite
     """`items`, with a bar `what` counting `unit`s per second and the time left."""
     quiet = total < MIN_ITEMS or not sys.stderr.isatty()
     yield from tqdm(items, total=total, desc=what, unit=unit, disable=quiet, leave=False)
+
+
+def counter(total: int, what: str, unit: str = "it") -> tqdm:
+    """A bar advanced by hand (`update(n)` after a batch of n), shown where `progress` shows."""
+    quiet = total < MIN_ITEMS or not sys.stderr.isatty()
+    return tqdm(total=total, desc=what, unit=unit, disable=quiet, leave=False)

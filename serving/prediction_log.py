@@ -122,6 +122,10 @@ class PredictionLogger:
         except queue.Full:
             self._dropped(model, "queue_full")
 
+    def pending(self) -> int:
+        """Records queued, not yet written (a batch job waits on it rather than drop records)."""
+        return self._queue.qsize()
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close and publish every file (once; later calls return)."""
         if not self._thread.is_alive():

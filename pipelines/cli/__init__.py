@@ -2,9 +2,10 @@
 calls the one function that defines its step (`kerasops.pipelines.steps`).
 
 Commands live by area: `training` (train, evaluate, compare, lineage, list, ui), `data`
-(prepare, validate, data setup|add|verify), `serving` (export, serve, predict) and
-`orchestration` (run-pipeline, retrain, rollback, schedule). Step modules are imported inside
-the commands: they load TensorFlow and MLflow, which `--help` and a bad argument never need.
+(prepare, validate, data setup|add|verify), `serving` (export, serve, predict),
+`orchestration` (run-pipeline, retrain, rollback, schedule) and `batch` (predict-batch). Step
+modules are imported inside the commands: they load TensorFlow and MLflow, which `--help` and a
+bad argument never need.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from kerasops.errors import KerasopsError
-from kerasops.pipelines.cli import console, data, orchestration, serving, training
+from kerasops.pipelines.cli import batch, console, data, orchestration, serving, training
 
-AREAS = (training, data, serving, orchestration)
+AREAS = (training, data, serving, orchestration, batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

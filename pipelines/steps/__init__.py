@@ -15,6 +15,7 @@ Prefect flows run them as tasks through a `StepRunner`; every step runs without 
 | rollback | `rollback` | `rollback` |
 | retraining cycle | `retrain` | `retrain` |
 | pipeline | `run_pipeline`, `train_and_report` | `pipeline` |
+| batch scoring | `predict_batch` | `predict_batch` |
 
 Import the module of a step (`from kerasops.pipelines.steps.train import train_model`):
 this package imports nothing itself, so using one step does not load the others.
