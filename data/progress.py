@@ -15,11 +15,14 @@ MIN_ITEMS = 200  # fewer finish before a bar is worth drawing
 
 def progress(items: Iterable[T], total: int, what: str, unit: str = "it") -> Iterator[T]:
     """`items`, with a bar `what` counting `unit`s per second and the time left."""
-    quiet = total < MIN_ITEMS or not sys.stderr.isatty()
-    yield from tqdm(items, total=total, desc=what, unit=unit, disable=quiet, leave=False)
+    with counter(total, what, unit) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
 
 
 def counter(total: int, what: str, unit: str = "it") -> tqdm:
-    """A bar advanced by hand (`update(n)` after a batch of n), shown where `progress` shows."""
+    """A bar advanced by hand (`update(n)` after a batch of n), drawn only on a terminal and
+    for at least MIN_ITEMS items."""
     quiet = total < MIN_ITEMS or not sys.stderr.isatty()
     return tqdm(total=total, desc=what, unit=unit, disable=quiet, leave=False)
