@@ -38,6 +38,7 @@ BUILTIN_DATASETS: dict[str, dict] = {
         "canvas_seed": 0,
         **_SPLIT,
     },
+    "speech_commands": {"source": "speech_commands", **_SPLIT},
     "bbc_news_lm": {
         "source": "bbc_news_lm",
         "window": 128,

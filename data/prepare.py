@@ -105,11 +105,12 @@ def _write_arrays(
     staging: Path, name: str, config: SourceConfig, loaded: LoadedDataset
 ) -> Manifest:
     """Write in-memory splits (CSV and built-in sources) as shards, example by example."""
-    xs = [loaded.splits[s][0] for s in SPLITS]
-    ys = [loaded.splits[s][1] for s in SPLITS]
+    names = _split_names(loaded)
+    xs = [loaded.splits[s][0] for s in names]
+    ys = [loaded.splits[s][1] for s in names]
     encodings = {"x": _common_encoding(xs, loaded.kind), "y": _common_encoding(ys, "target")}
     shards: dict[str, list[WrittenShard]] = {}
-    for split in SPLITS:
+    for split in names:
         x, y = loaded.splits[split]
         shards[split] = write_split(
             staging, split, x, y, encodings, _shard_bytes(config), f"writing {name}"
@@ -129,6 +130,11 @@ def _write_arrays(
         encodings=encodings,
         shards=shards,
     )
+
+
+def _split_names(loaded: LoadedDataset) -> tuple[str, ...]:
+    """train, val and test, then any held-out split the source adds (e.g. `unseen_voice`)."""
+    return (*SPLITS, *sorted(set(loaded.splits) - set(SPLITS)))
 
 
 def _common_encoding(values: list[np.ndarray], kind: str) -> str:
@@ -226,14 +232,14 @@ def _manifest(
     shards: dict[str, list[WrittenShard]],
     **fields: Any,
 ) -> Manifest:
-    files = {shard.name: shard.sha256 for split in SPLITS for shard in shards[split]}
+    files = {shard.name: shard.sha256 for split in shards for shard in shards[split]}
     return Manifest(
         name=name,
         source=config.source,
         kind=kind,
         task=task,
-        splits={s: sum(shard.count for shard in shards[s]) for s in SPLITS},
-        shards={s: {shard.name: shard.count for shard in shards[s]} for s in SPLITS},
+        splits={s: sum(shard.count for shard in shards[s]) for s in shards},
+        shards={s: {shard.name: shard.count for shard in shards[s]} for s in shards},
         files=files,
         content_hash=content_hash(files),
         config=config.to_dict(),
@@ -246,7 +252,7 @@ def _class_counts(loaded: LoadedDataset) -> dict[str, dict[str, int]]:
     if not is_labelled(loaded.task):
         return {}
     counts = {}
-    for split in SPLITS:
+    for split in _split_names(loaded):
         labels = class_labels(loaded.splits[split][1], loaded.task).astype(np.int64)
         per_class = np.bincount(labels, minlength=len(loaded.classes))
         counts[split] = {c: int(n) for c, n in zip(loaded.classes, per_class, strict=True)}
