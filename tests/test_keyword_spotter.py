@@ -121,6 +121,18 @@ def test_missing_espeak_ng_is_one_line_naming_the_fix(tmp_path, capsys, monkeypa
     assert not (tmp_path / "data" / "prepared" / "speech").exists()
 
 
+@pytest.mark.slow  # spawns espeak-ng
+def test_an_unknown_voice_is_one_line_naming_it(tmp_path, capsys):
+    from kerasops.pipelines.cli import main
+
+    write_params(tmp_path, datasets={"speech": {**SMALL_SET, "voices": ["en+m1", "nonsense"]}})
+    assert main(["--params", str(tmp_path / "params.yaml"), "prepare", "speech"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in voice 'nonsense'" in err, err
+    assert "check the voice name" in err
+    assert not (tmp_path / "data" / "prepared" / "speech").exists()
+
+
 def test_a_clip_of_another_rate_is_resampled_to_16khz(tmp_path):
     path = write_wav(tmp_path / "a.wav", tone(440.0, 0.5, rate=8000), rate=8000)
     clip = read_clip(path, 16000, 1.0)
