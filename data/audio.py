@@ -29,7 +29,7 @@ import io
 import shutil
 import subprocess
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator
 from math import gcd
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from kerasops.data.errors import DataError
 from kerasops.data.materialize import write_if_changed
-from kerasops.data.readers import LabeledExamples
+from kerasops.data.splits import SPLITS, stratified_split
 
 SAMPLE_RATE = 16000
 UNSEEN_VOICE_SPLIT = "unseen_voice"
@@ -244,22 +244,58 @@ def audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_audio_folder(
-    folder: Path, sample_rate: int, clip_seconds: float, classes: Sequence[str] | None = None
-) -> LabeledExamples:
-    """Read `folder/<class>/*.wav`: x (N, window) float32 samples, labels = class names.
+@dataclasses.dataclass(frozen=True)
+class AudioFolderPlan:
+    """An audio folder listed and split, not yet read: files[split] and labels[split]; the
+    clips are read one by one while the shards are written, so memory does not grow with them."""
 
-    With `classes`, every class folder must be one of them (the held-out folder of a dataset
-    names the classes of its main folder). Raises DataError naming the file for a bad clip.
-    """
+    folder: Path
+    classes: tuple[str, ...]
+    files: dict[str, list[Path]]
+    labels: dict[str, np.ndarray]  # (N,) int32 class index per file
+    sample_rate: int
+    clip_seconds: float
+
+    @property
+    def window(self) -> int:
+        """Samples per clip."""
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    def clips(self, split: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(class index, (window,) float32 samples) of each file of `split`, in order."""
+        for path, label in zip(self.files[split], self.labels[split], strict=True):
+            yield int(label), read_clip(path, self.sample_rate, self.clip_seconds)
+
+
+def plan_audio_folder(
+    folder: Path,
+    sample_rate: int,
+    clip_seconds: float,
+    split_fields: dict,
+    unseen_voice: Path | None = None,
+) -> AudioFolderPlan:
+    """List `folder/<class>/*.wav` and split it stratified (train in a seeded random order, so a
+    bounded shuffle buffer still mixes the classes); `unseen_voice`, a folder of the same
+    classes, becomes the `unseen_voice` split. DataError for a stray file or a class only the
+    held-out folder has."""
     files = audio_files(folder)
-    labels = np.array([p.relative_to(folder).parts[0] for p in files], dtype=str)
-    if classes is not None:
-        unknown = sorted(set(labels.tolist()) - set(classes))
+    names = np.array([p.relative_to(folder).parts[0] for p in files], dtype=str)
+    classes = tuple(sorted(set(names.tolist())))
+    y = np.searchsorted(np.array(classes), names).astype(np.int32)  # (N,) class index
+    seed = split_fields["seed"]
+    indices = stratified_split(y, split_fields["val_fraction"], split_fields["test_fraction"], seed)
+    indices["train"] = np.random.default_rng(seed).permutation(indices["train"])
+    plan_files = {s: [files[i] for i in indices[s]] for s in SPLITS}
+    labels = {s: y[indices[s]] for s in SPLITS}
+    if unseen_voice is not None:
+        held = audio_files(unseen_voice)
+        held_names = [p.relative_to(unseen_voice).parts[0] for p in held]
+        unknown = sorted(set(held_names) - set(classes))
         if unknown:
             raise DataError(
-                f"{folder} has class folders {unknown} that the main folder does not; "
+                f"{unseen_voice} has class folders {unknown} that {folder} does not; "
                 "use the same class names in both"
             )
-    x = np.stack([read_clip(p, sample_rate, clip_seconds) for p in files])  # (N, window)
-    return LabeledExamples(x=x, labels=labels)
+        plan_files[UNSEEN_VOICE_SPLIT] = held
+        labels[UNSEEN_VOICE_SPLIT] = np.searchsorted(np.array(classes), held_names).astype(np.int32)
+    return AudioFolderPlan(folder, classes, plan_files, labels, sample_rate, clip_seconds)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kerasops.config import StrictConfig
+from kerasops.data.audio import AudioFolderPlan
 from kerasops.data.errors import DataError
 from kerasops.data.image_folder import (
     ImageFolderPlan,
@@ -81,7 +82,7 @@ def as_source_config(config: Mapping[str, Any] | StrictConfig, prefix: str = "")
 def _write_atomically(
     name: str,
     config: SourceConfig,
-    loaded: LoadedDataset | ImageFolderPlan,
+    loaded: LoadedDataset | ImageFolderPlan | AudioFolderPlan,
     prepared_root: Path,
     workers: int | None,
 ) -> Manifest:
@@ -92,6 +93,8 @@ def _write_atomically(
     try:
         if isinstance(loaded, ImageFolderPlan):
             manifest = _write_image_folder(staging, name, config, loaded, workers)
+        elif isinstance(loaded, AudioFolderPlan):
+            manifest = _write_audio_folder(staging, name, config, loaded)
         else:
             manifest = _write_arrays(staging, name, config, loaded)
         manifest.write(staging / "manifest.json")
@@ -105,12 +108,11 @@ def _write_arrays(
     staging: Path, name: str, config: SourceConfig, loaded: LoadedDataset
 ) -> Manifest:
     """Write in-memory splits (CSV and built-in sources) as shards, example by example."""
-    names = _split_names(loaded)
-    xs = [loaded.splits[s][0] for s in names]
-    ys = [loaded.splits[s][1] for s in names]
+    xs = [loaded.splits[s][0] for s in SPLITS]
+    ys = [loaded.splits[s][1] for s in SPLITS]
     encodings = {"x": _common_encoding(xs, loaded.kind), "y": _common_encoding(ys, "target")}
     shards: dict[str, list[WrittenShard]] = {}
-    for split in names:
+    for split in SPLITS:
         x, y = loaded.splits[split]
         shards[split] = write_split(
             staging, split, x, y, encodings, _shard_bytes(config), f"writing {name}"
@@ -130,11 +132,6 @@ def _write_arrays(
         encodings=encodings,
         shards=shards,
     )
-
-
-def _split_names(loaded: LoadedDataset) -> tuple[str, ...]:
-    """train, val and test, then any held-out split the source adds (e.g. `unseen_voice`)."""
-    return (*SPLITS, *sorted(set(loaded.splits) - set(SPLITS)))
 
 
 def _common_encoding(values: list[np.ndarray], kind: str) -> str:
@@ -190,6 +187,49 @@ def _write_image_folder(
         encodings={"x": "image", "y": "int32"},
         shards=shards,
         skipped=tuple(sorted(skipped)),
+    )
+
+
+def _write_audio_folder(
+    staging: Path, name: str, config: SourceConfig, plan: AudioFolderPlan
+) -> Manifest:
+    """Read, resample and pad the clips one by one into float32 shards (train, val, test and a
+    held-out `unseen_voice` split where the plan has one); a bad clip is a DataError naming it."""
+    shards, counts = {}, {}
+    squares, samples = 0.0, 0  # of the training clips, for their RMS
+    for split in plan.files:
+        writer = ShardWriter(staging, split, _shard_bytes(config))
+        per_class = np.zeros(len(plan.classes), dtype=np.int64)
+        clips = plan.clips(split)
+        for label, clip in progress(
+            clips, len(plan.files[split]), f"preparing {name} {split}", "clip"
+        ):
+            writer.write(
+                serialize_example(encode_value(clip, "float32"), encode_value(label, "int32"))
+            )
+            per_class[label] += 1
+            if split == "train":
+                squares += float(np.sum(clip.astype(np.float64) ** 2))
+                samples += clip.size
+        shards[split], counts[split] = writer.close(), _per_class(plan.classes, per_class)
+    stats = {
+        "sample_rate": float(plan.sample_rate),
+        "clip_seconds": float(plan.clip_seconds),
+        "sample_rms": float(np.sqrt(squares / max(samples, 1))),
+    }
+    return _manifest(
+        name,
+        config,
+        "audio",
+        "classification",
+        input_shape=(plan.window,),
+        input_dtype="float32",
+        target_shape=(),
+        classes=plan.classes,
+        class_counts=counts,
+        stats=stats,
+        encodings={"x": "float32", "y": "int32"},
+        shards=shards,
     )
 
 
@@ -252,7 +292,7 @@ def _class_counts(loaded: LoadedDataset) -> dict[str, dict[str, int]]:
     if not is_labelled(loaded.task):
         return {}
     counts = {}
-    for split in _split_names(loaded):
+    for split in SPLITS:
         labels = class_labels(loaded.splits[split][1], loaded.task).astype(np.int64)
         per_class = np.bincount(labels, minlength=len(loaded.classes))
         counts[split] = {c: int(n) for c, n in zip(loaded.classes, per_class, strict=True)}

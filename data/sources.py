@@ -363,8 +363,7 @@ class SpeechCommandsConfig(SourceConfig):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedDataset:
-    """A source's examples, already split: splits[name] = (x, y); beside train, val and test
-    a source may add a held-out split (the `unseen_voice` of an audio set)."""
+    """A source's examples, already split: splits[name] = (x, y)."""
 
     kind: Kind
     task: Task
@@ -529,36 +528,25 @@ def load_digits_segmentation(
     return load_segmentation_folder(user, raw_root, name)
 
 
-def load_audio_folder(config: AudioFolderConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_audio_folder(
+    config: AudioFolderConfig, raw_root: Path, name: str
+) -> audio.AudioFolderPlan:
+    """List and split the folder (and the held-out folder); its clips are read while the shards
+    are written."""
     folder = readers.resolve_path(config.path, raw_root)
-    examples = audio.read_audio_folder(folder, config.sample_rate, config.clip_seconds)
-    loaded = _classified(examples, config, "audio", _audio_stats(config))
-    if config.unseen_voice_path is None:
-        return loaded
-    held_out = audio.read_audio_folder(
-        readers.resolve_path(config.unseen_voice_path, raw_root),
+    unseen = config.unseen_voice_path
+    return audio.plan_audio_folder(
+        folder,
         config.sample_rate,
         config.clip_seconds,
-        classes=loaded.classes,
+        _split_fields(config),
+        None if unseen is None else readers.resolve_path(unseen, raw_root),
     )
-    y = np.searchsorted(np.array(loaded.classes), held_out.labels).astype(np.int32)  # (N,)
-    splits = {**loaded.splits, audio.UNSEEN_VOICE_SPLIT: (held_out.x, y)}
-    return dataclasses.replace(loaded, splits=splits)
 
 
-def _audio_stats(config: AudioFolderConfig) -> Callable[[Splits], dict[str, float]]:
-    def stats(splits: Splits) -> dict[str, float]:
-        train = splits["train"][0]
-        return {
-            "sample_rate": float(config.sample_rate),
-            "clip_seconds": float(config.clip_seconds),
-            "sample_rms": float(np.sqrt(np.mean(train.astype(np.float64) ** 2))),
-        }
-
-    return stats
-
-
-def load_speech_commands(config: SpeechCommandsConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_speech_commands(
+    config: SpeechCommandsConfig, raw_root: Path, name: str
+) -> audio.AudioFolderPlan:
     spec = audio.SpeechSpec(
         words=tuple(config.words),
         voices=tuple(config.voices),
@@ -727,7 +715,7 @@ def load_generated_dates(config: GeneratedDatesConfig, raw_root: Path, name: str
     return load_translation_csv(user, raw_root, name)
 
 
-Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan]
+Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan]
 
 SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "sklearn_digits": (SklearnDigitsConfig, load_sklearn_digits),
@@ -794,6 +782,8 @@ def _require_fields(
             )
 
 
-def load_source(config: SourceConfig, raw_root: Path, name: str) -> LoadedDataset | ImageFolderPlan:
+def load_source(
+    config: SourceConfig, raw_root: Path, name: str
+) -> LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan:
     """Run the loader registered for `config.source`."""
     return SOURCES[config.source][1](config, Path(raw_root), name)

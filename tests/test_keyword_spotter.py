@@ -160,6 +160,16 @@ def test_audio_folder_with_a_held_out_folder_prepares_an_unseen_voice_split(tmp_
     manifest = prepare_dataset("own", config, tmp_path, tmp_path / "prepared")
     assert manifest.classes == ("high", "low") and manifest.splits["unseen_voice"] == 7
     assert manifest.stats["sample_rate"] == 16000.0
+    unseen = load_prepared("own", tmp_path / "prepared").splits["unseen_voice"]
+    assert (
+        np.asarray(unseen.x).shape == (7, 16000)
+        and sorted(np.asarray(unseen.y)) == [0] * 3 + [1] * 4
+    )
+    write_wav(tmp_path / "speaker_b" / "mid" / "0.wav", tone(900.0, 0.5))
+    with pytest.raises(
+        DataError, match=r"speaker_b has class folders \['mid'\] that .*own does not"
+    ):
+        prepare_dataset("own", config, tmp_path, tmp_path / "prepared")
     assert folder.is_dir()
 
 
