@@ -5,9 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint espeak-ng
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed espeak-ng
+
+# espeak-ng speaks the built-in speech_commands dataset (data/audio.py): installed with apt-get
+# when missing and apt-get is there; otherwise a note, and preparing speech_commands says the fix.
+espeak-ng:
+	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "note: espeak-ng is missing and apt-get could not install it;" \
+	    "install espeak-ng to prepare speech_commands"; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

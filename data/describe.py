@@ -174,6 +174,20 @@ def _segmentation_folder(folder: Path, relative: str, given: Mapping[str, Any]) 
     return {"path": relative, "classes": classes, **_image_settings(_images(images))}
 
 
+def _audio_folder(folder: Path, relative: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    # deferred: data.audio is needed only for audio files
+    from kerasops.data.audio import audio_files, decode_wav
+
+    files = audio_files(folder)  # DataError for stray files or too few class folders
+    rates, longest = collections.Counter(), 0.0
+    for path in files[:SAMPLE]:
+        samples, rate = decode_wav(path, str(path))
+        rates[rate] += 1
+        longest = max(longest, len(samples) / rate)
+    rate = 16000 if 16000 in rates else rates.most_common(1)[0][0]
+    return {"path": relative, "sample_rate": rate, "clip_seconds": max(1.0, round(longest, 2))}
+
+
 def _text_corpus(folder: Path, relative: str, given: Mapping[str, Any]) -> dict[str, Any]:
     texts = [folder] if folder.is_file() else sorted(folder.rglob("*.txt"))
     if not texts:
@@ -190,5 +204,6 @@ INFER = {
     "translation_csv": _translation_csv,
     "detection_csv": _detection_csv,
     "segmentation_folder": _segmentation_folder,
+    "audio_folder": _audio_folder,
     "text_corpus": _text_corpus,
 }

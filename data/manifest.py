@@ -22,7 +22,7 @@ class Manifest:
 
     name: str
     source: str
-    kind: Literal["image", "text", "timeseries", "tabular"]
+    kind: Literal["image", "text", "timeseries", "tabular", "audio"]
     task: Literal[
         "classification",
         "regression",

@@ -88,7 +88,8 @@ def _concat(parts: list[np.ndarray], spec: ShardSpec, part: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """A prepared dataset: its manifest and its train, val and test splits."""
+    """A prepared dataset: its manifest and its train, val and test splits (and a held-out
+    split such as `unseen_voice` where its source made one)."""
 
     manifest: Manifest
     splits: dict[str, Split]
@@ -113,6 +114,10 @@ def load_prepared(name: str, prepared_root: Path, verify: bool = True) -> Prepar
         if not listed:
             raise DataError(f"{folder / 'manifest.json'} lists no shards of {split}; {remedy}")
         for file in listed:
+            check_shard(folder / file, manifest.files.get(file), verify, remedy)
+        splits[split] = Split(shards=shard_spec(manifest, folder, split))
+    for split in sorted(set(manifest.shards) - set(SPLITS)):  # a held-out split, if any
+        for file in manifest.shards[split]:
             check_shard(folder / file, manifest.files.get(file), verify, remedy)
         splits[split] = Split(shards=shard_spec(manifest, folder, split))
     return PreparedData(manifest=manifest, splits=splits)

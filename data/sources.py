@@ -15,14 +15,14 @@ from typing import Any, Literal
 import numpy as np
 
 from kerasops.config import StrictConfig, require
-from kerasops.data import detection, materialize, readers, segmentation
+from kerasops.data import audio, detection, materialize, readers, segmentation
 from kerasops.data.errors import DataError
 from kerasops.data.image_folder import ImageFolderPlan, plan_image_folder
 from kerasops.data.readers import LabeledExamples
 from kerasops.data.splits import random_split, series_periods, stratified_split, window_series
 from kerasops.errors import ConfigError
 
-Kind = Literal["image", "text", "timeseries", "tabular"]
+Kind = Literal["image", "text", "timeseries", "tabular", "audio"]
 Task = Literal[
     "classification", "regression", "language_modeling", "translation", "detection", "segmentation"
 ]
@@ -281,6 +281,86 @@ class DigitsSegmentationConfig(SourceConfig):
         )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AudioFolderConfig(SourceConfig):
+    """WAV clips in class folders `<path>/<class>/<clip>.wav` (rules in data/audio.py)."""
+
+    source: Literal["audio_folder"] = "audio_folder"
+    path: str  # a folder of class subfolders; relative to raw_root unless absolute
+    sample_rate: int = audio.SAMPLE_RATE  # clips of another rate are resampled to it
+    clip_seconds: float = 1.0  # shorter clips are padded with silence, longer ones refused
+    # a second folder of the same classes, e.g. a speaker never heard in training: the
+    # prepared `unseen_voice` split, scored beside the test split
+    unseen_voice_path: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            1000 <= self.sample_rate <= 96000,
+            f"sample_rate must be in 1000..96000 Hz, got {self.sample_rate}",
+        )
+        require(
+            0 < self.clip_seconds <= 30, f"clip_seconds must be in (0, 30], got {self.clip_seconds}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpeechCommandsConfig(SourceConfig):
+    """Keywords spoken offline by espeak-ng in many voices, speeds and pitches, with noise; one
+    voice held out as the `unseen_voice` split (data/audio.py)."""
+
+    source: Literal["speech_commands"] = "speech_commands"
+    words: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+    voices: tuple[str, ...] = (
+        "en+m1",
+        "en+m3",
+        "en+f1",
+        "en+f3",
+        "en-us+m2",
+        "en-us+f4",
+        "en-gb-scotland+m4",
+        "en-029+f2",
+    )
+    unseen_voice: str = "en-us+m7"
+    speeds: tuple[int, ...] = (120, 150, 180, 210)  # words per minute
+    pitches: tuple[int, ...] = (25, 40, 55, 70)  # espeak-ng's 0..99
+    takes: int = 4  # clips per word and voice
+    noise_snr_db: tuple[float, ...] = (10.0, 30.0)  # [low, high] background noise SNR
+    generation_seed: int = 0  # which speed, pitch, offset and noise each take gets
+    sample_rate: int = audio.SAMPLE_RATE
+
+    def validate(self) -> None:
+        super().validate()
+        require(len(self.words) >= 2, f"words needs at least two keywords, got {list(self.words)}")
+        require(len(set(self.words)) == len(self.words), "words must be distinct")
+        require(
+            all(w.isalpha() for w in self.words),
+            f"words must be plain words (letters only), got {list(self.words)}",
+        )
+        require(len(self.voices) >= 1, "voices needs at least one espeak-ng voice")
+        require(
+            self.unseen_voice not in self.voices,
+            f"unseen_voice {self.unseen_voice!r} is also in voices; hold it out of them",
+        )
+        require(self.takes >= 1, f"takes must be at least 1, got {self.takes}")
+        require(
+            len(self.speeds) >= 1 and all(80 <= s <= 450 for s in self.speeds),
+            "speeds must be espeak-ng words per minute in 80..450",
+        )
+        require(
+            len(self.pitches) >= 1 and all(0 <= p <= 99 for p in self.pitches),
+            "pitches must be in 0..99",
+        )
+        require(
+            len(self.noise_snr_db) == 2 and self.noise_snr_db[0] <= self.noise_snr_db[1],
+            f"noise_snr_db must be [low, high], got {list(self.noise_snr_db)}",
+        )
+        require(
+            8000 <= self.sample_rate <= 48000,
+            f"sample_rate must be in 8000..48000 Hz, got {self.sample_rate}",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedDataset:
     """A source's examples, already split: splits[name] = (x, y)."""
@@ -448,6 +528,46 @@ def load_digits_segmentation(
     return load_segmentation_folder(user, raw_root, name)
 
 
+def load_audio_folder(
+    config: AudioFolderConfig, raw_root: Path, name: str
+) -> audio.AudioFolderPlan:
+    """List and split the folder (and the held-out folder); its clips are read while the shards
+    are written."""
+    folder = readers.resolve_path(config.path, raw_root)
+    unseen = config.unseen_voice_path
+    return audio.plan_audio_folder(
+        folder,
+        config.sample_rate,
+        config.clip_seconds,
+        _split_fields(config),
+        None if unseen is None else readers.resolve_path(unseen, raw_root),
+    )
+
+
+def load_speech_commands(
+    config: SpeechCommandsConfig, raw_root: Path, name: str
+) -> audio.AudioFolderPlan:
+    spec = audio.SpeechSpec(
+        words=tuple(config.words),
+        voices=tuple(config.voices),
+        unseen_voice=config.unseen_voice,
+        speeds=tuple(int(s) for s in config.speeds),
+        pitches=tuple(int(p) for p in config.pitches),
+        takes=config.takes,
+        noise_snr_db=(float(config.noise_snr_db[0]), float(config.noise_snr_db[1])),
+        seed=config.generation_seed,
+        sample_rate=config.sample_rate,
+    )
+    folder = audio.materialize_speech_commands(Path(raw_root) / name, spec)
+    user = AudioFolderConfig(
+        path=str((folder / audio.SEEN_FOLDER).resolve()),
+        sample_rate=config.sample_rate,
+        unseen_voice_path=str((folder / audio.UNSEEN_VOICE_SPLIT).resolve()),
+        **_split_fields(config),
+    )
+    return load_audio_folder(user, raw_root, name)
+
+
 def _split_fields(config: SourceConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(SourceConfig)}
 
@@ -595,7 +715,7 @@ def load_generated_dates(config: GeneratedDatesConfig, raw_root: Path, name: str
     return load_translation_csv(user, raw_root, name)
 
 
-Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan]
+Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan]
 
 SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "sklearn_digits": (SklearnDigitsConfig, load_sklearn_digits),
@@ -612,6 +732,8 @@ SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "detection_csv": (DetectionCsvConfig, load_detection_csv),
     "digits_segmentation": (DigitsSegmentationConfig, load_digits_segmentation),
     "segmentation_folder": (SegmentationFolderConfig, load_segmentation_folder),
+    "speech_commands": (SpeechCommandsConfig, load_speech_commands),
+    "audio_folder": (AudioFolderConfig, load_audio_folder),
     "bbc_news_lm": (BbcNewsLmConfig, load_bbc_news_lm),
     "text_corpus": (TextCorpusConfig, load_text_corpus),
     "generated_dates": (GeneratedDatesConfig, load_generated_dates),
@@ -629,6 +751,7 @@ BUILTIN_SOURCES = frozenset(
         "sklearn_breast_cancer",
         "digits_detection",
         "digits_segmentation",
+        "speech_commands",
         "bbc_news_lm",
         "generated_dates",
     }
@@ -659,6 +782,8 @@ def _require_fields(
             )
 
 
-def load_source(config: SourceConfig, raw_root: Path, name: str) -> LoadedDataset | ImageFolderPlan:
+def load_source(
+    config: SourceConfig, raw_root: Path, name: str
+) -> LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan:
     """Run the loader registered for `config.source`."""
     return SOURCES[config.source][1](config, Path(raw_root), name)

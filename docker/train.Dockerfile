@@ -16,7 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git espeak-ng \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/kerasops

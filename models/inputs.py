@@ -14,7 +14,7 @@ import keras
 
 from kerasops.config import StrictConfig, require
 
-Kind = Literal["image", "text", "timeseries", "tabular"]
+Kind = Literal["image", "text", "timeseries", "tabular", "audio"]
 Task = Literal[
     "classification",
     "regression",
@@ -31,6 +31,7 @@ INPUT_NAMES: dict[str, str] = {
     "text": "text",
     "timeseries": "series",
     "tabular": "features",
+    "audio": "audio",  # float32 samples (B, samples) at `sample_rate`
 }
 OUTPUT_NAMES: dict[str, str] = {
     "classification": "probabilities",
@@ -49,7 +50,7 @@ class InputSpec(StrictConfig):
     """The data-derived part of a model config.
 
     Args:
-        kind: image, text, timeseries or tabular.
+        kind: image, text, timeseries, tabular or audio.
         task: classification (softmax over `num_outputs` classes), regression
             (`num_outputs` values, e.g. the forecast horizon), language_modeling or translation
             (logits over `num_outputs` token ids at every position), reconstruction (an
@@ -64,6 +65,7 @@ class InputSpec(StrictConfig):
         vocabulary: text tokens of the training split, most frequent first.
         sequence_length: tokens kept per text example (the source side of a translation).
         target_length: token ids of a translation's target side, start token included.
+        sample_rate: samples per second of an audio input.
     """
 
     kind: Kind
@@ -76,6 +78,7 @@ class InputSpec(StrictConfig):
     vocabulary: tuple[str, ...] = ()
     sequence_length: int = 0
     target_length: int = 0
+    sample_rate: int = 0
 
     def validate(self) -> None:
         require(self.num_outputs >= 1, "inputs.num_outputs must be at least 1")

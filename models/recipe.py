@@ -134,10 +134,15 @@ def _text_vocabulary(prepared: PreparedData, train: TrainConfig) -> dict[str, An
     }
 
 
+def _audio_values(prepared: PreparedData, train: TrainConfig) -> dict[str, Any]:
+    return {"sample_rate": int(prepared.manifest.stats.get("sample_rate", 16000))}
+
+
 # What each data kind adds to the InputSpec, from the training split.
 SPEC_VALUES = {
     "image": _pixel_values,
     "tabular": _feature_statistics,
     "timeseries": _feature_statistics,
     "text": _text_vocabulary,
+    "audio": _audio_values,
 }

@@ -33,6 +33,7 @@ from kerasops.pipelines.training import distribute
 from tests.conftest import train_run, write_params
 from tests.services import free_port
 from tests.test_detection import DETECTION
+from tests.test_keyword_spotter import AUDIO
 from tests.test_models import IMAGE, IMAGES, ROWS, SERIES, TABULAR, TEXT, TEXTS, WINDOWS
 from tests.test_segmenter import SEGMENTATION
 from tests.test_sequence_models import (
@@ -270,6 +271,7 @@ SPECS = [
     (TRANSLATION_INPUTS, {"source": SOURCES, "target": TARGETS}),
     (DETECTION, np.random.default_rng(0).uniform(0, 240, (2, 48, 48, 1)).astype("float32")),
     (SEGMENTATION, np.random.default_rng(0).uniform(0, 240, (2, 48, 48, 1)).astype("float32")),
+    (AUDIO, np.random.default_rng(0).normal(0, 0.1, (2, 16000)).astype("float32")),
 ]
 
 

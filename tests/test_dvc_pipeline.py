@@ -155,6 +155,7 @@ def test_the_shipped_pipeline_is_valid_in_a_fresh_clone(tmp_path):
     assert stages_run(dry.stdout) == set(stages)
     assert {"prepare@detection_digits", "export@cnn-digits"} <= set(stages)
     assert {"prepare@segmentation_digits", "train@segmenter-segmentation_digits"} <= set(stages)
+    assert {"prepare@speech_commands", "train@keyword_spotter-speech_commands"} <= set(stages)
     dvc(repo, "status")
     shown = dvc(repo, "metrics", "show")
     assert "failed" not in (shown.stdout + shown.stderr).lower()  # nothing trained: nothing shown

@@ -52,6 +52,11 @@ def test_compare_shows_each_familys_headline_metric_beside_its_baseline():
     segmenter["baseline_background_mean_iou"] = 0.08
     assert headline(segmenter)["metric"] == "mean_iou"
     assert headline(segmenter)["baseline"] == "0.0800 (all background)"
+    spotter = {"test_accuracy": 0.95, "baseline_majority_accuracy": 0.1}
+    spotter |= {"unseen_voice_accuracy": 0.9, "baseline_unseen_voice_majority_accuracy": 0.1}
+    assert headline(spotter)["metric"] == "unseen_voice_accuracy"  # the voice never heard
+    assert headline(spotter)["score"] == 0.9
+    assert headline(spotter)["baseline"] == "0.1000 (majority)"
     assert headline({})["metric"] is None  # a failed run has no metrics
 
 

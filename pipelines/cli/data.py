@@ -14,6 +14,7 @@ USER_SOURCES = (
     "detection_csv",
     "image_folder",
     "segmentation_folder",
+    "audio_folder",
     "tabular_csv",
     "text_corpus",
     "text_csv",

@@ -3,6 +3,7 @@
 
 `compare` shows model, dataset, status, and each run's headline test metric beside its
 baseline (accuracy for classifiers, MAE for forecasters, mAP for detectors, mean IoU for segmenters,
+accuracy on the voice it never heard for keyword spotters,
 perplexity for language models, exact match for translators, ROC AUC for anomaly scoring,
 Fréchet distance for generators)."""
 
@@ -19,6 +20,8 @@ from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.tracking import store as tracking
 
+_UNSEEN_MAJORITY = "baseline_unseen_voice_majority_accuracy"  # a keyword spotter's held-out voice
+
 # Each family's headline test metric and the baseline it must beat; a run shows the first it has.
 HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     # (label, metric, baseline label, baseline metric)
@@ -30,6 +33,7 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("anomaly_auc", "anomaly_roc_auc", "mean image", "baseline_mean_image_roc_auc"),
     ("frechet", "test_frechet_distance", "noise", "baseline_noise_frechet_distance"),
     ("mae", "test_mae", "naive", "baseline_naive_mae"),
+    ("unseen_voice_accuracy", "unseen_voice_accuracy", "majority", _UNSEEN_MAJORITY),
     ("accuracy", "test_accuracy", "majority", "baseline_majority_accuracy"),
     ("reconstruction_mse", "test_reconstruction_mse", "mean image", "baseline_mean_image_mse"),
 )
