@@ -6,22 +6,30 @@ leaves the primary answering and shows in the status and the metrics."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import shutil
 import time
+from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from kerasops.errors import ConfigError
+from kerasops.pipelines.cli import main as kerasops
+from kerasops.pipelines.config import load_params
+from kerasops.pipelines.steps import monitor
+from kerasops.pipelines.tracking import store as tracking
 from kerasops.serving.config import ServingConfig, ShadowConfig
 from kerasops.serving.export import export_saved_model
 from kerasops.serving.prediction_log import read_prediction_logs
 from kerasops.serving.server import EmbeddedServer, model_entries
 from kerasops.serving.shadow import parse_origin
-from tests.serving_helpers import digit_images, digits_cnn
+from tests.conftest import write_params
+from tests.serving_helpers import digit_images, digits_cnn, regressor
 
 tf = pytest.importorskip("tensorflow")
 from tensorflow_serving.apis import (  # noqa: E402
@@ -257,3 +265,100 @@ def test_shadow_config_is_strict():
     for shadow, message in bad:
         with pytest.raises(ConfigError, match=message):
             ServingConfig.from_dict({"shadow": shadow}, prefix="serving.")
+
+
+# -- kerasops monitor --compare and the gate's live rules ---------------------------------------
+
+
+def shadow_project(root: Path, shadow: dict) -> EmbeddedServer:
+    params = load_params(root / "params.yaml")
+    config = params.serving.at_root(root)
+    config = dataclasses.replace(config, rest_port=0, grpc_port=0, shadow=shadow)
+    server = EmbeddedServer(config, *model_entries(config))
+    server.start()
+    return server
+
+
+@pytest.mark.slow  # five exports, two servers and three MLflow runs
+def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(project, capfd):
+
+    write_params(project, monitoring={"drift_psi": 0.2, "min_requests": 10})
+    params = load_params(project / "params.yaml")
+    config = params.serving.at_root(project)
+    for version, seed, label in ((1, CHALLENGER_SEED, "challenger"), (2, CHAMPION_SEED, "twin"),
+                                 (3, CHAMPION_SEED, "champion")):  # fmt: skip
+        export_saved_model(
+            digits_cnn(seed), "digits", config=config, version=version, labels=[label]
+        )
+    for version, seed, label in ((1, 1, "challenger"), (2, 3, "champion")):
+        export_saved_model(regressor(seed), "reg", config=config, version=version, labels=[label])
+    images, features = digit_images(24, seed=5), np.random.default_rng(5).normal(size=(24, 4))
+
+    def send(server: EmbeddedServer, count: int, with_regressor: bool) -> None:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30)
+        for i in range(count):
+            body = {"instances": images[i : i + 1].tolist()}
+            assert http.post("/v1/models/digits:predict", json=body).status_code == 200
+            if with_regressor:
+                body = {"instances": features[i : i + 1].tolist()}
+                assert http.post("/v1/models/reg:predict", json=body).status_code == 200
+        wait_for_shadows(http, count)
+
+    shadows = {"digits": {"label": "twin", "fraction": 1.0}, "reg": {"version": 1, "fraction": 1.0}}
+    server = shadow_project(project, {k: ShadowConfig(**v) for k, v in shadows.items()})
+    try:
+        send(server, 12, True)
+    finally:
+        server.stop()
+    server = shadow_project(project, {"digits": ShadowConfig(label="challenger", fraction=1.0)})
+    try:
+        send(server, 24, False)
+    finally:
+        server.stop()
+
+    assert kerasops(["monitor", "digits", "--compare", "champion", "twin"]) == 0
+    out = capfd.readouterr().out
+    assert (
+        "12 mirrored requests (12 rows)" in out
+        and "Agreement (same predicted class): **1.0000**" in out
+    )  # noqa: E501
+    twin = json.loads((project / "artifacts/monitoring/digits-compare.json").read_text())
+    assert twin["versions"] == [3, 2] and twin["agreement"] == 1.0
+
+    assert kerasops(["monitor", "digits", "--compare", "3", "challenger"]) == 0
+    other = json.loads((project / "artifacts/monitoring/digits-compare.json").read_text())
+    champion = digits_cnn(CHAMPION_SEED).predict(images, verbose=0).argmax(-1)
+    expected = float(
+        np.mean(champion == digits_cnn(CHALLENGER_SEED).predict(images, verbose=0).argmax(-1))
+    )  # noqa: E501
+    assert other["pairs"] == 24 and other["agreement"] == pytest.approx(expected) and expected < 1
+    for role in ("champion", "challenger"):
+        p50, p99 = other["latency_ms"][role]["p50"], other["latency_ms"][role]["p99"]
+        assert 0 < p50 <= p99
+    tracking.configure(params, retraining=True)
+    run = MlflowClient().get_run(other["run_id"])
+    assert run.data.tags["kind"] == "shadow-compare"
+    assert run.data.metrics["live_agreement"] == pytest.approx(expected)
+    assert run.data.metrics["live_latency_ms"] == pytest.approx(
+        other["latency_ms"]["challenger"]["p99"]
+    )  # noqa: E501
+
+    assert kerasops(["monitor", "reg", "--compare", "champion", "challenger"]) == 0
+    reg = json.loads((project / "artifacts/monitoring/reg-compare.json").read_text())
+    sent = features[:12].astype("float32")
+    difference = np.abs(
+        regressor(3).predict(sent, verbose=0) - regressor(1).predict(sent, verbose=0)
+    )  # noqa: E501
+    assert reg["kind"] == "regressor" and reg["agreement"] is None
+    assert reg["mean_abs_diff"] == pytest.approx(float(difference.mean()), rel=1e-4)
+
+    capfd.readouterr()
+    assert kerasops(["monitor", "reg", "--compare", "champion", "nobody"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no label 'nobody'" in err
+    assert kerasops(["monitor", "digits", "--compare", "twin", "challenger"]) == 2
+    assert "0 mirrored requests of digits" in capfd.readouterr().err
+
+    # drift monitoring reads the clients' answers only, never the shadow's
+    logs = monitor.logged_requests(project / "artifacts/prediction_logs", "digits", None)
+    assert len([e for e in logs if monitor._not_shadow(e)]) == 36 and len(logs) == 72
