@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from kerasops.errors import ConfigError
 from kerasops.pipelines.cli import main as kerasops
 from kerasops.pipelines.config import load_params
+from kerasops.pipelines.config.retraining import RetrainingConfig
 from kerasops.pipelines.steps import monitor
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.serving.config import ServingConfig, ShadowConfig
@@ -281,6 +282,7 @@ def shadow_project(root: Path, shadow: dict) -> EmbeddedServer:
 
 @pytest.mark.slow  # five exports, two servers and three MLflow runs
 def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(project, capfd):
+    from kerasops.pipelines.steps.gate import judge
 
     write_params(project, monitoring={"drift_psi": 0.2, "min_requests": 10})
     params = load_params(project / "params.yaml")
@@ -324,6 +326,8 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     )  # noqa: E501
     twin = json.loads((project / "artifacts/monitoring/digits-compare.json").read_text())
     assert twin["versions"] == [3, 2] and twin["agreement"] == 1.0
+    lenient = RetrainingConfig.from_dict({"gate": {"live_agreement": {"minimum": 0.99}}}).rules()
+    assert judge(params, "digits", {}, None, lenient).passed
 
     assert kerasops(["monitor", "digits", "--compare", "3", "challenger"]) == 0
     other = json.loads((project / "artifacts/monitoring/digits-compare.json").read_text())
@@ -335,6 +339,8 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     for role in ("champion", "challenger"):
         p50, p99 = other["latency_ms"][role]["p50"], other["latency_ms"][role]["p99"]
         assert 0 < p50 <= p99
+    decision = judge(params, "digits", {}, None, lenient)
+    assert not decision.passed and "live_agreement" in decision.reasons()[0]
     tracking.configure(params, retraining=True)
     run = MlflowClient().get_run(other["run_id"])
     assert run.data.tags["kind"] == "shadow-compare"
