@@ -168,7 +168,7 @@ def test_shadow_traffic_reaches_the_challenger_and_not_the_client(repository, tm
     assert (
         metric(page, "kerasops_serving_shadow_requests_total", model="digits", outcome="answered")
         == 6
-    )  # noqa: E501
+    )
     assert metric(page, "kerasops_serving_shadow_latency_seconds_count", model="digits") == 6
     assert status["shadow"] == {
         "target": "label 'challenger'", "fraction": 1.0, "version": "1", "state": "AVAILABLE"
@@ -245,7 +245,7 @@ def test_a_shadow_target_that_is_not_loaded_leaves_the_primary_answering(reposit
             assert skipped == 1
         assert any(
             s["state"] == "END" and s["version"] == "3" for s in status["model_version_status"]
-        )  # noqa: E501
+        )
     finally:
         config.write_text(original)
         shutil.rmtree(broken)
@@ -323,7 +323,7 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     assert (
         "12 mirrored requests (12 rows)" in out
         and "Agreement (same predicted class): **1.0000**" in out
-    )  # noqa: E501
+    )
     twin = json.loads((project / "artifacts/monitoring/digits-compare.json").read_text())
     assert twin["versions"] == [3, 2] and twin["agreement"] == 1.0
     lenient = RetrainingConfig.from_dict({"gate": {"live_agreement": {"minimum": 0.99}}}).rules()
@@ -334,7 +334,7 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     champion = digits_cnn(CHAMPION_SEED).predict(images, verbose=0).argmax(-1)
     expected = float(
         np.mean(champion == digits_cnn(CHALLENGER_SEED).predict(images, verbose=0).argmax(-1))
-    )  # noqa: E501
+    )
     assert other["pairs"] == 24 and other["agreement"] == pytest.approx(expected) and expected < 1
     for role in ("champion", "challenger"):
         p50, p99 = other["latency_ms"][role]["p50"], other["latency_ms"][role]["p99"]
@@ -347,14 +347,14 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     assert run.data.metrics["live_agreement"] == pytest.approx(expected)
     assert run.data.metrics["live_latency_ms"] == pytest.approx(
         other["latency_ms"]["challenger"]["p99"]
-    )  # noqa: E501
+    )
 
     assert kerasops(["monitor", "reg", "--compare", "champion", "challenger"]) == 0
     reg = json.loads((project / "artifacts/monitoring/reg-compare.json").read_text())
     sent = features[:12].astype("float32")
     difference = np.abs(
         regressor(3).predict(sent, verbose=0) - regressor(1).predict(sent, verbose=0)
-    )  # noqa: E501
+    )
     assert reg["kind"] == "regressor" and reg["agreement"] is None
     assert reg["mean_abs_diff"] == pytest.approx(float(difference.mean()), rel=1e-4)
 
