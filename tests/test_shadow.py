@@ -368,3 +368,28 @@ def test_compare_reports_agreement_difference_and_latency_of_a_known_pair(projec
     # drift monitoring reads the clients' answers only, never the shadow's
     logs = monitor.logged_requests(project / "artifacts/prediction_logs", "digits", None)
     assert len([e for e in logs if monitor._not_shadow(e)]) == 36 and len(logs) == 72
+
+
+def test_loop_benchmark_writes_untracked_results_and_only_its_own_section(tmp_path):
+    import argparse
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "benchmarks" / "serving" / "loop.py"
+    spec = importlib.util.spec_from_file_location("loop_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for added in (path.parent, path.parents[2]):  # the script puts both first on sys.path
+        sys.path.remove(str(added))
+    default = module.output_paths(argparse.Namespace(update_results=False, output=str(tmp_path)))
+    assert default == (tmp_path / "results.json", tmp_path / "RESULTS.md")
+    tracked = module.output_paths(argparse.Namespace(update_results=True, output=str(tmp_path)))
+    assert tracked == (path.parent / "loop_results.json", path.parents[1] / "RESULTS.md")
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Another section\n\nkept\n")
+    module.write_results("## Loop, first run", results)
+    module.write_results("## Loop, second run", results)
+    text = results.read_text()
+    assert "## Another section\n\nkept" in text and "first run" not in text
+    assert text.count(module.BEGIN) == 1 and "## Loop, second run" in text

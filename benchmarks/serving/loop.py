@@ -312,18 +312,22 @@ def main() -> None:
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }
-    if args.update_results:
-        json_path, markdown_path = HERE / "loop_results.json", ROOT / "benchmarks" / "RESULTS.md"
-    else:
-        folder = Path(args.output)
-        folder.mkdir(parents=True, exist_ok=True)
-        json_path, markdown_path = folder / "results.json", folder / "RESULTS.md"
+    json_path, markdown_path = output_paths(args)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     markdown = report(results, command)
     write_results(markdown, markdown_path)
     print(markdown)
     print(f"results written to {markdown_path} and {json_path}")
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(results.json, RESULTS.md): the tracked ones only with --update-results."""
+    if args.update_results:
+        return HERE / "loop_results.json", ROOT / "benchmarks" / "RESULTS.md"
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "results.json", folder / "RESULTS.md"
 
 
 if __name__ == "__main__":
