@@ -70,6 +70,16 @@ class TlsConfig(StrictConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class ShadowConfig(StrictConfig):
+    """Mirror a `fraction` of a model's requests to its version `label` (or `version`); the
+    client gets the primary's answer only (serving/shadow.py)."""
+
+    label: str = ""
+    version: int = 0
+    fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ServingConfig(StrictConfig):
     """Everything the embedded server and the exporter need to know."""
 
@@ -107,6 +117,8 @@ class ServingConfig(StrictConfig):
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     version_policy: VersionPolicyConfig = dataclasses.field(default_factory=VersionPolicyConfig)
     batching: BatchingConfig = dataclasses.field(default_factory=BatchingConfig)
+    # shadow traffic: model name -> {label or version, fraction}
+    shadow: dict[str, ShadowConfig] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         for key in ("rest_port", "grpc_port"):
@@ -126,6 +138,13 @@ class ServingConfig(StrictConfig):
         require(self.prediction_log_max_file_s > 0, "serving.prediction_log_max_file_s > 0")
         for key in ("max_connections", "max_rows", "max_json_depth"):
             require(getattr(self, key) >= 1, f"serving.{key} must be >= 1")
+        for name, shadow in self.shadow.items():
+            key = f"serving.shadow.{name}"
+            require(
+                bool(shadow.label) != (shadow.version > 0),
+                f"{key} needs a label or a version (>= 1), not both",
+            )
+            require(0.0 <= shadow.fraction <= 1.0, f"{key}.fraction must be between 0 and 1")
 
     def at_root(self, root: Path) -> ServingConfig:
         """This config with a relative repository and models.config resolved against `root`

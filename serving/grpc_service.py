@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -259,9 +260,11 @@ class TensorflowServing:
 
     # -- ModelService -----------------------------------------------------------------------
     async def GetModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return await self._answer("status", request, context, lambda: self._status(request))
+        return await self._answer(
+            "status", request, context, lambda: self._status(request, context)
+        )
 
-    async def _status(self, request: Any) -> Any:
+    async def _status(self, request: Any, context: Any) -> Any:
 
         version, label = _version_choice(request.model_spec)
         states = self.manager.status(request.model_spec.name, version, label)
@@ -275,6 +278,9 @@ class TensorflowServing:
                     error_code=_code_value(state.error_code), error_message=state.error_message
                 ),
             )
+        shadow = self.manager.shadow_status(request.model_spec.name)
+        if shadow is not None and version is None and label is None:  # beside TF Serving's reply
+            context.set_trailing_metadata((("kerasops-shadow", json.dumps(shadow)),))
         return response
 
     async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -16,6 +16,7 @@ from typing import Any
 
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.errors import invalid, not_found
+from kerasops.serving.prediction_log import LoggingSpec
 from kerasops.serving.repository import (
     ModelEntry,
     list_versions,
@@ -24,6 +25,7 @@ from kerasops.serving.repository import (
     select_versions,
 )
 from kerasops.serving.servable import Servable
+from kerasops.serving.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ class ModelManager:
         self._routes: dict[str, Route] = {e.name: Route(e, {}) for e in entries}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._mirror = None
+        if config.shadow:
+            self._mirror = ShadowMirror(
+                config.shadow, self.resolve, prediction_logger, self._logging_of, metrics
+            )
 
     # -- requests -----------------------------------------------------------------------------
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
@@ -117,6 +124,14 @@ class ModelManager:
             if not states:
                 raise not_found(f"Could not find any versions of model {name}")
             return [dataclasses.replace(s) for _, s in sorted(states.items(), reverse=True)]
+
+    def shadow_status(self, name: str) -> dict | None:
+        """The model's shadow target and whether it answers (None without a shadow)."""
+        return self._mirror.status(name) if self._mirror is not None else None
+
+    def _logging_of(self, name: str) -> LoggingSpec | None:
+        entry = self._entries.get(name)
+        return entry.logging if entry is not None else None
 
     def model_names(self) -> list[str]:
         return sorted(self._routes)
@@ -252,6 +267,7 @@ class ModelManager:
                 observe,
                 self._logger,
                 lambda: self._entries[entry.name].logging,
+                self._mirror if self._mirror and self._mirror.configured(entry.name) else None,
             )
             if self._config.warmup:
                 servable.warmup(self._config.num_warmup_records)

@@ -62,6 +62,25 @@ class ServingMetrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self._shadow = Counter(
+            "kerasops_serving_shadow_requests",
+            "Mirrored requests the shadow version answered or failed, by model and outcome.",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self._shadow_skipped = Counter(
+            "kerasops_serving_shadow_skipped",
+            "Requests drawn for mirroring but not mirrored (not_loaded, same_version, error).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self._shadow_latency = Histogram(
+            "kerasops_serving_shadow_latency_seconds",
+            "The shadow version's signature time on mirrored requests.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, ...], tuple[object, object]] = {}
         self.known_models: set[str] = set()
 
@@ -86,6 +105,14 @@ class ServingMetrics:
 
     def prediction_dropped(self, model: str, reason: str) -> None:
         self._dropped.labels(model, reason).inc()
+
+    def shadow_answered(self, model: str, outcome: str, seconds: float | None = None) -> None:
+        self._shadow.labels(model, outcome).inc()
+        if seconds is not None:
+            self._shadow_latency.labels(model).observe(seconds)
+
+    def shadow_skipped(self, model: str, reason: str) -> None:
+        self._shadow_skipped.labels(model, reason).inc()
 
     def set_loaded(self, model: str, versions: list[int]) -> None:
         self.known_models.add(model)

@@ -49,6 +49,7 @@ class _Record:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     logged_at: float
+    origin: str = ""  # log_metadata.request_origin (a mirrored request's id and role)
 
 
 class _File:
@@ -116,7 +117,21 @@ class PredictionLogger:
         """Queue one request's record if sampled; never raises, never waits."""
         if spec.sampling_rate <= 0 or self._random.random() >= spec.sampling_rate:
             return
-        record = _Record(spec, model, version, signature, inputs, outputs, time.time())
+        self.submit(spec, model, version, signature, inputs, outputs)
+
+    def submit(
+        self,
+        spec: LoggingSpec,
+        model: str,
+        version: int,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        origin: str = "",
+    ) -> None:
+        """Queue one record, sampled already (shadow traffic logs every mirrored request);
+        never raises, never waits."""
+        record = _Record(spec, model, version, signature, inputs, outputs, time.time(), origin)
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -194,6 +209,8 @@ def prediction_log(record: _Record) -> Any:
     metadata.model_spec.version.value = record.version
     metadata.model_spec.signature_name = record.signature
     metadata.sampling_config.sampling_rate = record.spec.sampling_rate
+    if record.origin:
+        metadata.request_origin = record.origin
     request, response = entry.predict_log.request, entry.predict_log.response
     request.model_spec.CopyFrom(metadata.model_spec)
     response.model_spec.CopyFrom(metadata.model_spec)

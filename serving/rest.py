@@ -144,18 +144,20 @@ class RestApp:
 
     def _status(self, name: str, version: int | None, label: str | None) -> bytes:
         states = self.manager.status(name, version, label)
-        return orjson.dumps(
-            {
-                "model_version_status": [
-                    {
-                        "version": str(s.version),
-                        "state": s.state,
-                        "status": {"error_code": s.error_code, "error_message": s.error_message},
-                    }
-                    for s in states
-                ]
-            }
-        )
+        payload: dict[str, Any] = {
+            "model_version_status": [
+                {
+                    "version": str(s.version),
+                    "state": s.state,
+                    "status": {"error_code": s.error_code, "error_message": s.error_message},
+                }
+                for s in states
+            ]
+        }
+        shadow = self.manager.shadow_status(name) if version is None and label is None else None
+        if shadow is not None:
+            payload["shadow"] = shadow  # kerasops' own field: only for a model with a shadow
+        return orjson.dumps(payload)
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class Signature:
         record: Any = None,
     ) -> None:
         self.name = name
-        self.record = record  # (signature, inputs, outputs) of each answered request
+        self.record = record  # (signature, inputs, outputs, seconds) of each answered request
         self._function = function
         _, kwargs = function.structured_input_signature
         self.inputs = {key: _spec_info(key, spec) for key, spec in kwargs.items()}
@@ -84,15 +85,20 @@ class Signature:
             )
         return "; ".join(parts)
 
-    async def run_async(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """Run through the dynamic batcher (or in a worker thread when batching is off)."""
+    async def run_async(
+        self, inputs: dict[str, np.ndarray], rows: int, record: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Run through the dynamic batcher (or in a worker thread when batching is off); with
+        `record`, log the answer and mirror it to a shadow (a shadow's own call does not)."""
 
+        started = time.perf_counter()
         if self.batcher is None:
             outputs = await asyncio.to_thread(self.run, inputs)
         else:
             outputs = await self.batcher.submit(inputs, rows)
-        if self.record is not None:
-            self.record(self.name, inputs, outputs)  # prediction logging: queues, never raises
+        if record and self.record is not None:
+            # prediction logging and shadow traffic: they queue or schedule, never raise
+            self.record(self.name, inputs, outputs, time.perf_counter() - started)
         return outputs
 
     def close(self) -> None:
@@ -118,6 +124,7 @@ class Servable:
         observe: Any = None,
         logger: Any = None,
         logging_spec: Any = None,
+        mirror: Any = None,
     ) -> None:
 
         self.name = name
@@ -125,11 +132,13 @@ class Servable:
         self.path = path
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
         record = None
-        if logger is not None and logging_spec is not None:
+        if (logger is not None and logging_spec is not None) or mirror is not None:
 
-            def record(signature: str, inputs: dict, outputs: dict) -> None:
-                spec = logging_spec()  # the model's logging_config now (a reload may change it)
-                if spec is not None:
+            def record(signature: str, inputs: dict, outputs: dict, seconds: float) -> None:
+                if mirror is not None and mirror(self, signature, inputs, outputs, seconds):
+                    return  # mirrored to a shadow: the mirror logs both answers
+                spec = logging_spec() if logging_spec is not None else None
+                if logger is not None and spec is not None:  # the logging_config now
                     logger.offer(spec, name, version, signature, inputs, outputs)
 
         self.signatures = {

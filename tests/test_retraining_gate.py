@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kerasops.errors import ConfigError
-from kerasops.pipelines.config import Params
+from kerasops.pipelines.config import Params, load_params
 from kerasops.pipelines.config.retraining import GateRule, RetrainingConfig
-from kerasops.pipelines.steps.gate import gate
+from kerasops.pipelines.steps.gate import gate, judge
+from kerasops.pipelines.steps.monitor import CompareReport, compare_report_path
 
 
 def rules(**values) -> dict[str, GateRule]:
@@ -65,6 +68,8 @@ def test_every_rule_must_pass_and_a_missing_metric_fails():
         ({"canary": "yes"}, "retraining.canary"),
         ({"infra_validation": {"latency_ms": 5}}, "retraining.infra_validation.latency_ms"),
         ({"split": "train"}, "retraining.split"),
+        ({"gate": {"live_agreement": {"minimum": 0.9, "max_regression": 0.1}}}, "minimum/maximum"),
+        ({"gate": {"live_speed": {"maximum": 9}}}, "retraining.gate.live_speed: unknown live"),
     ],
 )
 def test_bad_retraining_sections_name_the_key(section, message):
@@ -92,3 +97,44 @@ def test_infra_validation_compares_numbers_and_texts():
     assert difference(["2021-03-03", "2020-01-02"], texts) == float("inf")
     assert set(outputs_of({"boxes": [1], "scores": [2]})) == {"boxes", "scores"}
     assert set(outputs_of(np.zeros((2, 3)))) == {""}
+
+
+def test_live_rules_read_the_compare_report_and_fail_without_one(project):
+    params = load_params(project / "params.yaml")
+    live = rules(
+        test_accuracy={"minimum": 0.8},
+        live_agreement={"minimum": 0.95},
+        live_latency_ms={"direction": "lower", "maximum": 50},
+    )
+    missing = judge(params, "digits", {"test_accuracy": 0.9}, None, live)
+    assert not missing.passed
+    assert [c.metric for c in missing.checks if not c.passed] == [
+        "live_agreement",
+        "live_latency_ms",
+    ]
+    assert "no shadow-traffic comparison report at" in missing.reasons()[0]
+    assert "kerasops monitor digits --compare champion challenger" in missing.reasons()[0]
+
+    def compared(agreement: float, p99: float) -> None:
+        latency = {"champion": {"p50": 1.0, "p99": 2.0}, "challenger": {"p50": 1.0, "p99": p99}}
+        report = CompareReport(
+            "digits", "champion", "challenger", (2, 1), 40, 40, 0, "classifier",
+            agreement, None, latency,
+        )  # fmt: skip
+        path = compare_report_path(params, "digits")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metrics": report.metrics()}))
+
+    compared(0.97, 12.0)
+    assert judge(params, "digits", {"test_accuracy": 0.9}, None, live).passed
+    compared(0.90, 12.0)
+    low = judge(params, "digits", {"test_accuracy": 0.9}, None, live)
+    assert not low.passed and low.reasons() == ["live_agreement = 0.9000 (needs >=0.95)"]
+    compared(0.97, 80.0)
+    slow = judge(params, "digits", {"test_accuracy": 0.9}, None, live)
+    assert slow.reasons() == ["live_latency_ms = 80.0000 (needs <=50)"]
+    compare_report_path(params, "digits").write_text("{not json")
+    broken = judge(params, "digits", {"test_accuracy": 0.9}, None, live)
+    assert "unreadable shadow-traffic comparison report" in broken.reasons()[0]
+    offline = rules(test_accuracy={"minimum": 0.8})  # no live rule: the report is not read
+    assert judge(params, "digits", {"test_accuracy": 0.9}, None, offline).passed

@@ -78,8 +78,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     # deferred: the step loads TensorFlow and MLflow
-    from kerasops.pipelines.steps.monitor import monitor_model
+    from kerasops.pipelines.steps.monitor import compare_shadow, monitor_model
 
+    if args.compare:
+        champion, challenger = args.compare
+        compared = compare_shadow(params_of(args), args.model, champion, challenger, args.since)
+        print(compared.to_markdown())
+        print(f"run {compared.run_id}; report artifacts/monitoring/{compared.model}-compare.md")
+        return 0
     report = monitor_model(params_of(args), args.model, args.since, args.dataset)
     print(report.to_markdown())
     print(f"run {report.run_id}; report artifacts/monitoring/{report.model}.md")
@@ -139,6 +145,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     monitor.add_argument("model", help="served model name (its models.config logging_config)")
     monitor.add_argument("--since", help="only logs of the last 30m, 24h, 7d, ... (default all)")
     monitor.add_argument("--dataset", help="training dataset (default: the version's own)")
+    monitor.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("CHAMPION", "CHALLENGER"),
+        help="instead: pair the shadow traffic of two versions (labels or numbers) on the same "
+        "live inputs: agreement / mean absolute difference and latency of each",
+    )
     monitor.set_defaults(func=cmd_monitor)
 
     schedule = sub.add_parser(

@@ -12,6 +12,10 @@ retraining:
   infra_validation: {requests: 8, latency_bound_ms: 1000, tolerance: 1.0e-4}
   canary: false                           # publish the new version under label `canary` first
 ```
+
+Rules on live traffic (`live_agreement: {minimum: 0.95}`, `live_latency_ms: {direction: lower,
+maximum: 50}`, `live_mean_abs_diff`) are read from the shadow-traffic comparison
+(`kerasops monitor NAME --compare champion challenger`); they take absolute thresholds only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any, Literal
 
 from kerasops.config import StrictConfig, require
 from kerasops.errors import ConfigError
+
+# gate metrics read from the shadow-traffic comparison report, not from a held-out split
+LIVE_METRICS = ("live_agreement", "live_latency_ms", "live_mean_abs_diff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +126,20 @@ class RetrainingConfig(StrictConfig):
             except ConfigError as exc:
                 text = str(exc)
                 raise ConfigError(text if prefix in text else f"{prefix[:-1]}: {text}") from None
+            _check_live(f"{section}.{metric}", metric, rules[metric])
         return rules
 
     def model_name(self, model: str, dataset: str) -> str:
         """The registered (and served) model name for a model family trained on a dataset."""
         return self.registered_model.format(model=model, dataset=dataset)
+
+
+def _check_live(key: str, metric: str, rule: GateRule) -> None:
+    """A live_* rule names a metric of the comparison report and sets absolute thresholds."""
+    if not metric.startswith("live_"):
+        return
+    require(metric in LIVE_METRICS, f"{key}: unknown live metric; use {', '.join(LIVE_METRICS)}")
+    require(
+        rule.max_regression is None and rule.min_improvement is None,
+        f"{key}: a live metric takes minimum/maximum only (the champion has no shadow figures)",
+    )

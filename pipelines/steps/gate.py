@@ -5,13 +5,15 @@ TFX's Evaluator): absolute thresholds always, change thresholds against a champi
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from kerasops.data import load_prepared
 from kerasops.pipelines.config import Params
-from kerasops.pipelines.config.retraining import GateRule
+from kerasops.pipelines.config.retraining import LIVE_METRICS, GateRule
 from kerasops.pipelines.steps.evaluate import score
+from kerasops.pipelines.steps.monitor import compare_report_path
 from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking.registry import load_version
 
@@ -25,10 +27,11 @@ class GateCheck:
     threshold: float
     value: float | None  # the challenger's metric, or its change against the champion
     passed: bool
+    note: str = ""  # why the value is missing, when it is
 
     def describe(self) -> str:
         if self.value is None:
-            return f"{self.metric}: not computed for this model"
+            return f"{self.metric}: {self.note or 'not computed for this model'}"
         op = {"minimum": ">=", "maximum": "<=", "max_regression": ">= -"}.get(self.rule, ">=")
         what = self.metric if self.rule in ("minimum", "maximum") else f"change in {self.metric}"
         return f"{what} = {self.value:.4f} (needs {op}{self.threshold:g})"
@@ -112,8 +115,47 @@ def evaluate_and_gate(
     held-out split of the current data, and judge the challenger by the rules of family
     `model` (`retraining.model_gates.<model>`, else `retraining.gate`)."""
     config = params.retraining
+    rules = config.rules(model)
     ours = evaluate_version(params, dataset, name, challenger, config.split)
     theirs = None
     if champion is not None:
         theirs = evaluate_version(params, dataset, name, champion, config.split)
-    return gate(ours, theirs, config.rules(model))
+    return judge(params, name, ours, theirs, rules)
+
+
+def judge(
+    params: Params,
+    name: str,
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    rules: Mapping[str, GateRule],
+) -> GateDecision:
+    """`gate` with the live_* metrics of served model `name`'s shadow-traffic comparison
+    report added to the challenger's; a live rule without a report fails, saying so."""
+    live, missing = live_metrics(params, name, rules)
+    decision = gate({**challenger, **live}, champion, rules)
+    if not missing:
+        return decision
+    checks = tuple(
+        dataclasses.replace(c, note=missing) if c.metric in LIVE_METRICS and c.value is None else c
+        for c in decision.checks
+    )
+    return dataclasses.replace(decision, checks=checks)
+
+
+def live_metrics(
+    params: Params, name: str, rules: Mapping[str, GateRule]
+) -> tuple[dict[str, float], str]:
+    """The live_* metrics the rules ask for, from the shadow-traffic comparison report of
+    served model `name`, and why they are missing ("" when found or not asked for)."""
+    if not any(metric in LIVE_METRICS for metric in rules):
+        return {}, ""
+    path = compare_report_path(params, name)
+    hint = f"run `kerasops monitor {name} --compare champion challenger` first"
+    try:
+        report = json.loads(path.read_text())
+        return {k: float(v) for k, v in report["metrics"].items()}, ""
+    except FileNotFoundError:
+        return {}, f"no shadow-traffic comparison report at {path}: {hint}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {}, f"unreadable shadow-traffic comparison report {path} ({exc}): {hint}"

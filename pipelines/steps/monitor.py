@@ -26,7 +26,8 @@ from kerasops.pipelines.config import Params
 from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import store as tracking
 from kerasops.serving.prediction_log import SUFFIX, read_log_files
-from kerasops.serving.repository import version_info
+from kerasops.serving.repository import mapping_for, read_models_config, version_info
+from kerasops.serving.shadow import PRIMARY, SHADOW, parse_origin
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -84,6 +85,12 @@ def logged_requests(folder: Path, model: str, since: float | None) -> list[Any]:
     return [e for e in read_log_files(files) if e.log_metadata.model_spec.name == model]
 
 
+def _not_shadow(entry: Any) -> bool:
+    """False for a shadow version's answer (mirrored traffic: the client never saw it)."""
+    origin = parse_origin(entry.log_metadata.request_origin)
+    return origin is None or origin["role"] != SHADOW
+
+
 def live_samples(logs: list[Any]) -> tuple[dict[str, np.ndarray], int]:
     """The logged inputs and answers as the samples validation compares, and the row count."""
     import tensorflow as tf  # deferred: only reading tensors needs it
@@ -133,7 +140,7 @@ def monitor_model(
     `artifacts/monitoring/`. Raise KerasopsError when there is too little to judge."""
     window = parse_since(since) if since else None
     folder = Path(params.serving.at_root(Path(params.root)).prediction_log_dir)
-    logs = logged_requests(folder, model, window)
+    logs = [e for e in logged_requests(folder, model, window) if _not_shadow(e)]
     config = params.monitoring
     if len(logs) < config.min_requests:
         raise KerasopsError(
@@ -171,4 +178,183 @@ def record(params: Params, report: MonitorReport) -> str:
         mlflow.log_metric("drift", float(bool(report.drifted)))
         mlflow.set_tag("drift", ", ".join(report.drifted) or "none")
         mlflow.log_text(report.to_markdown(), "monitoring/report.md")
+    return run.info.run_id
+
+
+# -- shadow traffic: champion and challenger on the same live inputs --------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareReport:
+    """The primary's and the shadow's answers to the same mirrored requests."""
+
+    model: str
+    champion: str  # as named on the command line (a label or a version)
+    challenger: str
+    versions: tuple[int, int]  # (champion, challenger) served versions
+    pairs: int
+    rows: int
+    unpaired: int  # mirrored requests whose shadow answer was not logged
+    kind: str  # classifier | regressor
+    agreement: float | None  # classifiers: share of rows with the same predicted class
+    mean_abs_diff: float | None  # regressors: mean |champion - challenger| over output values
+    latency_ms: dict[str, dict[str, float]]  # champion/challenger -> p50, p99 (signature time)
+    run_id: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        """What the retraining gate reads: live_agreement, live_mean_abs_diff and
+        live_latency_ms (the challenger's p99)."""
+        values = {"live_latency_ms": self.latency_ms["challenger"]["p99"]}
+        if self.agreement is not None:
+            values["live_agreement"] = self.agreement
+        if self.mean_abs_diff is not None:
+            values["live_mean_abs_diff"] = self.mean_abs_diff
+        return values
+
+    def to_markdown(self) -> str:
+        champion, challenger = self.versions
+        lines = [
+            f"# Shadow traffic of {self.model}: {self.champion} against {self.challenger}",
+            "",
+            f"{self.pairs} mirrored requests ({self.rows} rows) answered by both version "
+            f"{champion} ({self.champion}, to the client) and version {challenger} "
+            f"({self.challenger}, the shadow); {self.unpaired} without a logged shadow answer.",
+            "",
+        ]
+        if self.agreement is not None:
+            lines.append(f"Agreement (same predicted class): **{self.agreement:.4f}**")
+        if self.mean_abs_diff is not None:
+            lines.append(f"Mean absolute difference of outputs: **{self.mean_abs_diff:.6g}**")
+        lines += ["", "| version | p50 ms | p99 ms |", "|---|---:|---:|"]
+        for role, name in (("champion", self.champion), ("challenger", self.challenger)):
+            figures = self.latency_ms[role]
+            lines.append(f"| {name} | {figures['p50']:.3f} | {figures['p99']:.3f} |")
+        return "\n".join([*lines, ""])
+
+
+def shadow_pairs(logs: list[Any]) -> tuple[list[tuple[Any, Any]], int]:
+    """(primary, shadow) records of mirrored requests, paired by request id, and the count of
+    primaries left without a shadow record."""
+    roles: dict[str, dict[str, Any]] = {}
+    for entry in logs:
+        origin = parse_origin(entry.log_metadata.request_origin)
+        if origin is not None:
+            roles.setdefault(origin["request"], {})[origin["role"]] = entry
+    found = [(r[PRIMARY], r[SHADOW]) for r in roles.values() if PRIMARY in r and SHADOW in r]
+    return found, sum(1 for r in roles.values() if SHADOW not in r)
+
+
+def served_version(params: Params, model: str, name: str) -> int:
+    """A version number, or the version a label of `model` points at in models.config."""
+    if name.isdigit():
+        return int(name)
+    config = params.serving.at_root(Path(params.root))
+    entries = read_models_config(Path(config.models_config), mapping_for(config))
+    labels = next((e.label_map() for e in entries if e.name == model), None)
+    if labels is None:
+        raise KerasopsError(f"{model} is not in {config.models_config}")
+    if name not in labels:
+        known = ", ".join(sorted(labels)) or "none"
+        raise KerasopsError(f"{model} has no label {name!r} (labels: {known}); or give a version")
+    return labels[name]
+
+
+def compare_answers(pairs: list[tuple[Any, Any]]) -> tuple[str, float | None, float | None, int]:
+    """(kind, agreement, mean absolute difference, rows) of the paired answers."""
+    import tensorflow as tf  # deferred: only reading tensors needs it
+
+    def outputs(entry: Any) -> dict[str, np.ndarray]:
+        return {k: tf.make_ndarray(v) for k, v in entry.predict_log.response.outputs.items()}
+
+    answers = [(outputs(a), outputs(b)) for a, b in pairs]
+    if all("probabilities" in a and "probabilities" in b for a, b in answers):
+        ours = np.concatenate([a["probabilities"] for a, _ in answers])  # (rows, classes)
+        theirs = np.concatenate([b["probabilities"] for _, b in answers])
+        same = np.argmax(ours, axis=-1) == np.argmax(theirs, axis=-1)
+        return "classifier", float(np.mean(same)), None, len(ours)
+    keys = sorted(k for k, v in answers[0][0].items() if v.dtype.kind == "f")
+    if not keys:
+        raise KerasopsError("the logged answers hold no numeric output to compare")
+
+    def flat(answer: dict[str, np.ndarray]) -> np.ndarray:  # (rows, values of every output)
+        return np.concatenate([answer[k].reshape(len(answer[k]), -1) for k in keys], axis=1)
+
+    ours = np.concatenate([flat(a) for a, _ in answers]).astype(float)
+    theirs = np.concatenate([flat(b) for _, b in answers]).astype(float)
+    return "regressor", None, float(np.mean(np.abs(ours - theirs))), len(ours)
+
+
+def _versions(primary: Any, shadow: Any) -> tuple[int, int]:
+    spec = (primary.log_metadata.model_spec, shadow.log_metadata.model_spec)
+    return spec[0].version.value, spec[1].version.value
+
+
+def _latency(records: list[Any]) -> dict[str, float]:
+    values = [float(parse_origin(e.log_metadata.request_origin)["latency_ms"]) for e in records]
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
+
+
+@named("monitor-compare")
+def compare_shadow(
+    params: Params, model: str, champion: str, challenger: str, since: str | None = None
+) -> CompareReport:
+    """Pair `model`'s mirrored requests (shadow traffic: the primary `champion` and the shadow
+    `challenger`, each a label or a version) on the same live inputs; report agreement or mean
+    absolute difference and latency of each, as an MLflow run and files under
+    `artifacts/monitoring/`. Raise KerasopsError when there is too little to judge."""
+    window = parse_since(since) if since else None
+    folder = Path(params.serving.at_root(Path(params.root)).prediction_log_dir)
+    versions = (served_version(params, model, champion), served_version(params, model, challenger))
+    found, unpaired = shadow_pairs(logged_requests(folder, model, window))
+    pairs = [(a, b) for a, b in found if _versions(a, b) == versions]
+    minimum = params.monitoring.min_requests
+    if len(pairs) < minimum:
+        seen = sorted({_versions(a, b) for a, b in found})
+        raise KerasopsError(
+            f"{len(pairs)} mirrored requests of {model} answered by version {versions[0]} "
+            f"({champion}) with version {versions[1]} ({challenger}) as shadow under {folder}"
+            f"{f' in the last {since}' if since else ''}; the comparison needs at least "
+            f"{minimum} (monitoring.min_requests). Pairs logged (primary, shadow): "
+            f"{seen or 'none'}; set serving.shadow.{model} in params.yaml"
+        )
+    kind, agreement, difference, rows = compare_answers(pairs)
+    latency = {
+        "champion": _latency([a for a, _ in pairs]),
+        "challenger": _latency([b for _, b in pairs]),
+    }
+    report = CompareReport(
+        model, champion, challenger, versions, len(pairs), rows, unpaired, kind,
+        agreement, difference, latency,
+    )  # fmt: skip
+    return dataclasses.replace(report, run_id=record_compare(params, report))
+
+
+def compare_report_path(params: Params, model: str) -> Path:
+    """Where `kerasops monitor MODEL --compare` writes its JSON report (the gate reads it)."""
+    return params.path("artifacts") / "monitoring" / f"{model}-compare.json"
+
+
+def record_compare(params: Params, report: CompareReport) -> str:
+    """The comparison as files under `artifacts/monitoring/` and an MLflow run; the run's id."""
+    path = compare_report_path(params, report.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".md").write_text(report.to_markdown())
+    tracking.configure(params, retraining=True)
+    tags = {"kind": "shadow-compare", "model": report.model}
+    with mlflow.start_run(run_name=f"compare-{report.model}", tags=tags) as run:
+        mlflow.log_params(
+            {"champion": report.champion, "challenger": report.challenger,
+             "versions": report.versions}
+        )  # fmt: skip
+        latency = {
+            f"{role}_latency_{q}_ms": value
+            for role, figures in report.latency_ms.items()
+            for q, value in figures.items()
+        }
+        counts = {"pairs": report.pairs, "rows": report.rows, "unpaired": report.unpaired}
+        mlflow.log_metrics({**report.metrics(), **latency, **counts})
+        mlflow.log_text(report.to_markdown(), "monitoring/compare.md")
+    summary = {**dataclasses.asdict(report), "run_id": run.info.run_id, "metrics": report.metrics()}
+    summary["created_at"] = time.time()
+    path.write_text(json.dumps(summary, indent=2))
     return run.info.run_id

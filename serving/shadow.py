@@ -1,0 +1,191 @@
+"""Shadow traffic: a served model mirrors a share of its requests to another of its versions
+(`serving.shadow.<model>: {label: challenger, fraction: 0.1}` in params.yaml).
+
+The client gets the primary's answer only. A mirrored request is answered first; then the same
+inputs go to the shadow's signature in a task of the request's event loop, off the request
+path: it never delays the answer beyond scheduling and never fails it. Both answers are written
+as PredictionLog records to the model's `logging_config` prefix (or `<model>/shadow` without
+one), each marked in `log_metadata.request_origin` with the request id, its role (`primary`,
+`shadow`) and its signature latency, so `kerasops monitor --compare` can pair them.
+
+A shadow target that does not answer (a label pointing nowhere, a version not loaded) leaves
+the primary answering; the skip is counted (`kerasops_serving_shadow_skipped{model, reason}`)
+and shows in the model's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kerasops.serving.config import ShadowConfig
+from kerasops.serving.errors import ServingError
+from kerasops.serving.prediction_log import LoggingSpec
+
+log = logging.getLogger(__name__)
+
+ORIGIN = (
+    "kerasops-shadow"  # request_origin: kerasops-shadow;request=<id>;role=<role>;latency_ms=<ms>
+)
+PRIMARY, SHADOW = "primary", "shadow"
+
+
+def origin_text(request_id: str, role: str, seconds: float) -> str:
+    """The `request_origin` of a mirrored request's record."""
+    return f"{ORIGIN};request={request_id};role={role};latency_ms={seconds * 1000:.3f}"
+
+
+def parse_origin(text: str) -> dict[str, str] | None:
+    """The fields of a mirrored record's `request_origin` (request, role, latency_ms); None
+    for a record that was not mirrored."""
+    parts = text.split(";")
+    if not parts or parts[0] != ORIGIN:
+        return None
+    fields = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+    return fields if {"request", "role", "latency_ms"} <= set(fields) else None
+
+
+def target_text(config: ShadowConfig) -> str:
+    return f"label {config.label!r}" if config.label else f"version {config.version}"
+
+
+class ShadowMirror:
+    """Decides, per answered request, whether to mirror it, and runs and logs the shadow call."""
+
+    def __init__(
+        self,
+        shadows: dict[str, ShadowConfig],
+        resolve: Callable[..., Any],
+        logger: Any = None,
+        logging_spec: Callable[[str], LoggingSpec | None] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self._shadows = shadows
+        self._resolve = resolve
+        self._logger = logger
+        self._logging_spec = logging_spec or (lambda name: None)
+        self._metrics = metrics
+        self._random = random.Random()
+        self._tasks: set[asyncio.Task] = set()  # strong references until each shadow call ends
+        self._lock = threading.Lock()
+        self._last_error: dict[str, str] = {}  # model -> why its last mirrored call failed
+
+    def configured(self, name: str) -> bool:
+        return name in self._shadows
+
+    def __call__(
+        self,
+        primary: Any,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        seconds: float,
+    ) -> bool:
+        """Mirror one answered request if its model has a shadow and the draw says so; True
+        when mirrored (both records are then this mirror's to log). Never raises."""
+        config = self._shadows.get(primary.name)
+        if config is None or config.fraction <= 0 or self._random.random() >= config.fraction:
+            return False
+        try:
+            target = self._target(primary.name, config)
+            if target.version == primary.version:
+                self._skipped(primary.name, "same_version")
+                return False
+            request_id = uuid.uuid4().hex
+            spec = self._spec(primary.name, config)
+            self._log(spec, primary, signature, inputs, outputs, request_id, PRIMARY, seconds)
+            call = self._shadow(target, signature, inputs, spec, request_id)
+            task = asyncio.get_running_loop().create_task(call)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        except ServingError as exc:  # the target is not loaded (or its label points nowhere)
+            self._skipped(primary.name, "not_loaded", exc.message)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a mirror must never fail the request
+            log.warning("shadow of %s not sent: %s", primary.name, exc)
+            self._skipped(primary.name, "error", str(exc))
+            return False
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The model's shadow as its status reports it; None without one."""
+        config = self._shadows.get(name)
+        if config is None:
+            return None
+        report: dict[str, Any] = {"target": target_text(config), "fraction": config.fraction}
+        try:
+            report["version"] = str(self._target(name, config).version)
+            report["state"] = "AVAILABLE"
+        except ServingError as exc:
+            report["state"], report["error_message"] = "NOT_LOADED", exc.message
+        with self._lock:
+            error = self._last_error.get(name)
+        if error and report["state"] == "AVAILABLE":
+            report["last_error"] = error
+        return report
+
+    def _target(self, name: str, config: ShadowConfig) -> Any:
+        if config.label:
+            return self._resolve(name, label=config.label)
+        return self._resolve(name, version=config.version)
+
+    def _spec(self, name: str, config: ShadowConfig) -> LoggingSpec:
+        own = self._logging_spec(name)
+        return LoggingSpec(own.filename_prefix if own else f"{name}/shadow", config.fraction)
+
+    async def _shadow(
+        self,
+        target: Any,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        spec: LoggingSpec,
+        request_id: str,
+    ) -> None:
+        started = time.perf_counter()
+        rows = len(next(iter(inputs.values())))
+        try:
+            outputs = await target.signature(signature).run_async(inputs, rows, record=False)
+        except Exception as exc:  # noqa: BLE001 - counted and shown in status, never raised
+            message = exc.message if isinstance(exc, ServingError) else repr(exc)
+            with self._lock:
+                self._last_error[target.name] = f"version {target.version}: {message}"
+            if self._metrics is not None:
+                self._metrics.shadow_answered(target.name, "failed")
+            return
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.shadow_answered(target.name, "answered", seconds)
+        self._log(spec, target, signature, inputs, outputs, request_id, SHADOW, seconds)
+
+    def _log(
+        self,
+        spec: LoggingSpec,
+        servable: Any,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        request_id: str,
+        role: str,
+        seconds: float,
+    ) -> None:
+        if self._logger is None:
+            return
+        origin = origin_text(request_id, role, seconds)
+        self._logger.submit(
+            spec, servable.name, servable.version, signature, inputs, outputs, origin
+        )
+
+    def _skipped(self, name: str, reason: str, message: str = "") -> None:
+        if message:
+            with self._lock:
+                self._last_error[name] = message
+        if self._metrics is not None:
+            self._metrics.shadow_skipped(name, reason)
