@@ -275,3 +275,63 @@ def test_washed_out_digits_emit_drift_and_start_a_retraining_run(server, loop):
     print(f"retraining run {retraining.name} {time.monotonic() - started:.1f}s after the check")
     assert retraining.parameters["force"] and retraining.parameters["fresh"]
     assert (retraining.parameters["model"], retraining.parameters["dataset"]) == ("cnn", "digits")
+
+
+CRON = "30 2 * * 1-5"  # unlike prefect.yaml's: the deployment as `schedule` serves it shows
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_schedule_with_monitor_serves_both_deployments_and_the_drift_trigger(server, tmp_path):
+    """`kerasops schedule --monitor` in its own process against the server; stopped once both
+    deployments and the automation are registered."""
+    from prefect.client.orchestration import get_client
+
+    write_params(tmp_path)
+    command = [*PREFECT[:1], "-m", "kerasops", "--params", str(tmp_path / "params.yaml")]
+    command += ["schedule", "cnn", "--dataset", "digits", "--cron", CRON]
+    command += ["--monitor", "*/30 * * * *", "--monitor-since", "30m"]
+    env = prefect_env(tmp_path / ".prefect", server)
+    log = tmp_path / "schedule.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
+
+    async def registered():
+        """Both deployments as this process serves them, and their drift automation."""
+        async with get_client() as client:
+            monitor = await client.read_deployment_by_name(f"monitoring/monitor-{MODEL}")
+            retrain = await client.read_deployment_by_name(f"retraining/retrain-{MODEL}")
+            automations = [
+                a
+                for a in await client.read_automations_by_name(f"retrain {MODEL} on drift")
+                if a.actions[0].deployment_id == retrain.id
+            ]
+        crons = [s.schedule.cron for s in (*monitor.schedules, *retrain.schedules)]
+        if crons == ["*/30 * * * *", CRON] and automations:
+            return monitor, automations
+        return None
+
+    def found():
+        assert process.poll() is None, services.tail(log)
+        try:
+            return on_server(server, registered)
+        except Exception:  # noqa: BLE001 - not registered yet
+            return None
+
+    try:
+        monitor, automations = wait_for(found, 150) or (None, [])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert monitor, f"not registered within 150 s: {services.tail(log)}"
+    assert monitor.parameters == {
+        "model": MODEL,
+        "since": "30m",
+        "params_path": str(tmp_path / "params.yaml"),
+    }
+    (automation,) = automations  # the served deployment's own (any earlier one replaced)
+    assert automation.trigger.expect == {DRIFT}
+    assert automation.trigger.match.model_dump()["prefect.resource.id"] == model_resource(MODEL)
+    assert automation.actions[0].parameters["fresh"] is True

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, serve
 from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.states import Completed, State
 
 from kerasops.pipelines.config import load_params
 from kerasops.pipelines.flows.failures import params_file, user_errors_fail
+from kerasops.pipelines.flows.retraining import check_cron, retraining_flow
 from kerasops.pipelines.flows.runner import PrefectRunner
 from kerasops.pipelines.steps.monitor import MonitorReport, TooLittleTraffic, monitor_model
 
@@ -94,4 +95,28 @@ def drift_trigger(model: str, parameters: dict[str, Any]) -> DeploymentEventTrig
         posture="Reactive",
         threshold=1,
         parameters=parameters,
+    )
+
+
+def serve_monitored_schedule(
+    name: str,
+    cron: str,
+    parameters: dict[str, Any],
+    served: str,
+    monitor_cron: str,
+    since: str | None,
+) -> None:
+    """Serve, in this process (Ctrl-C stops), the retraining flow as deployment `name` on
+    `cron` and on each drift event of `served`, and the monitoring flow of `served` as
+    `monitor-<served>` on `monitor_cron`. The trigger needs a Prefect server (PREFECT_API_URL,
+    or local mode's temporary server, which runs the trigger services too)."""
+    on_drift = drift_trigger(served, {**parameters, "force": True, "fresh": True})
+    monitor = {"model": served, "since": since, "params_path": parameters["params_path"]}
+    serve(
+        retraining_flow.to_deployment(
+            name=name, cron=check_cron(cron), parameters=parameters, triggers=[on_drift]
+        ),
+        monitoring_flow.to_deployment(
+            name=f"monitor-{served}", cron=check_cron(monitor_cron), parameters=monitor
+        ),
     )
