@@ -254,6 +254,7 @@ def test_live_digits_emit_no_drift_and_start_no_retraining(server, loop):
     assert run.state.is_completed() and run.state.message == f"no drift ({NO_DRIFT})", run.state
     (event,) = wait_for(lambda: (found := events(server, NO_DRIFT))[: len(found) - seen], 30)
     assert event["payload"]["drifted"] == [] and event["payload"]["requests"] == 45
+    print(f"no drift: PSI {event['payload']['psi']}, check {run.total_run_time}")
     time.sleep(WAIT)
     assert len(triggered_runs(server)) == before
 
@@ -268,6 +269,7 @@ def test_washed_out_digits_emit_drift_and_start_a_retraining_run(server, loop):
     (event,) = wait_for(lambda: (found := events(server, DRIFT))[: len(found) - seen], 30)
     assert "input values" in event["payload"]["drifted"]
     assert event["payload"]["psi"]["input values"] > 0.2
+    print(f"drift: PSI {event['payload']['psi']}, check {run.total_run_time}")
     started = time.monotonic()
     new = wait_for(lambda: [r for r in triggered_runs(server) if r.id not in before], 60)
     assert new, "no retraining flow run within 60 s of the drift event"
