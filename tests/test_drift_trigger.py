@@ -337,3 +337,21 @@ def test_schedule_with_monitor_serves_both_deployments_and_the_drift_trigger(ser
     assert automation.trigger.expect == {DRIFT}
     assert automation.trigger.match.model_dump()["prefect.resource.id"] == model_resource(MODEL)
     assert automation.actions[0].parameters["fresh"] is True
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--monitor", "every hour"], "--cron 'every hour' is not a valid cron expression"),
+        (["--monitor", "0 * * * *", "--monitor-since", "lately"], "expected a duration"),
+    ],
+)
+def test_a_bad_monitor_schedule_is_one_line_and_exit_2(project, monkeypatch, capsys, args, message):
+    from kerasops.pipelines.cli import main as kerasops
+
+    write_params(project)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    command = ["schedule", "mlp", "--dataset", "digits", "--cron", "0 3 * * *", *args]
+    assert kerasops(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
