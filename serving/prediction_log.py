@@ -239,3 +239,20 @@ def read_log_files(files: list[Path]) -> list[Any]:
         entry.ParseFromString(raw.numpy())
         records.append(entry)
     return records
+
+
+def read_readable_log_files(files: list[Path]) -> tuple[list[Any], list[Path]]:
+    """The PredictionLog records of the files that read whole, in order, and the files that do
+    not (truncated, corrupt, or not PredictionLogs): those are skipped entirely."""
+    # deferred: only reading logs needs TensorFlow
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    records: list[Any] = []
+    skipped: list[Path] = []
+    for path in files:
+        try:
+            records.extend(read_log_files([path]))
+        except (tf.errors.OpError, DecodeError):  # DataLossError: a truncated or corrupt file
+            skipped.append(path)
+    return records, skipped

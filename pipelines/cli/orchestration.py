@@ -113,8 +113,31 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         args.fresh,
     )
     name = deployment_name(args.model, args.dataset)
+    if args.monitor:
+        return _serve_monitored(args, name, cron, parameters)
     print(f"serving deployment {name} on cron {cron!r} (Ctrl-C stops)", flush=True)
     serve_schedule(name, cron, parameters)
+    return 0
+
+
+def _serve_monitored(args: argparse.Namespace, name: str, cron: str, parameters: dict) -> int:
+    """`schedule --monitor`: the retraining deployment, triggered by drift too, beside the
+    served model's monitoring deployment."""
+    # deferred: Prefect, after local_prefect
+    from kerasops.pipelines.flows.monitoring import DRIFT, serve_monitored_schedule
+    from kerasops.pipelines.flows.retraining import check_cron
+    from kerasops.pipelines.steps.monitor import parse_since
+
+    monitor_cron = check_cron(args.monitor)
+    if args.monitor_since:
+        parse_since(args.monitor_since)  # a bad window fails now, not in every run
+    served = params_of(args).retraining.model_name(args.model, args.dataset)
+    print(
+        f"serving deployment {name} on cron {cron!r} and on {DRIFT} of {served}, and "
+        f"monitor-{served} on cron {monitor_cron!r} (Ctrl-C stops)",
+        flush=True,
+    )
+    serve_monitored_schedule(name, cron, parameters, served, monitor_cron, args.monitor_since)
     return 0
 
 
@@ -159,6 +182,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _flow_arguments(schedule)
     schedule.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
+    schedule.add_argument(
+        "--monitor",
+        metavar="CRON",
+        help="also monitor the served model on this cron; its drift event starts a cycle",
+    )
+    schedule.add_argument(
+        "--monitor-since", default="1h", help="the logged window each check reads (default 1h)"
+    )
     schedule.set_defaults(func=cmd_schedule)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -25,12 +26,18 @@ from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking import store as tracking
-from kerasops.serving.prediction_log import SUFFIX, read_log_files
+from kerasops.serving.prediction_log import SUFFIX, read_readable_log_files
 from kerasops.serving.repository import mapping_for, read_models_config, version_info
 from kerasops.serving.shadow import PRIMARY, SHADOW, parse_origin
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+log = logging.getLogger(__name__)
+
+
+class TooLittleTraffic(KerasopsError):
+    """Fewer logged requests in the window than `monitoring.min_requests`: no verdict."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +89,14 @@ def logged_requests(folder: Path, model: str, since: float | None) -> list[Any]:
         return []
     cutoff = time.time() - since if since is not None else 0.0
     files = [p for p in sorted(folder.rglob(f"*{SUFFIX}")) if p.stat().st_mtime >= cutoff]
-    return [e for e in read_log_files(files) if e.log_metadata.model_spec.name == model]
+    logs, skipped = read_readable_log_files(files)
+    if skipped:
+        log.warning(
+            "skipped %d unreadable prediction log file(s) (truncated or corrupt): %s",
+            len(skipped),
+            ", ".join(str(p) for p in skipped),
+        )
+    return [e for e in logs if e.log_metadata.model_spec.name == model]
 
 
 def _not_shadow(entry: Any) -> bool:
@@ -143,7 +157,7 @@ def monitor_model(
     logs = [e for e in logged_requests(folder, model, window) if _not_shadow(e)]
     config = params.monitoring
     if len(logs) < config.min_requests:
-        raise KerasopsError(
+        raise TooLittleTraffic(
             f"{len(logs)} logged requests of {model} under {folder}"
             f"{f' in the last {since}' if since else ''}; the monitor needs at least "
             f"{config.min_requests} (monitoring.min_requests): set a logging_config "
