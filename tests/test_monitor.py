@@ -1,6 +1,6 @@
 """`kerasops monitor`: a served model's logged traffic against its training data. Real digits
 answered by the embedded server read as no drift (exit 0); washed-out images read as drift
-(exit 1); too few logs or a bad window are one line and exit 2."""
+(exit 1); too few logs are one line and exit 3 (no verdict); a mistake is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -90,10 +90,20 @@ def test_live_digits_are_no_drift_and_washed_out_ones_are(trained, capfd):
     assert run.data.metrics["psi.input_values"] == pytest.approx(summary["scores"]["input values"])
 
 
-def test_too_few_logs_or_a_bad_window_is_one_line_and_exit_2(project, capfd):
+def test_an_unknown_model_or_a_bad_window_is_one_line_and_exit_2(project, capfd):
     assert kerasops(["monitor", "nobody"]) == 2
     err = capfd.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "0 logged requests of nobody" in err
+    assert len(err.splitlines()) == 1 and "no served model named 'nobody'" in err
     assert kerasops(["monitor", "mlp-digits", "--since", "yesterday"]) == 2
     assert "expected a duration" in capfd.readouterr().err
     assert parse_since("1h30m") == 5400
+
+
+def test_a_served_model_with_too_few_logs_is_no_verdict_and_exit_3(project, capfd):
+    serving = load_params(project / "params.yaml").serving.at_root(project)
+    (Path(serving.model_repository) / "quiet").mkdir(parents=True)  # exported, never called
+    assert kerasops(["monitor", "quiet", "--since", "1h"]) == 3
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert line.startswith("no verdict: 0 logged requests of quiet under ")
+    assert "in the last 1h" in line and "monitoring.min_requests" in line
+    assert not (project / "artifacts" / "monitoring").exists()  # no report for no verdict

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from kerasops.pipelines.cli.common import add_overrides, params_of
 
@@ -76,9 +77,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_VERDICT = 3  # `kerasops monitor`: too little logged traffic in the window to judge
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     # deferred: the step loads TensorFlow and MLflow
-    from kerasops.pipelines.steps.monitor import compare_shadow, monitor_model
+    from kerasops.pipelines.steps.monitor import TooLittleTraffic, compare_shadow, monitor_model
 
     if args.compare:
         champion, challenger = args.compare
@@ -86,7 +90,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         print(compared.to_markdown())
         print(f"run {compared.run_id}; report artifacts/monitoring/{compared.model}-compare.md")
         return 0
-    report = monitor_model(params_of(args), args.model, args.since, args.dataset)
+    try:
+        report = monitor_model(params_of(args), args.model, args.since, args.dataset)
+    except TooLittleTraffic as exc:
+        print(f"no verdict: {exc}", file=sys.stderr)
+        return NO_VERDICT
     print(report.to_markdown())
     print(f"run {report.run_id}; report artifacts/monitoring/{report.model}.md")
     return 1 if report.drifted else 0  # 2 stays the exit of a mistake

@@ -132,6 +132,16 @@ def live_samples(logs: list[Any]) -> tuple[dict[str, np.ndarray], int]:
     return samples, len(x)
 
 
+def require_served(params: Params, model: str) -> None:
+    """Raise KerasopsError (a mistake, not too little traffic) for a model never exported."""
+    repository = Path(params.serving.at_root(Path(params.root)).model_repository)
+    if not (repository / model).is_dir():
+        raise KerasopsError(
+            f"no served model named {model!r} in {repository}; export one first "
+            "(kerasops export artifacts/runs/<run>)"
+        )
+
+
 def served_dataset(params: Params, model: str, versions: tuple[int, ...]) -> str:
     """The dataset the newest logged version was trained on (its export's run config)."""
     repository = Path(params.serving.at_root(Path(params.root)).model_repository)
@@ -153,6 +163,7 @@ def monitor_model(
     its training data; record the scores as an MLflow run and a report under
     `artifacts/monitoring/`. Raise KerasopsError when there is too little to judge."""
     window = parse_since(since) if since else None
+    require_served(params, model)
     folder = Path(params.serving.at_root(Path(params.root)).prediction_log_dir)
     logs = [e for e in logged_requests(folder, model, window) if _not_shadow(e)]
     config = params.monitoring
@@ -176,11 +187,6 @@ def monitor_model(
 
 def record(params: Params, report: MonitorReport) -> str:
     """The report as files under `artifacts/monitoring/` and an MLflow run; the run's id."""
-    folder = params.path("artifacts") / "monitoring"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{report.model}.md").write_text(report.to_markdown())
-    summary = {**dataclasses.asdict(report), "drifted": list(report.drifted)}
-    (folder / f"{report.model}.json").write_text(json.dumps(summary, indent=2))
     tracking.configure(params, retraining=True)
     tags = {"kind": "monitoring", "model": report.model, "dataset": report.dataset}
     with mlflow.start_run(run_name=f"monitor-{report.model}", tags=tags) as run:
@@ -192,6 +198,12 @@ def record(params: Params, report: MonitorReport) -> str:
         mlflow.log_metric("drift", float(bool(report.drifted)))
         mlflow.set_tag("drift", ", ".join(report.drifted) or "none")
         mlflow.log_text(report.to_markdown(), "monitoring/report.md")
+    folder = params.path("artifacts") / "monitoring"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{report.model}.md").write_text(report.to_markdown())
+    summary = {**dataclasses.asdict(report), "run_id": run.info.run_id}
+    summary["drifted"] = list(report.drifted)
+    (folder / f"{report.model}.json").write_text(json.dumps(summary, indent=2))
     return run.info.run_id
 
 
