@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,16 +98,26 @@ def _collect(job, labels: np.ndarray) -> Iterator[tuple[int, EncodedImage | Imag
 
 
 def image_pool(plan: ImageFolderPlan, workers: int | None):
-    """A process pool for a large folder on several cores, else None (in-process).
-
-    Forked, so it works from any script; its workers run PIL and NumPy only, never TensorFlow,
-    and preparation starts it before TensorFlow is first needed.
-    """
+    """A process pool for a large folder on several cores, else None (in-process); its workers
+    run PIL and NumPy only, never TensorFlow."""
     if workers is None:
         workers = os.cpu_count() or 1
     if workers <= 1 or plan.count < MIN_POOL_IMAGES:
         return None
-    return multiprocessing.get_context("fork").Pool(workers)
+    return pool_context().Pool(workers)
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """`fork` where this process runs no other Python thread (a fresh `kerasops prepare`, a
+    script): quick, and no `__main__` guard needed. `forkserver` where Python threads run
+    (Prefect's, a server's, a test session's): a child forked while one of them holds a lock it
+    then needs can wait on it forever. Threads of native libraries (TensorFlow's, BLAS') do not
+    count: the workers never call into TensorFlow."""
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["kerasops.data.imaging"])  # the workers' only import
+    return context
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,27 @@ def test_re_preparation_gives_equal_bytes_in_process_and_on_a_pool(tmp_path, pho
     assert (tmp_path / "one" / "photos" / "manifest.json").read_bytes() == (
         tmp_path / "two" / "photos" / "manifest.json"
     ).read_bytes()
+
+
+def test_a_pool_started_beside_other_threads_comes_from_a_forkserver(tmp_path, photos, monkeypatch):
+    """Forking beside a running Python thread can copy a lock it holds; the pool then comes from
+    a forkserver, and gives the same bytes as in-process preparation."""
+    from kerasops.data.image_folder import pool_context
+
+    config = photo_config(photos, shard_size_mb=0.02)
+    first = prepare_dataset("photos", config, tmp_path, tmp_path / "one", workers=1)
+    monkeypatch.setattr(kerasops.data.image_folder, "MIN_POOL_IMAGES", 0)
+    stop = threading.Event()
+    beside = threading.Thread(target=stop.wait, daemon=True)
+    beside.start()
+    try:
+        assert pool_context().get_start_method() == "forkserver"
+        second = prepare_dataset("photos", config, tmp_path, tmp_path / "two", workers=2)
+    finally:
+        stop.set()
+        beside.join()
+    assert first == second
+    assert shard_bytes(tmp_path / "one", "photos") == shard_bytes(tmp_path / "two", "photos")
 
 
 def test_streaming_statistics_equal_the_in_memory_ones(tmp_path, photos):
