@@ -19,6 +19,27 @@ from kerasops.errors import ConfigError
 
 # A float in exponent notation without a dot, which YAML 1.1 leaves a string.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC and ruamel.yaml read params.yaml (YAML 1.2): only true/false are booleans.
+    PyYAML's YAML 1.1 also reads yes/no/on/off so, which `dvc exp run --set-param` (it writes
+    the file back without their quotes) would turn a list of spoken words into booleans."""
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ParamsLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """`text` as params.yaml and `--set` values are read (ParamsLoader)."""
+    return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader with YAML 1.2 booleans
 
 
 def _type_name(tp: Any) -> str:
@@ -154,7 +175,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

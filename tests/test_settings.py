@@ -89,3 +89,17 @@ def test_exponent_notation_is_a_number_in_params_and_overrides(tmp_path):
     assert run.train.learning_rate == pytest.approx(1e-2)
     with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
         resolve_run_config(params, "cnn", "digits", overrides=["epochs=1e1x"])
+
+
+def test_only_true_and_false_are_booleans_as_dvc_reads_params(tmp_path):
+    """`dvc exp run --set-param` writes params.yaml back with yes/no/on/off unquoted (YAML 1.2,
+    where they are strings); they stay the spoken words, and true/false stay booleans."""
+    (tmp_path / "params.yaml").write_text(
+        "datasets:\n  speech_commands:\n    words: [yes, no, on, off, stop]\n"
+        "models:\n  rnn:\n    bidirectional: true\n"
+    )
+    params = load_params(tmp_path / "params.yaml")
+    assert params.datasets["speech_commands"].words == ("yes", "no", "on", "off", "stop")
+    run = resolve_run_config(params, "rnn", "sunspots", overrides=["bidirectional=False"])
+    assert run.model_values["bidirectional"] is False
+    assert resolve_run_config(params, "rnn", "sunspots").model_values["bidirectional"] is True

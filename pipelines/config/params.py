@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import yaml
 
-from kerasops.config import StrictConfig, require
+from kerasops.config import StrictConfig, load_yaml, require
 from kerasops.data import BUILTIN_DATASETS, SourceConfig, resolve_dataset_config
 from kerasops.data.errors import DataError
 from kerasops.data.validation import ValidationConfig
@@ -205,7 +205,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     values: dict[str, Any] = {}
     if path.exists():
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         require(isinstance(values, dict), f"{path} must hold a mapping at the top level")
