@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +105,13 @@ def image_pool(plan: ImageFolderPlan, workers: int | None):
         workers = os.cpu_count() or 1
     if workers <= 1 or plan.count < MIN_POOL_IMAGES:
         return None
-    return pool_context().Pool(workers)
+    return pool_context().Pool(workers, initializer=default_termination)
+
+
+def default_termination() -> None:
+    """A worker ends on SIGTERM, whatever handler its parent had (a Prefect flow run installs
+    one): `Pool.terminate` signals the workers, then waits for them to end."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -116,7 +123,7 @@ def pool_context() -> multiprocessing.context.BaseContext:
     if threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["kerasops.data.imaging"])  # the workers' only import
+    context.set_forkserver_preload(["kerasops.data.image_folder"])  # the workers' only import
     return context
 
 

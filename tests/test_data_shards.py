@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,41 @@ def test_a_pool_started_beside_other_threads_comes_from_a_forkserver(tmp_path, p
         beside.join()
     assert first == second
     assert shard_bytes(tmp_path / "one", "photos") == shard_bytes(tmp_path / "two", "photos")
+
+
+def test_pool_workers_end_on_sigterm_under_a_parents_handler(monkeypatch):
+    """A Prefect flow run installs a SIGTERM handler, which forked workers inherit;
+    `Pool.terminate` signals the workers, then waits for each, and hung (in CI) on one that
+    kept waiting for work. The workers take SIGTERM's default action again."""
+    import multiprocessing
+    import signal
+
+    from kerasops.data.image_folder import image_pool
+
+    class Plan:  # the one thing image_pool reads of a plan
+        count = 5000
+
+    def catches_sigterm(pid: int) -> bool:  # /proc's mask of the signals a process catches
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(status.split("SigCgt:")[1].split()[0], 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+    monkeypatch.setattr(
+        kerasops.data.image_folder, "pool_context", lambda: multiprocessing.get_context("fork")
+    )
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        pool = image_pool(Plan(), workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        deadline = time.monotonic() + 10  # each worker runs the initializer as it starts
+        while any(catches_sigterm(p.pid) for p in pool._pool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [catches_sigterm(p.pid) for p in pool._pool] == [False, False]
+    finally:
+        pool.terminate()
 
 
 def test_streaming_statistics_equal_the_in_memory_ones(tmp_path, photos):
