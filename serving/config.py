@@ -77,6 +77,7 @@ class ShadowConfig(StrictConfig):
     label: str = ""
     version: int = 0
     fraction: float = 0.0
+    max_pending: int = 32  # shadow calls running at once; more drawn meanwhile: skipped (busy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +146,7 @@ class ServingConfig(StrictConfig):
                 f"{key} needs a label or a version (>= 1), not both",
             )
             require(0.0 <= shadow.fraction <= 1.0, f"{key}.fraction must be between 0 and 1")
+            require(shadow.max_pending >= 1, f"{key}.max_pending must be >= 1")
 
     def at_root(self, root: Path) -> ServingConfig:
         """This config with a relative repository and models.config resolved against `root`

@@ -70,7 +70,8 @@ class ServingMetrics:
         )
         self._shadow_skipped = Counter(
             "kerasops_serving_shadow_skipped",
-            "Requests drawn for mirroring but not mirrored (not_loaded, same_version, error).",
+            "Requests drawn for mirroring but not mirrored "
+            "(busy, not_loaded, same_version, error).",
             ["model", "reason"],
             registry=self.registry,
         )

@@ -11,6 +11,12 @@ prefix lives under `serving.prediction_log_dir`, and an absolute one must too.
 Logging never blocks or fails a request: records wait in a bounded queue for one writer thread;
 a full queue or a write error drops the record and counts it
 (`kerasops_serving_prediction_logs_dropped{model, reason}`).
+
+Cheap by design, since the writer thread shares the GIL with the request path: a request that
+is sampled (the draw comes first) only queues a tuple of references to the arrays it already
+has; the writer takes records in batches, builds each numeric tensor straight from the array's
+bytes (`tensor_content`, as `tf.make_tensor_proto` would, without its per-call checks) and
+counts what it wrote after each batch.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,16 +46,19 @@ class LoggingSpec:
     sampling_rate: float
 
 
-@dataclasses.dataclass
-class _Record:
+class _Record(NamedTuple):
+    """One queued request: references to what the request path already holds, nothing built."""
+
     spec: LoggingSpec
     model: str
     version: int
     signature: str
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
-    logged_at: float
     origin: str = ""  # log_metadata.request_origin (a mirrored request's id and role)
+
+
+BATCH = 256  # records the writer takes from the queue at a time
 
 
 class _File:
@@ -90,8 +99,14 @@ class PredictionLogger:
         self.metrics = metrics
         self.max_file_bytes = max_file_bytes
         self.max_file_seconds = max_file_seconds
-        self._queue: queue.Queue[_Record | None] = queue.Queue(maxsize=max(queue_size, 1))
+        # a SimpleQueue (a C deque and a semaphore) costs the request path far less than a
+        # Queue's lock and conditions; its bound is kept by `qsize` (approximate by a record
+        # or two under races, which is all a bound against runaway memory needs)
+        self._queue: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
+        self._queue_size = max(queue_size, 1)
+        self._writing = 0  # records taken from the queue, not yet written
         self._files: dict[Path, _File] = {}
+        self._prefixes: dict[str, Path] = {}  # filename_prefix -> its resolved path
         self._sequence = 0
         self._random = random.Random()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -131,53 +146,69 @@ class PredictionLogger:
     ) -> None:
         """Queue one record, sampled already (shadow traffic logs every mirrored request);
         never raises, never waits."""
-        record = _Record(spec, model, version, signature, inputs, outputs, time.time(), origin)
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if self._queue.qsize() >= self._queue_size:
             self._dropped(model, "queue_full")
+            return
+        self._queue.put(_Record(spec, model, version, signature, inputs, outputs, origin))
 
     def pending(self) -> int:
         """Records queued, not yet written (a batch job waits on it rather than drop records)."""
-        return self._queue.qsize()
+        return self._queue.qsize() + self._writing
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close and publish every file (once; later calls return)."""
         if not self._thread.is_alive():
             return
-        self._queue.put(None, timeout=timeout)
+        self._queue.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             try:
-                record = self._queue.get(timeout=1.0)
+                first = self._queue.get(timeout=1.0)
             except queue.Empty:
                 self._rotate_old()
                 continue
-            if record is None:
-                break
-            self._write(record)
+            batch = [first]
+            while len(batch) < BATCH:  # what else is queued, without waiting
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is None or None in batch:
+                stop = True
+                batch = batch[: batch.index(None)]
+            self._writing = len(batch)
+            logged = [record.model for record in batch if self._write(record)]
+            self._writing = 0
+            if self.metrics is not None:
+                for model in logged:  # after the batch: the counter's lock taken in one go
+                    self.metrics.prediction_logged(model)
         for prefix in list(self._files):
             self._close(prefix)
 
-    def _write(self, record: _Record) -> None:
+    def _write(self, record: _Record) -> bool:
+        """Write one record; False when it was dropped (a write error)."""
         prefix = self.root
         try:
-            prefix = self.prefix_path(record.spec.filename_prefix)
+            prefix = self._prefixes.get(record.spec.filename_prefix)
+            if prefix is None:
+                prefix = self.prefix_path(record.spec.filename_prefix)
+                self._prefixes[record.spec.filename_prefix] = prefix
             handle = self._files.get(prefix)
             if handle is None:
                 self._sequence += 1
                 handle = self._files[prefix] = _File(prefix, self._sequence)
             handle.write(prediction_log(record).SerializeToString())
-            if self.metrics is not None:
-                self.metrics.prediction_logged(record.model)
             if handle.bytes >= self.max_file_bytes:
                 self._close(prefix)
+            return True
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop the writer
             log.warning("prediction log record dropped: %s", exc)
             self._dropped(record.model, "write_error")
-            self._files.pop(prefix, None)  # a fresh file next time
+            self._files.pop(prefix or self.root, None)  # a fresh file next time
+            return False
 
     def _rotate_old(self) -> None:
         now = time.monotonic()
@@ -215,10 +246,38 @@ def prediction_log(record: _Record) -> Any:
     request.model_spec.CopyFrom(metadata.model_spec)
     response.model_spec.CopyFrom(metadata.model_spec)
     for key, value in record.inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        _fill_tensor(request.inputs[key], value, tf)
     for key, value in record.outputs.items():
-        response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        _fill_tensor(response.outputs[key], value, tf)
     return entry
+
+
+_CONTENT_DTYPES: dict[np.dtype, int] = {}  # numpy dtype -> DataType enum, for tensor_content
+
+
+def _content_dtype(dtype: np.dtype, tf: Any) -> int | None:
+    """The DataType of a numpy dtype whose tensors `tf.make_tensor_proto` writes as raw bytes
+    (`tensor_content`); None for the others (strings, bool, complex: left to it)."""
+    if not _CONTENT_DTYPES:
+        for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64"):
+            _CONTENT_DTYPES[np.dtype(name)] = tf.as_dtype(name).as_datatype_enum
+        for name in ("uint8", "uint32", "uint64"):
+            _CONTENT_DTYPES[np.dtype(name)] = tf.as_dtype(name).as_datatype_enum
+    return _CONTENT_DTYPES.get(dtype)
+
+
+def _fill_tensor(proto: Any, value: Any, tf: Any) -> None:
+    """`proto` := tf.make_tensor_proto(value), the same message; a numeric array of more than
+    one element is written directly (dtype, shape, its bytes), the rest by make_tensor_proto."""
+    enum = _content_dtype(value.dtype, tf) if isinstance(value, np.ndarray) else None
+    if enum is None or value.size <= 1 or not value.dtype.isnative:
+        proto.CopyFrom(tf.make_tensor_proto(value))
+        return
+    proto.dtype = enum
+    dims = proto.tensor_shape.dim
+    for size in value.shape:
+        dims.add().size = size
+    proto.tensor_content = value.tobytes()
 
 
 def read_prediction_logs(folder: Path, prefix: str = "") -> list[Any]:

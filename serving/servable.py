@@ -17,6 +17,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 from kerasops.serving.batching import Batcher
 from kerasops.serving.config import BatchingConfig
 from kerasops.serving.errors import ServingError, from_tf_error, invalid
+from kerasops.serving.shadow import CLIENT_LOAD
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,16 @@ class Signature:
         `record`, log the answer and mirror it to a shadow (a shadow's own call does not)."""
 
         started = time.perf_counter()
-        if self.batcher is None:
-            outputs = await asyncio.to_thread(self.run, inputs)
-        else:
-            outputs = await self.batcher.submit(inputs, rows)
+        if record:
+            CLIENT_LOAD.enter()
+        try:
+            if self.batcher is None:
+                outputs = await asyncio.to_thread(self.run, inputs)
+            else:
+                outputs = await self.batcher.submit(inputs, rows)
+        finally:
+            if record:
+                CLIENT_LOAD.leave()  # before the mirror looks: this request is answered
         if record and self.record is not None:
             # prediction logging and shadow traffic: they queue or schedule, never raise
             self.record(self.name, inputs, outputs, time.perf_counter() - started)

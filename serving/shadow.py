@@ -8,6 +8,12 @@ as PredictionLog records to the model's `logging_config` prefix (or `<model>/sha
 one), each marked in `log_metadata.request_origin` with the request id, its role (`primary`,
 `shadow`) and its signature latency, so `kerasops monitor --compare` can pair them.
 
+Shadow calls rank below client requests: a request drawn for mirroring is skipped as `busy`
+when another client request is being answered in the server at that moment (the server is
+saturated: a shadow call now would take CPU from a waiting client) or when the model's
+`max_pending` shadow calls are still running. Under load the share mirrored falls below
+`fraction`; the skips say by how much.
+
 A shadow target that does not answer (a label pointing nowhere, a version not loaded) leaves
 the primary answering; the skip is counted (`kerasops_serving_shadow_skipped{model, reason}`)
 and shows in the model's status.
@@ -36,6 +42,30 @@ ORIGIN = (
     "kerasops-shadow"  # request_origin: kerasops-shadow;request=<id>;role=<role>;latency_ms=<ms>
 )
 PRIMARY, SHADOW = "primary", "shadow"
+
+
+class ClientLoad:
+    """How many client requests this process is answering now (a shadow's calls are not
+    client requests; servable.Signature counts them): a shadow call waits for none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def enter(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+CLIENT_LOAD = ClientLoad()  # every server of the process shares its CPUs, so one count
 
 
 def origin_text(request_id: str, role: str, seconds: float) -> str:
@@ -77,6 +107,7 @@ class ShadowMirror:
         self._tasks: set[asyncio.Task] = set()  # strong references until each shadow call ends
         self._lock = threading.Lock()
         self._last_error: dict[str, str] = {}  # model -> why its last mirrored call failed
+        self._pending: dict[str, int] = {}  # model -> its shadow calls running now
 
     def configured(self, name: str) -> bool:
         return name in self._shadows
@@ -94,26 +125,49 @@ class ShadowMirror:
         config = self._shadows.get(primary.name)
         if config is None or config.fraction <= 0 or self._random.random() >= config.fraction:
             return False
+        name = primary.name
         try:
-            target = self._target(primary.name, config)
+            target = self._target(name, config)
             if target.version == primary.version:
-                self._skipped(primary.name, "same_version")
+                self._skipped(name, "same_version")
                 return False
-            request_id = uuid.uuid4().hex
-            spec = self._spec(primary.name, config)
-            self._log(spec, primary, signature, inputs, outputs, request_id, PRIMARY, seconds)
-            call = self._shadow(target, signature, inputs, spec, request_id)
-            task = asyncio.get_running_loop().create_task(call)
+            if not self._admit(name, config):  # a client waits, or enough shadows run
+                self._skipped(name, "busy")
+                return False
+            try:
+                request_id = uuid.uuid4().hex
+                spec = self._spec(name, config)
+                self._log(spec, primary, signature, inputs, outputs, request_id, PRIMARY, seconds)
+                call = self._shadow(target, signature, inputs, spec, request_id)
+                task = asyncio.get_running_loop().create_task(call)
+            except BaseException:
+                self._done(name)
+                raise
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _: self._done(name))
             return True
         except ServingError as exc:  # the target is not loaded (or its label points nowhere)
-            self._skipped(primary.name, "not_loaded", exc.message)
+            self._skipped(name, "not_loaded", exc.message)
             return False
         except Exception as exc:  # noqa: BLE001 - a mirror must never fail the request
             log.warning("shadow of %s not sent: %s", primary.name, exc)
             self._skipped(primary.name, "error", str(exc))
             return False
+
+    def _admit(self, name: str, config: ShadowConfig) -> bool:
+        """Take a place for one shadow call of `name`, unless the server is answering another
+        client request now or the model's `max_pending` shadow calls are running."""
+        with self._lock:
+            pending = self._pending.get(name, 0)
+            if CLIENT_LOAD.active > 0 or pending >= config.max_pending:
+                return False
+            self._pending[name] = pending + 1
+            return True
+
+    def _done(self, name: str) -> None:
+        with self._lock:
+            self._pending[name] -= 1
 
     def status(self, name: str) -> dict[str, Any] | None:
         """The model's shadow as its status reports it; None without one."""

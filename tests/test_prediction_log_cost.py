@@ -1,0 +1,81 @@
+"""The cheap prediction-logging path: tensors built from an array's bytes are the very messages
+`tf.make_tensor_proto` builds; a burst of records is written whole, in order, and counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerasops.serving.prediction_log import (
+    LoggingSpec,
+    PredictionLogger,
+    _Record,
+    prediction_log,
+    read_prediction_logs,
+)
+
+tf = pytest.importorskip("tensorflow")
+
+ARRAYS = [
+    np.arange(64, dtype="float32").reshape(1, 8, 8, 1),
+    np.linspace(0, 1, 10).reshape(1, 10),  # float64
+    np.arange(12, dtype="float16").reshape(3, 4),
+    *(np.arange(6, dtype=d).reshape(2, 3) for d in ("int8", "int16", "int32", "int64")),
+    *(np.arange(6, dtype=d).reshape(2, 3) for d in ("uint8", "uint32", "uint64")),
+    np.arange(24, dtype="float32").reshape(4, 6)[:, ::2],  # not contiguous
+    np.arange(24, dtype="float32").reshape(4, 6).T,  # Fortran order
+    np.zeros((0, 3), "float32"),  # empty
+    np.array([[7.5]], "float32"),  # one element: make_tensor_proto's float_val
+    np.array(3, "int64"),  # a scalar
+    np.array([[True, False]]),  # bool
+    np.array([[b"a", b"bc"]], dtype=object),  # strings
+    np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian (read back wrong by TF itself)
+]
+
+
+@pytest.mark.parametrize("value", ARRAYS, ids=lambda a: f"{a.dtype.str}{list(a.shape)}")
+def test_logged_tensors_are_make_tensor_protos(value):
+    record = _Record(LoggingSpec("m/p", 1.0), "m", 3, "serving_default", {"x": value}, {})
+    entry = prediction_log(record)
+    logged = entry.predict_log.request.inputs["x"]
+    assert logged.SerializeToString() == tf.make_tensor_proto(value).SerializeToString()
+    if value.dtype.isnative:
+        np.testing.assert_array_equal(tf.make_ndarray(logged), value)
+
+
+def test_a_burst_is_written_whole_in_order_and_counted(tmp_path):
+    class Counts:
+        def __init__(self):
+            self.logged, self.dropped = 0, []
+
+        def prediction_logged(self, model):
+            self.logged += 1
+
+        def prediction_dropped(self, model, reason):
+            self.dropped.append(reason)
+
+    counts = Counts()
+    logger = PredictionLogger(tmp_path, counts, queue_size=10_000)
+    spec = LoggingSpec("m/p", 1.0)
+    for i in range(1000):  # more than one writer batch
+        logger.submit(
+            spec,
+            "m",
+            1,
+            "serving_default",
+            {"x": np.full((1, 4), i, "float32")},
+            {"y": np.full((1, 2), -i, "int64")},
+            origin=f"n={i}",
+        )
+    logger.close()
+    assert logger.pending() == 0
+    records = read_prediction_logs(tmp_path)
+    assert counts.logged == len(records) == 1000 and not counts.dropped
+    for i, entry in enumerate(records):
+        assert entry.log_metadata.request_origin == f"n={i}"
+        np.testing.assert_array_equal(
+            tf.make_ndarray(entry.predict_log.request.inputs["x"]), np.full((1, 4), i)
+        )
+        np.testing.assert_array_equal(
+            tf.make_ndarray(entry.predict_log.response.outputs["y"]), np.full((1, 2), -i)
+        )
