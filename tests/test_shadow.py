@@ -392,4 +392,4 @@ def test_loop_benchmark_writes_untracked_results_and_only_its_own_section(tmp_pa
     module.write_results("## Loop, second run", results)
     text = results.read_text()
     assert "## Another section\n\nkept" in text and "first run" not in text
-    assert text.count(module.BEGIN) == 1 and "## Loop, second run" in text
+    assert text.count(f"<!-- {module.SECTION}:begin -->") == 1 and "## Loop, second run" in text

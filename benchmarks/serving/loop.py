@@ -35,11 +35,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
-
 from loadgen import LoadResult, grpc_load, rest_load  # noqa: E402
 from run import free_port, load_model, median_of, run_loads, stop, wait_http  # noqa: E402
 
-BEGIN, END = "<!-- serving-loop-benchmark:begin -->", "<!-- serving-loop-benchmark:end -->"
+from benchmarks.sections import write_section  # noqa: E402  (the repository root first)
+
+SECTION = "serving-loop-benchmark"  # of RESULTS.md, between its markers
 MODELS = {  # served name -> logging sampling rate (None: no logging_config)
     "plain": None,
     "log_0": 0.0,
@@ -250,14 +251,7 @@ def _ratios(protocol: str, by_model: dict[str, list[dict]]) -> list[str]:
 
 def write_results(markdown: str, target: Path) -> None:
     """Replace (or append) this benchmark's own section of `target`."""
-    section = f"{BEGIN}\n{markdown}\n{END}\n"
-    text = target.read_text() if target.is_file() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    target.write_text(text)
+    write_section(target, SECTION, markdown)
 
 
 def main() -> None:

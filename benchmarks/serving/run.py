@@ -35,11 +35,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
-
 import external  # noqa: E402
 from loadgen import LoadResult, grpc_load, rest_load  # noqa: E402
 
-BEGIN, END = "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->"
+from benchmarks.sections import write_section  # noqa: E402  (the repository root first)
+
+SECTION = "serving-benchmark"  # of RESULTS.md, between its markers
 
 
 def free_port() -> int:
@@ -510,14 +511,8 @@ def _loads(results: dict[str, Any], when: str) -> str:
 
 
 def write_results(markdown: str, target: Path) -> None:
-    section = f"{BEGIN}\n{markdown}\n{END}\n"
-    text = target.read_text() if target.is_file() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    target.write_text(text)
+    """Replace (or append) this benchmark's own section of `target`."""
+    write_section(target, SECTION, markdown)
 
 
 def main() -> None:
