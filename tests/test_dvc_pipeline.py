@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kerasops.config import load_yaml
 from kerasops.pipelines.cli import main
 from kerasops.pipelines.tracking.lineage import dvc_hash
 
@@ -67,7 +68,7 @@ def new_repo(path: Path, pipeline: dict, train: dict | None = None) -> Path:
                  ".dvc/plots/index.html"):  # fmt: skip
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_yaml((ROOT / "params.yaml").read_text())
     params["tracking"] = {"experiment": "tests", "tracking_uri": ""}
     params["train"] = {**params["train"], **(train or {})}
     params["pipeline"] = {**params["pipeline"], **pipeline}
@@ -181,7 +182,7 @@ def pipeline_repo(tmp_path_factory):
         },
         train={"epochs": 1},
     )
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = load_yaml((repo / "params.yaml").read_text())
     params["models"]["cnn"] = {"preset": "cnn_small", "filters": [8], "dense_units": 16}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     remote = repo.parent / "remote"
@@ -261,7 +262,7 @@ def test_a_changed_param_reruns_only_its_stages_as_an_experiment(pipeline_repo):
         "evaluate@mlp-digits",
         "export@mlp-digits",
     }
-    assert yaml.safe_load((repo / "params.yaml").read_text())["models"]["mlp"]["dropout"] == 0.25
+    assert load_yaml((repo / "params.yaml").read_text())["models"]["mlp"]["dropout"] == 0.25
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
 
 
@@ -324,7 +325,7 @@ def test_a_study_runs_as_an_experiment_then_trains_with_its_best_values(pipeline
     """README "Tuning": one `dvc exp run` adds a pipeline.tunes entry; `tune@mlp-digits` runs a
     study and writes its best values into models.mlp, then the run trains with them."""
     repo, _, _ = pipeline_repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = load_yaml((repo / "params.yaml").read_text())
     space = {
         "dropout": {"type": "float", "low": 0.0, "high": 0.3},
         "train.learning_rate": {"type": "log_float", "low": 1.0e-3, "high": 1.0e-2},
@@ -340,7 +341,7 @@ def test_a_study_runs_as_an_experiment_then_trains_with_its_best_values(pipeline
     assert ran("Running stage 'tune@mlp-digits'") < ran("Running stage 'train@mlp-digits'")
     summary = json.loads((repo / "artifacts/metrics/tuning/mlp-digits.json").read_text())
     assert summary["trials_complete"] == 2 and summary["study"].startswith("mlp-digits-")
-    applied = yaml.safe_load((repo / "params.yaml").read_text())["models"]["mlp"]
+    applied = load_yaml((repo / "params.yaml").read_text())["models"]["mlp"]
     assert applied["dropout"] == summary["best"]["model.dropout"]
     assert applied["train"]["learning_rate"] == summary["best"]["train.learning_rate"]
     trained = json.loads((repo / "artifacts/runs/mlp-digits/config.json").read_text())

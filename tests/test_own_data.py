@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
+from kerasops.config import load_yaml
 from kerasops.data.describe import INFER, suggest_entry
 from kerasops.errors import KerasopsError
 from kerasops.pipelines.cli import main
@@ -157,12 +157,12 @@ def test_data_add_versions_the_folder_and_declares_it(tmp_path, capsys, monkeypa
     assert main([*argv, "--no-write"]) == 0
     printed = capsys.readouterr().out
     assert "shapes:\n  source: image_folder\n  path: shapes\n  image_size: [8, 8]" in printed
-    assert "shapes" not in (yaml.safe_load((project / "params.yaml").read_text()) or {}).get(
+    assert "shapes" not in (load_yaml((project / "params.yaml").read_text()) or {}).get(
         "datasets", {}
     )
     assert main([*argv, "--set", "val_fraction=0.25"]) == 0
     assert "params.yaml: datasets.shapes" in capsys.readouterr().out
-    declared = yaml.safe_load((project / "params.yaml").read_text())["datasets"]["shapes"]
+    declared = load_yaml((project / "params.yaml").read_text())["datasets"]["shapes"]
     assert declared == {
         "source": "image_folder",
         "path": "shapes",

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kerasops.config import load_yaml
 from kerasops.errors import ConfigError
 from kerasops.pipelines.flows.deploy import enter_project
 from tests import services
@@ -46,7 +47,7 @@ def check_deployment(deployment: dict) -> None:
     assert isinstance(flow, Flow)
     assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
     parameters = deployment["parameters"]
-    runs = yaml.safe_load((ROOT / "params.yaml").read_text())["pipeline"]["runs"]
+    runs = load_yaml((ROOT / "params.yaml").read_text())["pipeline"]["runs"]
     run = f"{parameters['model']}-{parameters['dataset']}"
     assert deployment["name"] == f"retrain-{run}" and run in runs
     check_pool_and_schedule(deployment)

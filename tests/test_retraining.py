@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from kerasops.config import load_yaml
 from kerasops.pipelines.retraining.report import CycleReport
 from kerasops.pipelines.steps.publish import RetrainingError, publish, served_versions
 from kerasops.pipelines.steps.rollback import rollback
@@ -298,7 +299,7 @@ def test_rollback_restores_the_previous_champion(params, server, state):
 def test_new_data_failing_validation_stops_the_flow_before_training(project, params):
     from kerasops.data.validation import ValidationError
 
-    values = yaml.safe_load((project / "params.yaml").read_text())
+    values = load_yaml((project / "params.yaml").read_text())
     values["datasets"] = {"digits": {"seed": 7}}  # a new data version: another split
     values["pipeline"] = {"validation": {"drift_fail_psi": 1.0e-6}}
     strict = project / "params-new-data.yaml"

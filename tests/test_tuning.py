@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from kerasops.config import load_yaml
 from kerasops.errors import ConfigError
 from kerasops.pipelines.cli import main
 from kerasops.pipelines.config import load_params
@@ -251,7 +252,7 @@ def test_study_nests_trials_marks_failed_and_pruned_and_best_reproduces(tuned, m
     )
 
     # the same name with another space is refused, the study untouched
-    params = yaml.safe_load((tuned / "params.yaml").read_text())
+    params = load_yaml((tuned / "params.yaml").read_text())
     params["tuning"]["mlp"]["space"]["dropout"]["high"] = 0.5
     original = (tuned / "params.yaml").read_text()
     (tuned / "params.yaml").write_text(yaml.safe_dump(params))
