@@ -300,8 +300,8 @@ def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tuned):
         while time.monotonic() < deadline:
             time.sleep(0.2)
             db = tuned / "artifacts" / "optuna.db"
-            if db.exists() and any(
-                t.number == 1 and t.state.name == "RUNNING" for t in safe_trials(tuned)
+            if db.exists() and any(  # running, its params drawn: killed mid-training
+                t.number == 1 and t.state.name == "RUNNING" and t.params for t in safe_trials(tuned)
             ):
                 break
         else:
