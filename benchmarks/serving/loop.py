@@ -35,8 +35,18 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
+import run  # noqa: E402
 from loadgen import LoadResult, grpc_load, rest_load  # noqa: E402
-from run import free_port, load_model, median_of, run_loads, stop, wait_http  # noqa: E402
+from run import (  # noqa: E402
+    command_line,
+    free_port,
+    load_model,
+    median_of,
+    publish,
+    run_loads,
+    stop,
+    wait_http,
+)
 
 from benchmarks.sections import write_section  # noqa: E402  (the repository root first)
 
@@ -306,22 +316,12 @@ def main() -> None:
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }
-    json_path, markdown_path = output_paths(args)
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
-    markdown = report(results, command)
-    write_results(markdown, markdown_path)
-    print(markdown)
-    print(f"results written to {markdown_path} and {json_path}")
+    publish(results, report(results, command_line()), output_paths(args), SECTION)
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """(results.json, RESULTS.md): the tracked ones only with --update-results."""
-    if args.update_results:
-        return HERE / "loop_results.json", ROOT / "benchmarks" / "RESULTS.md"
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "results.json", folder / "RESULTS.md"
+    return run.output_paths(args, HERE / "loop_results.json")
 
 
 if __name__ == "__main__":

@@ -510,11 +510,6 @@ def _loads(results: dict[str, Any], when: str) -> str:
     return "/".join(f"{value:.1f}" for value in loads)
 
 
-def write_results(markdown: str, target: Path) -> None:
-    """Replace (or append) this benchmark's own section of `target`."""
-    write_section(target, SECTION, markdown)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="artifacts/runs/cnn-digits")
@@ -603,19 +598,28 @@ def main() -> None:
         "load_before": load_before,
         "load_average": {"start": load_at_start, "end": os.getloadavg()},
     }
-    json_path, markdown_path = output_paths(args)
+    publish(results, report(results, command_line()), output_paths(args), SECTION)
+
+
+def command_line() -> str:
+    return "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+
+
+def publish(results: dict[str, Any], markdown: str, paths: tuple[Path, Path], section: str):
+    """Write the results' JSON and their RESULTS.md section (at `paths`), and print them."""
+    json_path, markdown_path = paths
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
-    markdown = report(results, command)
-    write_results(markdown, markdown_path)
+    write_section(markdown_path, section, markdown)
     print(markdown)
     print(f"results written to {markdown_path} and {json_path}")
 
 
-def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+def output_paths(
+    args: argparse.Namespace, tracked_json: Path = HERE / "results.json"
+) -> tuple[Path, Path]:
     """(results.json, RESULTS.md): the tracked ones only with --update-results."""
     if args.update_results:
-        return HERE / "results.json", ROOT / "benchmarks" / "RESULTS.md"
+        return tracked_json, ROOT / "benchmarks" / "RESULTS.md"
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "results.json", folder / "RESULTS.md"
