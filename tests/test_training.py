@@ -154,3 +154,46 @@ def assert_tracked_as_mlflow_users_expect(run, params) -> None:
 def run_confusion(run) -> list[list[int]]:
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="outputs")
     return json.loads((Path(path) / "evaluation.json").read_text())["confusion_matrix"]
+
+
+_IMPORT_ORDER_PROBE = """
+import json, sys
+from mlflow.system_metrics import system_metrics_monitor as monitor
+seen = []
+start = monitor.SystemMetricsMonitor.start
+def recording(self):
+    seen.append("mlflow.models.evaluation.evaluator_registry" in sys.modules)
+    start(self)
+monitor.SystemMetricsMonitor.start = recording
+from kerasops.pipelines.cli import main
+code = main(["train", "mlp", "--dataset", "digits", "--set", "epochs=1"])
+print(json.dumps({"code": code, "seen": seen}))
+"""
+
+
+@pytest.mark.slow
+def test_mlflow_evaluators_are_imported_before_the_system_metrics_thread_starts(project):
+    # The evaluators register through an import hook under MLflow's import-hook lock; imported
+    # first while the system-metrics thread probes for pyspark, the two threads deadlocked.
+    import subprocess
+    import sys
+
+    import yaml
+
+    from kerasops.pipelines.steps.prepare import prepare
+
+    params_path = project / "params.yaml"
+    raw = yaml.safe_load(params_path.read_text())
+    raw["tracking"].update(mlflow_evaluate=True, system_metrics=True)
+    params_path.write_text(yaml.safe_dump(raw))
+    prepare(load_params(params_path), "digits")
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ORDER_PROBE],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "seen": [True]}

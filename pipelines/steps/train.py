@@ -133,6 +133,13 @@ def train_model(
         **(tags or {}),
     }
     system_metrics = params.tracking.system_metrics and built.chief
+    if built.chief and params.tracking.mlflow_evaluate:
+        # deferred: 3 s of imports, for runs that call mlflow.models.evaluate only. It must come
+        # before start_run starts the system-metrics thread: the evaluators register through an
+        # import hook that holds MLflow's import-hook lock while importing, and that thread's
+        # first import (its pyspark probe) waits for the same lock while holding a module lock:
+        # a `kerasops train` deadlocked there in the test suite.
+        import mlflow.models.evaluation.evaluator_registry  # noqa: F401
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
     with (
