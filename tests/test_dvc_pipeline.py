@@ -220,6 +220,7 @@ def test_repro_runs_every_stage_once(pipeline_repo):
     assert curve[1].startswith("1,")  # epochs count from 1, as Keras prints them
 
 
+@pytest.mark.slow  # its fixture runs dvc repro, training two models
 def test_plots_render_offline_with_the_confusion_matrix(pipeline_repo):
     repo, _, _ = pipeline_repo
     shown = dvc(repo, "plots", "show", "-o", "offline-plots")
