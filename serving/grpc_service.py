@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.python.util import compat
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -48,29 +49,50 @@ def _version_choice(model_spec: Any) -> tuple[int | None, str | None]:
     return None, None
 
 
-def to_tensor_proto(array: np.ndarray) -> Any:
-    """A TensorProto for a numpy array; numeric arrays take the fast `tensor_content` path."""
+_DATATYPES: dict[np.dtype, int] = {}  # numpy dtype -> DataType enum
+_NUMPY_DTYPES: dict[int, np.dtype | None] = {}  # DataType enum -> numpy dtype (None: strings)
 
+
+def _datatype(dtype: np.dtype) -> int:
+    enum = _DATATYPES.get(dtype)
+    if enum is None:
+        enum = _DATATYPES[dtype] = tf.as_dtype(dtype).as_datatype_enum
+    return enum
+
+
+def _numpy_dtype(enum: int) -> np.dtype | None:
+    """The numpy dtype of a DataType whose values `tensor_content` holds as raw bytes (None for
+    strings); an unknown enum raises TypeError."""
+    if enum not in _NUMPY_DTYPES:
+        dtype = tf.as_dtype(enum)
+        _NUMPY_DTYPES[enum] = None if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
+    return _NUMPY_DTYPES[enum]
+
+
+def fill_tensor_proto(proto: Any, array: np.ndarray) -> None:
+    """`proto` := the TensorProto of a numpy array, as `tf.make_tensor_proto` writes it for a
+    string array (`string_val`) and as TF Serving answers numeric ones (`tensor_content`),
+    without make_tensor_proto's per-element Python work."""
     if array.dtype == object:
-        return tf.make_tensor_proto(array)
-    proto = tensor_pb2.TensorProto(
-        dtype=tf.as_dtype(array.dtype).as_datatype_enum,
-        tensor_content=np.ascontiguousarray(array).tobytes(),
-    )
-    proto.tensor_shape.dim.extend(
-        tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape
-    )
-    return proto
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(
+            value if type(value) is bytes else compat.as_bytes(value) for value in array.flat
+        )
+    else:
+        proto.dtype = _datatype(array.dtype)
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
 
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
     """The numpy array of a TensorProto (`tensor_content` read without a copy when present)."""
-
     if proto.tensor_content:
-        dtype = tf.as_dtype(proto.dtype)
-        if dtype != tf.string:
+        dtype = _numpy_dtype(proto.dtype)
+        if dtype is not None:
             shape = [dim.size for dim in proto.tensor_shape.dim]
-            return np.frombuffer(proto.tensor_content, dtype=dtype.as_numpy_dtype).reshape(shape)
+            return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     return tf.make_ndarray(proto)
 
 
@@ -117,11 +139,10 @@ class TensorflowServing:
         started = time.perf_counter()
         model = getattr(getattr(request, "model_spec", None), "name", "")
         try:
-            authorization = _metadata(context, "authorization")
             if control:
-                self.tokens.check_control(authorization)
-            else:
-                self.tokens.check_inference(authorization)
+                self.tokens.check_control(_metadata(context, "authorization"))
+            elif self.tokens.inference is not None:  # no token asked: metadata left unread
+                self.tokens.check_inference(_metadata(context, "authorization"))
             response = await handler()
         except ServingError as exc:
             self.metrics.observe(model, api_name, "grpc", exc.code, time.perf_counter() - started)
@@ -158,7 +179,7 @@ class TensorflowServing:
         response = predict_pb2.PredictResponse()
         self._fill_spec(response.model_spec, servable, signature.name)
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(to_tensor_proto(value))
+            fill_tensor_proto(response.outputs[key], value)
         return response
 
     def _fill_spec(self, spec: Any, servable: Servable, signature_name: str) -> None:

@@ -187,3 +187,29 @@ def test_serving_benchmark_writes_untracked_results_unless_asked(tmp_path: Path)
     assert default == (tmp_path / "results.json", tmp_path / "RESULTS.md")
     tracked = module.output_paths(argparse.Namespace(update_results=True, output=str(tmp_path)))
     assert tracked[1] == path.parents[1] / "RESULTS.md"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[b"0", b"seven"], [b"", "\u00e9".encode()]], dtype=object),
+        np.array(["no", "yes"], dtype=object),  # str elements, written as UTF-8
+        np.arange(12, dtype="float32").reshape(3, 4),
+        np.array([[1, 2]], dtype="int64"),
+    ],
+)
+def test_grpc_tensors_are_built_without_make_tensor_proto(array: np.ndarray) -> None:
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    from kerasops.serving.grpc_service import fill_tensor_proto, from_tensor_proto
+
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, array)
+    if array.dtype == object:  # the very message make_tensor_proto writes
+        assert proto.SerializeToString() == tf.make_tensor_proto(array).SerializeToString()
+        np.testing.assert_array_equal(tf.make_ndarray(proto), array.astype(bytes))
+    else:  # TF Serving's tensor_content, read back unchanged by TensorFlow and by the server
+        assert proto.tensor_content and tf.make_ndarray(proto).dtype == array.dtype
+        np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+        np.testing.assert_array_equal(from_tensor_proto(proto), array)

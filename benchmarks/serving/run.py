@@ -175,6 +175,7 @@ def embedded(
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    floors: list[subprocess.Popen] = []
     try:
         wait_http(f"http://127.0.0.1:{rest}/readyz", 120, process)
         one = images[:1]
@@ -208,6 +209,12 @@ def embedded(
             external_loads["grpc_h2load"] = lambda c: external.h2load_grpc(
                 grpc_url, request, c, seconds
             )
+            if batching:  # grpcio's own cost: the same answer from a handler that does nothing
+                floor_url, floor = grpc_floor(target, request, repository.parent, env)
+                floors.append(floor)
+                external_loads["grpc_floor_h2load"] = lambda c: external.h2load_grpc(
+                    floor_url, request, c, seconds
+                )
         results: dict[str, list[LoadResult]] = {name: [] for name in (*loads, *external_loads)}
         mode = "batching on" if batching else "batching off"
         for level in args.concurrency:
@@ -223,8 +230,36 @@ def embedded(
                 results[name].append(median_of(rounds[name]))
         metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
     finally:
+        for floor in floors:
+            stop(floor)
         stop(process)
     return results, mean_batch(metrics), failed_grpc(metrics)
+
+
+def grpc_floor(
+    target: str, request: Any, workdir: Path, env: dict[str, str]
+) -> tuple[str, subprocess.Popen]:
+    """Start grpc_floor.py answering the embedded server's own answer to `request`; return its
+    Predict URL for h2load and its process."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request)
+    answer_file = workdir / "predict-response.bin"
+    answer_file.write_bytes(answer.SerializeToString())
+    port = free_port()
+    command = [sys.executable, str(HERE / "grpc_floor.py"), str(port), str(answer_file)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise SystemExit("grpc_floor.py did not start")
+        time.sleep(0.5)
+    return f"http://127.0.0.1:{port}/tensorflow.serving.PredictionService/Predict", process
 
 
 def show(result: LoadResult) -> LoadResult:
@@ -271,6 +306,7 @@ LABELS = {
     "grpc_v2": "gRPC (OIP v2, raw)",
     "rest_wrk": "REST (TF Serving v1), `wrk`",
     "grpc_h2load": "gRPC (TF Serving v1), `h2load`",
+    "grpc_floor_h2load": "grpcio floor: grpc.aio Predict returning a fixed answer, `h2load`",
 }
 
 
@@ -355,7 +391,16 @@ def mlflow_serve(
 def report(results: dict[str, Any], command: str) -> str:
     inproc = results["in_process"]
     batch1 = inproc["batch_1"]["calls_per_s"]
-    order = ("rest", "rest_wrk", "grpc", "grpc_h2load", "rest_v2", "grpc_v2", "mlflow")
+    order = (
+        "rest",
+        "rest_wrk",
+        "grpc",
+        "grpc_h2load",
+        "grpc_floor_h2load",
+        "rest_v2",
+        "grpc_v2",
+        "mlflow",
+    )
     names = [n for n in order if results.get(n)]
     by_level = {name: {r["concurrency"]: r for r in results[name]} for name in names}
     off = {
@@ -473,6 +518,18 @@ def _ratio_table(
         by_level.get("grpc_h2load"),
         by_level.get("rest_wrk"),
         "≥ 1",
+    )
+    add(
+        "grpcio floor (`h2load`) ÷ REST (`wrk`)",
+        by_level.get("grpc_floor_h2load"),
+        by_level.get("rest_wrk"),
+        "the most any grpcio server could reach",
+    )
+    add(
+        "gRPC (`h2load`) ÷ grpcio floor (`h2load`)",
+        by_level.get("grpc_h2load"),
+        by_level.get("grpc_floor_h2load"),
+        "",
     )
     add(
         "batching on ÷ off, REST, project",
