@@ -78,6 +78,7 @@ class ShadowConfig(StrictConfig):
     version: int = 0
     fraction: float = 0.0
     max_pending: int = 32  # shadow calls running at once; more drawn meanwhile: skipped (busy)
+    process: bool = False  # the target answers in its own process at the lowest CPU priority
 
 
 @dataclasses.dataclass(frozen=True)

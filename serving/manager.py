@@ -223,6 +223,8 @@ class ModelManager:
     def close(self) -> None:
         """Stop polling and unload every version (after in-flight batches finish)."""
         self._stop.set()
+        if self._mirror is not None:
+            self._mirror.close()  # its shadow worker processes
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self._poll_lock:

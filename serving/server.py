@@ -94,6 +94,8 @@ class EmbeddedServer:
         except ServingError as exc:
             self.prediction_logger.close()
             raise ServerError(exc.message) from None
+        if config.shadow or any(entry.logging is not None for entry in entries):
+            self.prediction_logger.start()  # its writer process, while the models load
         self.servicer = TensorflowServing(
             self.manager, self.metrics, config, models_config_path, self.tokens
         )

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ import numpy as np
 from kerasops.serving.config import ShadowConfig
 from kerasops.serving.errors import ServingError
 from kerasops.serving.prediction_log import LoggingSpec
+from kerasops.serving.shadow_worker import ShadowWorker
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ ORIGIN = (
     "kerasops-shadow"  # request_origin: kerasops-shadow;request=<id>;role=<role>;latency_ms=<ms>
 )
 PRIMARY, SHADOW = "primary", "shadow"
+RESTART_S = 10.0  # a shadow worker process that exited is started again after this long
 
 
 class ClientLoad:
@@ -108,6 +111,7 @@ class ShadowMirror:
         self._lock = threading.Lock()
         self._last_error: dict[str, str] = {}  # model -> why its last mirrored call failed
         self._pending: dict[str, int] = {}  # model -> its shadow calls running now
+        self._workers: dict[str, ShadowWorker] = {}  # model -> its shadow version's process
 
     def configured(self, name: str) -> bool:
         return name in self._shadows
@@ -138,7 +142,8 @@ class ShadowMirror:
                 request_id = uuid.uuid4().hex
                 spec = self._spec(name, config)
                 self._log(spec, primary, signature, inputs, outputs, request_id, PRIMARY, seconds)
-                call = self._shadow(target, signature, inputs, spec, request_id)
+                worker = self._worker(target) if config.process else None
+                call = self._shadow(target, signature, inputs, spec, request_id, worker)
                 task = asyncio.get_running_loop().create_task(call)
             except BaseException:
                 self._done(name)
@@ -154,6 +159,35 @@ class ShadowMirror:
             log.warning("shadow of %s not sent: %s", primary.name, exc)
             self._skipped(primary.name, "error", str(exc))
             return False
+
+    def _worker(self, target: Any) -> ShadowWorker | None:
+        """The worker process of shadow version `target`, started at its first call (another
+        version's worker of the model is ended); a worker that exited is replaced at most once
+        every RESTART_S seconds."""
+        with self._lock:
+            worker = self._workers.get(target.name)
+            if worker is not None and worker.version == target.version and worker.alive():
+                return worker
+            same = worker is not None and worker.version == target.version
+            if same and time.monotonic() - worker.started < RESTART_S:
+                return None
+            if worker is not None:
+                threading.Thread(target=worker.close, daemon=True).start()
+            try:
+                worker = ShadowWorker(Path(target.path), target.version)
+            except OSError as exc:
+                log.warning("shadow worker of %s not started: %s", target.name, exc)
+                self._workers.pop(target.name, None)
+                return None
+            self._workers[target.name] = worker
+            return worker
+
+    def close(self) -> None:
+        """End every shadow worker process."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            worker.close()
 
     def _admit(self, name: str, config: ShadowConfig) -> bool:
         """Take a place for one shadow call of `name`, unless the server is answering another
@@ -182,6 +216,14 @@ class ShadowMirror:
             report["state"], report["error_message"] = "NOT_LOADED", exc.message
         with self._lock:
             error = self._last_error.get(name)
+            worker = self._workers.get(name)
+        if config.process:  # its worker process: not started (no call yet), loading, ready
+            report["process"] = (
+                "not started" if worker is None
+                else "exited" if not worker.alive()
+                else "ready" if worker.ready.is_set()
+                else "loading"
+            )  # fmt: skip
         if error and report["state"] == "AVAILABLE":
             report["last_error"] = error
         return report
@@ -202,11 +244,16 @@ class ShadowMirror:
         inputs: dict[str, np.ndarray],
         spec: LoggingSpec,
         request_id: str,
+        worker: ShadowWorker | None = None,
     ) -> None:
         started = time.perf_counter()
         rows = len(next(iter(inputs.values())))
         try:
-            outputs = await target.signature(signature).run_async(inputs, rows, record=False)
+            answer = worker.call(signature, inputs) if worker is not None else None
+            if answer is not None:
+                outputs = await answer
+            else:  # in this process: no worker asked for, or it is loading or gone
+                outputs = await target.signature(signature).run_async(inputs, rows, record=False)
         except Exception as exc:  # noqa: BLE001 - counted and shown in status, never raised
             message = exc.message if isinstance(exc, ServingError) else repr(exc)
             with self._lock:

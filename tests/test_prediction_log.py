@@ -4,6 +4,8 @@ a bad prefix is refused; a full queue drops and counts, never blocks."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import httpx
 import numpy as np
@@ -89,7 +91,13 @@ def test_rest_grpc_and_v2_calls_are_logged_as_prediction_logs(repository):
             request.inputs["image"].CopyFrom(tf.make_tensor_proto(images[4:5]))
             reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request)
         assert http.post("/v1/models/text:predict", json={"instances": ["good"]}).is_success
-        metrics = http.get("/monitoring/prometheus/metrics").text
+        deadline = time.monotonic() + 60  # the writer process answers for what it wrote
+        while (
+            'prediction_logs_total{model="digits"} 5.0'
+            not in (metrics := http.get("/monitoring/prometheus/metrics").text)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
     finally:
         server.stop()
 

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -79,3 +83,49 @@ def test_a_burst_is_written_whole_in_order_and_counted(tmp_path):
         np.testing.assert_array_equal(
             tf.make_ndarray(entry.predict_log.response.outputs["y"]), np.full((1, 2), -i)
         )
+
+
+@pytest.mark.slow
+def test_a_dead_writer_process_drops_and_counts_and_a_new_one_takes_over(tmp_path):
+    """Records go to a writer process; hung, submitting does not wait on it; killed, what it
+    held is dropped as `writer_exited`, and the next records start a new writer."""
+
+    class Counts:
+        def __init__(self):
+            self.logged, self.dropped = 0, []
+
+        def prediction_logged(self, model):
+            self.logged += 1
+
+        def prediction_dropped(self, model, reason):
+            self.dropped.append(reason)
+
+    counts = Counts()
+    logger = PredictionLogger(tmp_path, counts, queue_size=10_000)
+    spec = LoggingSpec("m/p", 1.0)
+
+    def submit(i: int) -> float:
+        started = time.perf_counter()
+        logger.submit(spec, "m", 1, "sd", {"x": np.full((1, 4), i, "float32")}, {}, f"n={i}")
+        return time.perf_counter() - started
+
+    submit(0)
+    deadline = time.monotonic() + 120
+    while logger.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = logger.writer_pid()
+    assert counts.logged == 1 and first is not None
+    os.kill(first, signal.SIGSTOP)  # hung: what is sent waits in its pipe
+    slowest = max(submit(i) for i in range(1, 201))
+    assert slowest < 0.5  # never waits on the writer
+    time.sleep(0.5)  # the sender hands the records to the pipe
+    os.kill(first, signal.SIGKILL)
+    while logger.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counts.dropped and set(counts.dropped) == {"writer_exited"}
+    assert counts.logged + len(counts.dropped) == 201
+    submit(201)  # a new writer process
+    logger.close(timeout=120)
+    assert logger.writer_pid() is None
+    second = [e.log_metadata.request_origin for e in read_prediction_logs(tmp_path)]
+    assert second[0] == "n=0" and second[-1] == "n=201" and len(second) == counts.logged

@@ -80,6 +80,43 @@ def test_every_deployment_is_sound(name):
     check_deployment(DEPLOYMENTS[name])
 
 
+SCORERS = {name: d for name, d in DEPLOYMENTS.items() if name.startswith("score-")}
+
+
+def test_scheduled_batch_scoring_has_a_deployment():
+    assert "score-cnn-digits" in SCORERS
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_every_batch_scoring_deployment_is_sound(name):
+    """Its flow imports and takes its parameters (every required one given, a valid job); it
+    scores a dataset of the model a retraining deployment serves, under the name `kerasops
+    predict-batch --cron` gives it; a compose worker polls its pool; its schedule is a cron."""
+    from kerasops.pipelines.flows.batch import deployment_name
+    from kerasops.pipelines.steps.predict_batch import BatchJob
+
+    deployment = SCORERS[name]
+    flow = load_entrypoint(deployment["entrypoint"])
+    assert flow.name == "batch-scoring"
+    parameters = deployment["parameters"]
+    accepted = inspect.signature(flow.fn).parameters
+    assert set(parameters) <= set(accepted)
+    required = {k for k, p in accepted.items() if p.default is inspect.Parameter.empty}
+    assert required <= set(parameters)
+    job = {k: v for k, v in parameters.items() if k != "params_path"}
+    if "output_format" in job:
+        job["format"] = job.pop("output_format")
+    BatchJob(**job).check()
+    assert name == deployment_name(parameters["model"])
+    served = {
+        f"{d['parameters']['model']}-{d['parameters']['dataset']}": d["parameters"]["dataset"]
+        for n, d in DEPLOYMENTS.items()
+        if n.startswith("retrain-")
+    }
+    assert served[parameters["model"]] == parameters["input"]
+    check_pool_and_schedule(deployment)
+
+
 def test_the_demo_models_each_have_a_deployment_entering_the_workers_project():
     assert {f"retrain-{run}" for run in DEMO_RUNS} <= set(DEPLOYMENTS)
     (step,) = SPEC["pull"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 import pytest
 
@@ -11,6 +13,7 @@ from kerasops.pipelines.config import Params, load_params
 from kerasops.pipelines.config.retraining import GateRule, RetrainingConfig
 from kerasops.pipelines.steps.gate import gate, judge
 from kerasops.pipelines.steps.monitor import CompareReport, compare_report_path
+from tests.conftest import write_params
 
 
 def rules(**values) -> dict[str, GateRule]:
@@ -99,6 +102,33 @@ def test_infra_validation_compares_numbers_and_texts():
     assert set(outputs_of(np.zeros((2, 3)))) == {""}
 
 
+def serve_labels(project, **labels: int) -> None:
+    """models.config serving digits with these labels, where `kerasops monitor` looks."""
+    path = project / "artifacts" / "serving" / "models.config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    versions = "".join(f"versions: {v} " for v in sorted(set(labels.values())))
+    keys = "".join(f'version_labels {{ key: "{k}" value: {v} }} ' for k, v in labels.items())
+    path.write_text(
+        f'model_config_list {{ config {{ name: "digits" base_path: "{project}/models/digits" '
+        f'model_platform: "tensorflow" model_version_policy {{ specific {{ {versions}}} }} '
+        f"{keys}}} }}\n"
+    )
+
+
+def write_compare_report(params, agreement=0.97, p99=12.0, versions=(2, 1), age_s=0.0) -> None:
+    """The report `kerasops monitor digits --compare champion challenger` writes."""
+    latency = {"champion": {"p50": 1.0, "p99": 2.0}, "challenger": {"p50": 1.0, "p99": p99}}
+    report = CompareReport(
+        "digits", "champion", "challenger", versions, 40, 40, 0, "classifier",
+        agreement, None, latency,
+    )  # fmt: skip
+    summary = {**dataclasses.asdict(report), "metrics": report.metrics()}
+    summary["created_at"] = time.time() - age_s
+    path = compare_report_path(params, "digits")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+
+
 def test_live_rules_read_the_compare_report_and_fail_without_one(project):
     params = load_params(project / "params.yaml")
     live = rules(
@@ -115,15 +145,10 @@ def test_live_rules_read_the_compare_report_and_fail_without_one(project):
     assert "no shadow-traffic comparison report at" in missing.reasons()[0]
     assert "kerasops monitor digits --compare champion challenger" in missing.reasons()[0]
 
+    serve_labels(project, champion=2, challenger=1)
+
     def compared(agreement: float, p99: float) -> None:
-        latency = {"champion": {"p50": 1.0, "p99": 2.0}, "challenger": {"p50": 1.0, "p99": p99}}
-        report = CompareReport(
-            "digits", "champion", "challenger", (2, 1), 40, 40, 0, "classifier",
-            agreement, None, latency,
-        )  # fmt: skip
-        path = compare_report_path(params, "digits")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"metrics": report.metrics()}))
+        write_compare_report(params, agreement, p99)
 
     compared(0.97, 12.0)
     assert judge(params, "digits", {"test_accuracy": 0.9}, None, live).passed
@@ -138,3 +163,27 @@ def test_live_rules_read_the_compare_report_and_fail_without_one(project):
     assert "unreadable shadow-traffic comparison report" in broken.reasons()[0]
     offline = rules(test_accuracy={"minimum": 0.8})  # no live rule: the report is not read
     assert judge(params, "digits", {"test_accuracy": 0.9}, None, offline).passed
+
+
+def test_live_rules_refuse_an_old_report_or_one_of_other_versions(project):
+    params = load_params(project / "params.yaml")
+    assert params.monitoring.compare_max_age_h == 24.0  # the default
+    live = rules(test_accuracy={"minimum": 0.8}, live_agreement={"minimum": 0.95})
+    serve_labels(project, champion=2, challenger=1)
+    write_compare_report(params, age_s=3600)
+    assert judge(params, "digits", {"test_accuracy": 0.9}, None, live).passed
+    write_compare_report(params, age_s=25 * 3600)  # older than a day
+    (old,) = judge(params, "digits", {"test_accuracy": 0.9}, None, live).reasons()
+    assert "is 25.0 h old, older than monitoring.compare_max_age_h = 24" in old
+    assert "kerasops monitor digits --compare champion challenger" in old
+    write_compare_report(params)
+    serve_labels(project, champion=3, challenger=2)  # promoted since the report
+    (moved,) = judge(params, "digits", {"test_accuracy": 0.9}, None, live).reasons()
+    assert "compared versions 2 (champion) and 1 (challenger)" in moved
+    assert "are versions 3 and 2 now" in moved
+    (project / "artifacts" / "serving" / "models.config").unlink()
+    (gone,) = judge(params, "digits", {"test_accuracy": 0.9}, None, live).reasons()
+    assert "cannot be checked: models.config not found" in gone
+    write_params(project, monitoring={"compare_max_age_h": 0})
+    with pytest.raises(ConfigError, match="monitoring.compare_max_age_h must be positive"):
+        load_params(project / "params.yaml")

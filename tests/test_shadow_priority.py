@@ -4,6 +4,7 @@ client still gets the primary's answer; an idle server mirrors as before."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -18,7 +19,17 @@ from kerasops.serving.export import export_saved_model
 from kerasops.serving.server import EmbeddedServer, model_entries
 from kerasops.serving.shadow import CLIENT_LOAD
 from tests.serving_helpers import digit_images, digits_cnn, probabilities_of
-from tests.test_shadow import CHALLENGER_SEED, CHAMPION_SEED, MODELS, metric, pairs, serving_config
+from tests.test_shadow import (
+    CHALLENGER_SEED,
+    CHAMPION_SEED,
+    MODELS,
+    metric,
+    outputs_of,
+    pairs,
+    serving_config,
+)
+
+tf = pytest.importorskip("tensorflow")
 
 FULL = {"digits": {"label": "challenger", "fraction": 1.0}}
 
@@ -136,3 +147,44 @@ def test_max_pending_is_checked():
         ServingConfig.from_dict(
             {"shadow": {"digits": {"label": "c", "max_pending": 0}}}, prefix="serving."
         )
+
+
+@pytest.mark.slow
+def test_a_shadow_in_its_own_process_answers_at_the_lowest_priority(repository):
+    """`process: true`: the challenger answers mirrored calls in a worker process under
+    SCHED_IDLE (the serving process answers them itself while the worker loads); the answers
+    are the challenger's; a killed worker leaves the primary answering and the mirror working."""
+    images = digit_images(8, seed=5)
+    challenger = digits_cnn(seed=CHALLENGER_SEED).predict(images, verbose=0)
+    shadow = {"digits": {"label": "challenger", "fraction": 1.0, "process": True}}
+    server, http = serve(repository, shadow)
+    try:
+
+        def ask(i: int) -> None:
+            body = {"instances": images[i : i + 1].tolist()}
+            assert http.post("/v1/models/digits:predict", json=body).status_code == 200
+
+        ask(0)  # starts the worker; answered in this process meanwhile
+        worker = server.manager._mirror._workers["digits"]
+        assert worker.ready.wait(180), "the shadow worker did not load the challenger"
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+        for i in range(1, 5):
+            ask(i)
+            settled(http, i + 1)
+        assert worker.answered == 4
+        worker.close()  # gone: the mirror answers in this process again
+        for i in range(5, 8):
+            ask(i)
+        answered, busy = settled(http, 8)
+    finally:
+        server.stop()
+    assert (answered, busy) == (8, 0)
+    logged = pairs(repository)
+    shadows = {}
+    for pair in logged.values():
+        sent = tf.make_ndarray(pair["shadow"].predict_log.request.inputs["image"])
+        index = int(np.argmin(np.abs(images - sent).reshape(len(images), -1).sum(axis=1)))
+        shadows[index] = outputs_of(pair["shadow"])[0]
+    assert sorted(shadows) == list(range(8))
+    for i, answer in shadows.items():
+        np.testing.assert_allclose(answer, challenger[i], atol=1e-5)

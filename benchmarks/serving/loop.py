@@ -4,12 +4,14 @@ traffic at fraction 1.0, side by side in one embedded server, in one run on this
     python benchmarks/serving/loop.py [--model artifacts/runs/cnn-digits | --stand-in]
         [--seconds 4] [--rounds 2] [--concurrency 1,8,64] [--update-results]
 
-One server process serves five copies of the same model, each configured one way: `plain` (no
-logging_config), `log_0`, `log_0.1`, `log_1` (a logging_config at that sampling rate) and
+One server process serves six copies of the same model, each configured one way: `plain` (no
+logging_config), `log_0`, `log_0.1`, `log_1` (a logging_config at that sampling rate),
 `shadow_1` (no logging_config; `serving.shadow.shadow_1: {label: challenger, fraction: 1.0}`,
-which mirrors every request to a second version and logs both answers). Per concurrency the five
+which mirrors every request to a second version and logs both answers) and `shadow_1p` (the
+same with `process: true`: the shadow version answers in its own process at the lowest CPU
+priority). Per concurrency the six
 loads run back to back, interleaved over `--rounds` rounds (medians reported), with the
-project's closed-loop generator (loadgen.py) on loopback, REST (and gRPC with `--grpc`).
+project's closed-loop generator (loadgen.py) on loopback, REST and gRPC (`--no-grpc`: REST only).
 
 Results go to artifacts/benchmarks/serving-loop/ (untracked) or `--output`; only
 `--update-results` writes benchmarks/serving/loop_results.json and the section of
@@ -57,12 +59,14 @@ MODELS = {  # served name -> logging sampling rate (None: no logging_config)
     "log_0.1": 0.1,
     "log_1": 1.0,
     "shadow_1": None,
+    "shadow_1p": None,
 }
 SHADOWED = "shadow_1"
+SHADOWS = (SHADOWED, "shadow_1p")  # mirrored in the serving process; in the shadow's own
 
 
 def models_config(repository: Path) -> str:
-    """The five models; `shadow_1` serves version 2 and labels version 1 `challenger`."""
+    """The six models; each shadow model serves version 2 and labels version 1 `challenger`."""
     blocks = []
     for name, rate in MODELS.items():
         lines = [
@@ -71,7 +75,7 @@ def models_config(repository: Path) -> str:
             f'    base_path: "{repository / name}"',
             '    model_platform: "tensorflow"',
         ]
-        if name == SHADOWED:
+        if name in SHADOWS:
             lines += [
                 "    model_version_policy { specific { versions: 1 versions: 2 } }",
                 '    version_labels { key: "challenger" value: 1 }',
@@ -97,7 +101,7 @@ def export_models(model: Any, images: np.ndarray, workdir: Path) -> Path:
     )
     first = export_saved_model(model, "plain", config=config, warmup_examples=images)
     for name in MODELS:
-        versions = (1, 2) if name == SHADOWED else (1,)
+        versions = (1, 2) if name in SHADOWS else (1,)
         for version in versions:
             if (name, version) != ("plain", 1):
                 shutil.copytree(first.path, repository / name / str(version))
@@ -112,7 +116,8 @@ def serve(workdir: Path, repository: Path) -> tuple[subprocess.Popen, int, int]:
         "serving:\n"
         f"  prediction_log_dir: {workdir / 'logs'}\n"
         "  prediction_log_max_file_mb: 16\n"
-        f"  shadow: {{{SHADOWED}: {{label: challenger, fraction: 1.0}}}}\n"
+        f"  shadow: {{{SHADOWED}: {{label: challenger, fraction: 1.0}},\n"
+        "           shadow_1p: {label: challenger, fraction: 1.0, process: true}}\n"
     )
     command = [
         sys.executable, "-m", "kerasops", "--params", str(params), "serve",
@@ -139,6 +144,14 @@ def measure(
         answer = httpx.post(f"http://127.0.0.1:{rest}/v1/models/{name}:predict", content=body)
         (row,) = answer.json()["predictions"]
         np.testing.assert_allclose([row["probabilities"]], want[:1], atol=1e-5)
+    deadline = time.monotonic() + 600  # shadow_1p's worker process loads the challenger
+    while (
+        httpx.get(f"http://127.0.0.1:{rest}/v1/models/shadow_1p").json()["shadow"].get("process")
+        != "ready"
+    ):
+        if time.monotonic() > deadline:
+            raise SystemExit("shadow_1p's worker process did not get ready")
+        time.sleep(0.5)
     seconds = args.seconds / args.rounds
     loads: dict[str, dict[str, Any]] = {"rest": {}}
     for name in MODELS:
@@ -157,21 +170,61 @@ def measure(
     results: dict[str, dict[str, list[LoadResult]]] = {
         protocol: {name: [] for name in MODELS} for protocol in loads
     }
+    counts: dict[str, dict[str, list[dict[str, float]]]] = {
+        protocol: {name: [] for name in COUNTED} for protocol in loads
+    }
     for level in args.concurrency:
         rounds = {p: {name: [] for name in MODELS} for p in loads}
+        deltas = {p: {name: {} for name in COUNTED} for p in loads}
         for _ in range(args.rounds):
             for protocol, by_model in loads.items():
                 for name, load in by_model.items():
                     print(f"  {protocol} {name}", flush=True)
+                    before = counters(rest, requests=True) if name in COUNTED else {}
                     rounds[protocol][name] += run_loads(load, [level])
+                    if name in COUNTED:
+                        settle(rest, name)
+                        for key, value in counters(rest, requests=True).items():
+                            change = value - before.get(key, 0.0)
+                            if f'model="{name}"' in key and change:
+                                short = counter_name(key)
+                                got = deltas[protocol][name]
+                                got[short] = got.get(short, 0.0) + change
         for protocol in loads:
             for name in MODELS:
                 results[protocol][name].append(median_of(rounds[protocol][name]))
-    return results
+            for name in COUNTED:
+                counts[protocol][name].append(deltas[protocol][name])
+    return results, counts
 
 
-def counters(rest: int) -> dict[str, float]:
-    """The server's own counts: records logged and dropped, shadow calls and skips."""
+COUNTED = ("log_1", *SHADOWS)  # the server's counts per load: records logged and dropped, skips
+
+
+def counter_name(key: str) -> str:
+    """`shadow_skipped_total{model="m",reason="busy"}` -> `shadow_skipped_total{reason="busy"}`."""
+    family, _, labels = key.partition("{")
+    rest = [
+        part for part in labels.rstrip("}").split(",") if part and not part.startswith("model=")
+    ]
+    return family + ("{" + ",".join(rest) + "}" if rest else "")
+
+
+def settle(rest: int, name: str, timeout: float = 30.0) -> None:
+    """Wait until the server's writer has answered for the load's records (its logged and
+    dropped counts stop changing), so a load's counts are its own."""
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = {k: v for k, v in counters(rest).items() if f'model="{name}"' in k}
+        if now == last:
+            return
+        last = now
+        time.sleep(0.3)
+
+
+def counters(rest: int, requests: bool = False) -> dict[str, float]:
+    """The server's own counts: records logged and dropped, shadow calls and skips (and with
+    `requests`, the requests it answered)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
@@ -182,6 +235,7 @@ def counters(rest: int) -> dict[str, float]:
             "kerasops_serving_prediction_logs_dropped_total",
             "kerasops_serving_shadow_requests_total",
             "kerasops_serving_shadow_skipped_total",
+            *(["kerasops_serving_requests_total"] if requests else []),
         ):
             if line.startswith(family + "{"):
                 key = line.split(" ")[0].removeprefix("kerasops_serving_")
@@ -200,9 +254,12 @@ def report(results: dict[str, Any], command: str) -> str:
         command,
         "```",
         "",
-        "One embedded server serves five copies of the model: `plain` (no logging_config), "
-        "`log_0` / `log_0.1` / `log_1` (a logging_config at sampling 0, 0.1, 1.0) and "
-        "`shadow_1` (every request mirrored to a second version, both answers logged). Closed "
+        "One embedded server serves six copies of the model: `plain` (no logging_config), "
+        "`log_0` / `log_0.1` / `log_1` (a logging_config at sampling 0, 0.1, 1.0), "
+        "`shadow_1` (every request mirrored to a second version, both answers logged) and "
+        "`shadow_1p` (the same, the second version answering in its own process at the "
+        "lowest CPU priority, `process: true`). Prediction logs are written by the server's "
+        "writer process. Closed "
         f"loop, single-example requests, {results['seconds']} s per point split into "
         f"{results['rounds']} interleaved round(s) (medians); the load generator and the "
         "server share the machine's CPUs.",
@@ -219,15 +276,18 @@ def report(results: dict[str, Any], command: str) -> str:
                     f"| {name} | {row['concurrency']} | {row['rps']:.0f} | "
                     f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |"
                 )
-        lines += ["", *_ratios(protocol, by_model), ""]
+        counted = results.get("counts", {}).get(protocol, {})
+        lines += ["", *_ratios(protocol, by_model, counted), ""]
     counts = ", ".join(f"`{k}` {v:.0f}" for k, v in sorted(results["counters"].items()))
     lines += [
         "`log_0` does what `plain` does but for one early return (sampling 0 logs nothing), "
         "so the spread of `log_0 ÷ plain` around 1.00 is mostly this run's noise; read the "
         "other ratios against it. "
-        "`shadow_1` runs two inferences and queues two records per request on the same CPUs "
-        "as the primary: on a machine without spare cores its cost shows in the client's "
-        "figures.",
+        "A mirrored request of `shadow_1` runs a second inference on the same CPUs and GIL as "
+        "the primary; `shadow_1p`'s runs in another process that gets only the CPU left idle. "
+        "Shadow calls drawn while another client request is answered are skipped as busy "
+        "(the calls rows). The records rows count, per load, what the server's counters say "
+        "was written and dropped against the requests the server answered.",
         "",
         f"Server counters at the end: {counts}.",
         "",
@@ -238,7 +298,9 @@ def report(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def _ratios(protocol: str, by_model: dict[str, list[dict]]) -> list[str]:
+def _ratios(
+    protocol: str, by_model: dict[str, list[dict]], counted: dict[str, list[dict]] | None = None
+) -> list[str]:
     levels = [row["concurrency"] for row in by_model["plain"]]
     lines = [
         f"| {protocol} ratio | " + " | ".join(f"c={c}" for c in levels) + " | target |",
@@ -256,6 +318,26 @@ def _ratios(protocol: str, by_model: dict[str, list[dict]]) -> list[str]:
     add("requests/s, log_0 ÷ plain", "log_0", "plain", "rps", "")
     add("client p50, shadow_1 ÷ plain", "shadow_1", "plain", "p50_ms", "≤ 1.10")
     add("requests/s, shadow_1 ÷ plain", "shadow_1", "plain", "rps", "")
+    add("client p50, shadow_1p ÷ plain (own process)", "shadow_1p", "plain", "p50_ms", "≤ 1.10")
+    add("requests/s, shadow_1p ÷ plain", "shadow_1p", "plain", "rps", "")
+    counted = counted or {}
+    if counted.get("log_1"):
+        cells = []
+        for got in counted["log_1"]:
+            dropped = sum(v for k, v in got.items() if k.startswith("prediction_logs_dropped"))
+            logged = got.get("prediction_logs_total", 0.0)
+            served = sum(v for k, v in got.items() if k.startswith("requests_total"))
+            cells.append(f"{logged:.0f} / {served:.0f} ({dropped:.0f} dropped)")
+        lines.append("| log_1 records logged / requests served | " + " | ".join(cells) + " | all |")
+    for name in SHADOWS:
+        if not counted.get(name):
+            continue
+        cells = []
+        for got in counted[name]:
+            answered = got.get('shadow_requests_total{outcome="answered"}', 0.0)
+            busy = got.get('shadow_skipped_total{reason="busy"}', 0.0)
+            cells.append(f"{answered:.0f} mirrored, {busy:.0f} skipped busy")
+        lines.append(f"| {name} calls | " + " | ".join(cells) + " |  |")
     return lines
 
 
@@ -271,7 +353,12 @@ def main() -> None:
     parser.add_argument("--prepared-root", default="data/prepared")
     parser.add_argument("--seconds", type=float, default=4.0, help="per point (all rounds)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--grpc", action="store_true", help="gRPC loads too (doubles the time)")
+    parser.add_argument(
+        "--grpc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gRPC loads beside REST (the default; --no-grpc halves the time)",
+    )
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64]
     )
@@ -296,7 +383,7 @@ def main() -> None:
         repository = export_models(model, images, workdir)
         process, rest, grpc_port = serve(workdir, repository)
         try:
-            loads = measure(rest, grpc_port, images, want, args)
+            loads, counts = measure(rest, grpc_port, images, want, args)
             totals = counters(rest)
         finally:
             stop(process)
@@ -313,6 +400,7 @@ def main() -> None:
             for protocol, by_model in loads.items()
         },
         "counters": totals,
+        "counts": counts,
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }

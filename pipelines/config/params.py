@@ -38,14 +38,18 @@ class MonitoringConfig(StrictConfig):
             population stability index against the training split exceeds this has drifted
             (0.1 is a small shift, 0.25 a large one, in the usual reading of PSI).
         min_requests: fewer logged requests than this are too few to judge (an error).
+        compare_max_age_h: the retraining gate's live_* rules trust a shadow-traffic
+            comparison report (`kerasops monitor NAME --compare`) at most this many hours old.
     """
 
     drift_psi: float = 0.2
     min_requests: int = 20
+    compare_max_age_h: float = 24.0
 
     def validate(self) -> None:
         require(self.drift_psi > 0, "monitoring.drift_psi must be positive")
         require(self.min_requests >= 1, "monitoring.min_requests must be >= 1")
+        require(self.compare_max_age_h > 0, "monitoring.compare_max_age_h must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from kerasops.data import load_prepared
+from kerasops.errors import KerasopsError
 from kerasops.pipelines.config import Params
 from kerasops.pipelines.config.retraining import LIVE_METRICS, GateRule
 from kerasops.pipelines.steps.evaluate import score
-from kerasops.pipelines.steps.monitor import compare_report_path
+from kerasops.pipelines.steps.monitor import compare_report_path, served_version
 from kerasops.pipelines.steps.runner import named
 from kerasops.pipelines.tracking.registry import load_version
 
@@ -147,15 +149,38 @@ def live_metrics(
     params: Params, name: str, rules: Mapping[str, GateRule]
 ) -> tuple[dict[str, float], str]:
     """The live_* metrics the rules ask for, from the shadow-traffic comparison report of
-    served model `name`, and why they are missing ("" when found or not asked for)."""
+    served model `name`, and why they are missing ("" when found or not asked for): no
+    report, an unreadable one, one older than `monitoring.compare_max_age_h`, or one that
+    compared other versions than its champion and challenger name now."""
     if not any(metric in LIVE_METRICS for metric in rules):
         return {}, ""
     path = compare_report_path(params, name)
     hint = f"run `kerasops monitor {name} --compare champion challenger` first"
     try:
         report = json.loads(path.read_text())
-        return {k: float(v) for k, v in report["metrics"].items()}, ""
+        metrics = {k: float(v) for k, v in report["metrics"].items()}
+        created, compared = float(report["created_at"]), tuple(report["versions"])
+        names = (str(report["champion"]), str(report["challenger"]))
     except FileNotFoundError:
         return {}, f"no shadow-traffic comparison report at {path}: {hint}"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {}, f"unreadable shadow-traffic comparison report {path} ({exc}): {hint}"
+    hours = (time.time() - created) / 3600
+    bound = params.monitoring.compare_max_age_h
+    if hours > bound:
+        return {}, (
+            f"the shadow-traffic comparison report {path} is {hours:.1f} h old, older than "
+            f"monitoring.compare_max_age_h = {bound:g}: {hint.replace(' first', ' again')}"
+        )
+    try:
+        served = tuple(served_version(params, name, n) for n in names)
+    except KerasopsError as exc:
+        return {}, f"the shadow-traffic comparison report {path} cannot be checked: {exc}"
+    if served != compared:
+        return {}, (
+            f"the shadow-traffic comparison report {path} compared versions "
+            f"{compared[0]} ({names[0]}) and {compared[1]} ({names[1]}), but {names[0]} and "
+            f"{names[1]} are versions {served[0]} and {served[1]} now: "
+            f"{hint.replace(' first', ' again')}"
+        )
+    return metrics, ""
