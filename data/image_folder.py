@@ -72,30 +72,34 @@ def plan_image_folder(
 
 
 def encoded_images(
-    plan: ImageFolderPlan, split: str, pool
-) -> Iterator[tuple[int, EncodedImage | ImageFailure]]:
-    """(label, encoded image or failure) for each file of `split`, in order."""
-    tasks = [(str(p), plan.image_size, plan.color_mode) for p in plan.files[split]]
-    labels = plan.labels[split]
+    plan: ImageFolderPlan, pool
+) -> Iterator[tuple[str, int, EncodedImage | ImageFailure]]:
+    """(split, label, encoded image or failure) for each file of each split, split by split in
+    order. On a pool, two batches stay in flight across the splits' boundaries too, so the
+    workers go on with the next split while a split's last shard is finished and hashed."""
+    splits = [s for s in SPLITS for _ in plan.files[s]]  # (N,) each task's split
+    labels = np.concatenate([plan.labels[s] for s in SPLITS]).astype(np.int64)  # (N,)
+    tasks = [(str(p), plan.image_size, plan.color_mode) for s in SPLITS for p in plan.files[s]]
     if pool is None:
-        for label, task in zip(labels, tasks, strict=True):
-            yield int(label), encode_image(*task)
+        for split, label, task in zip(splits, labels, tasks, strict=True):
+            yield split, int(label), encode_image(*task)
         return
     pending: collections.deque = collections.deque()
-    starts = range(0, len(tasks), BATCH)
-    for start in starts:
+    for start in range(0, len(tasks), BATCH):
         pending.append((start, pool.map_async(encode_image_task, tasks[start : start + BATCH])))
         if len(pending) < 2:
             continue
-        yield from _collect(pending.popleft(), labels)
+        yield from _collect(pending.popleft(), splits, labels)
     while pending:
-        yield from _collect(pending.popleft(), labels)
+        yield from _collect(pending.popleft(), splits, labels)
 
 
-def _collect(job, labels: np.ndarray) -> Iterator[tuple[int, EncodedImage | ImageFailure]]:
+def _collect(
+    job, splits: list[str], labels: np.ndarray
+) -> Iterator[tuple[str, int, EncodedImage | ImageFailure]]:
     start, result = job
     for offset, encoded in enumerate(result.get()):
-        yield int(labels[start + offset]), encoded
+        yield splits[start + offset], int(labels[start + offset]), encoded
 
 
 def image_pool(plan: ImageFolderPlan, workers: int | None):

@@ -154,19 +154,18 @@ def _write_image_folder(
     skipped = [str(p.relative_to(plan.folder)) for p in plan.skipped]
     counts = {s: np.zeros(len(plan.classes), dtype=np.int64) for s in SPLITS}
     pool = image_pool(plan, workers)
+    writers = {s: ShardWriter(staging, s, _shard_bytes(config)) for s in SPLITS}
     try:
-        for split in SPLITS:
-            writer = ShardWriter(staging, split, _shard_bytes(config))
-            images = encoded_images(plan, split, pool)
-            total = len(plan.files[split])
-            for label, image in progress(images, total, f"preparing {name} {split}", "img"):
-                if isinstance(image, ImageFailure):
-                    skipped.append(_unreadable(image, plan))
-                    continue
-                pixels.add(image, train=split == "train")
-                writer.write(serialize_example(image.data, encode_value(label, "int32")))
-                counts[split][label] += 1
-            shards[split] = writer.close()
+        images = encoded_images(plan, pool)
+        for split, label, image in progress(images, plan.count, f"preparing {name}", "img"):
+            _close_before(split, writers, shards)
+            if isinstance(image, ImageFailure):
+                skipped.append(_unreadable(image, plan))
+                continue
+            pixels.add(image, train=split == "train")
+            writers[split].write(serialize_example(image.data, encode_value(label, "int32")))
+            counts[split][label] += 1
+        _close_before(None, writers, shards)
     finally:
         if pool is not None:
             pool.terminate()
@@ -188,6 +187,16 @@ def _write_image_folder(
         shards=shards,
         skipped=tuple(sorted(skipped)),
     )
+
+
+def _close_before(
+    split: str | None, writers: dict[str, ShardWriter], shards: dict[str, list[WrittenShard]]
+) -> None:
+    """Close the writers of the splits before `split` (SPLITS' order; None: every one) that
+    are still open, so each split's last shard is finished once its images are written."""
+    for earlier in SPLITS[: SPLITS.index(split)] if split is not None else SPLITS:
+        if earlier not in shards:
+            shards[earlier] = writers[earlier].close()
 
 
 def _write_audio_folder(

@@ -176,10 +176,18 @@ class ShardSpec:
 
     @property
     def decoded_bytes(self) -> int:
-        """Bytes the decoded split takes in memory (float32/int32 values, texts estimated)."""
-        per_x = 4 * int(np.prod(self.input_shape)) if self.x_encoding != "string" else 256
-        per_y = 4 * int(np.prod(self.target_shape)) if self.y_encoding != "string" else 256
+        """Bytes the decoded split takes in memory as the input pipeline caches it: images as
+        uint8, other values as float32/int32, texts estimated."""
+        per_value = {"image": 1, "float32": 4, "int32": 4}
+        per_x = per_value.get(self.x_encoding, 0) * int(np.prod(self.input_shape)) or 256
+        per_y = per_value.get(self.y_encoding, 0) * int(np.prod(self.target_shape)) or 256
         return self.count * (per_x + per_y)
+
+    @property
+    def mean_record_bytes(self) -> float:
+        """The mean size of one serialized example, from the sizes of the listed shards."""
+        stored = sum(f.stat().st_size for f in self.files) - _RECORD_OVERHEAD * self.count
+        return stored / max(1, self.count)
 
     def records(self, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
         """The serialized examples, shards interleaved (in file order unless shuffled)."""
@@ -199,8 +207,9 @@ class ShardSpec:
             deterministic=True,
         )
 
-    def decoder(self, parts: tuple[str, ...] = ("x", "y")):
-        """A function from one serialized example to its decoded (x, y) (or one of them)."""
+    def decoder(self, parts: tuple[str, ...] = ("x", "y"), image_dtype: str = "float32"):
+        """A function from one serialized example to its decoded (x, y) (or one of them);
+        images as `image_dtype` (float32, or uint8 as stored)."""
         # deferred: importing kerasops.data does not load TensorFlow
         import tensorflow as tf
 
@@ -210,7 +219,7 @@ class ShardSpec:
 
         def decode(record):
             parsed = tf.io.parse_single_example(record, features)
-            values = tuple(_decode(parsed[p], encodings[p], shapes[p]) for p in parts)
+            values = tuple(_decode(parsed[p], encodings[p], shapes[p], image_dtype) for p in parts)
             return values if len(values) > 1 else values[0]
 
         return decode
@@ -225,7 +234,7 @@ class ShardSpec:
             yield values if len(parts) > 1 else (values,)
 
 
-def _decode(value, encoding: Encoding, shape: tuple[int, ...]):
+def _decode(value, encoding: Encoding, shape: tuple[int, ...], image_dtype: str = "float32"):
     # deferred: importing kerasops.data does not load TensorFlow
     import tensorflow as tf
 
@@ -238,7 +247,7 @@ def _decode(value, encoding: Encoding, shape: tuple[int, ...]):
             lambda: tf.io.decode_jpeg(value, channels=channels, dct_method="INTEGER_ACCURATE"),
             lambda: tf.io.decode_png(value, channels=channels),
         )
-        return tf.ensure_shape(tf.cast(image, tf.float32), shape)  # (H, W, C) 0-255
+        return tf.ensure_shape(tf.cast(image, image_dtype), shape)  # (H, W, C) 0-255
     if encoding == "int32":  # labels as int64, as NumPy arrays hold them: under
         # MirroredStrategy int32 labels broke the evaluation step (BatchNorm shape errors)
         ids = tf.io.decode_raw(value, tf.int32, little_endian=True)

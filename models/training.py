@@ -58,8 +58,12 @@ class TrainConfig(StrictConfig):
             (1: every batch updates); the effective batch is `batch_size` times this.
         shuffle_buffer: examples in the training input's shuffle buffer (bounded memory; a
             smaller split is shuffled whole).
-        input_cache: `auto` (decoded split cached in memory when it is at most 256 MiB),
-            `memory`, `none`, or a file path for an on-disk cache of the decoded examples.
+        shuffle_buffer_mb: the streamed shuffle buffer's bound in MiB too: it holds at most
+            this many MiB of serialized examples (at the shards' mean example size).
+        input_cache: `auto` (the decoded split cached in memory when it takes at most
+            `input_cache_mb`), `memory`, `none`, or a file path for an on-disk cache of the
+            decoded examples.
+        input_cache_mb: `auto`'s bound, in MiB of decoded examples (images as uint8).
     """
 
     epochs: int = 30
@@ -83,7 +87,9 @@ class TrainConfig(StrictConfig):
     plateau_patience: int = 2
     gradient_accumulation_steps: int = 1
     shuffle_buffer: int = 10_000
+    shuffle_buffer_mb: float = 64.0
     input_cache: str = "auto"
+    input_cache_mb: float = 256.0
 
     def validate(self) -> None:
         require(self.epochs >= 0, "train.epochs must be >= 0")
@@ -115,7 +121,9 @@ class TrainConfig(StrictConfig):
             f"{self.strategy}, batch_size is per replica: raise it instead",
         )
         require(self.shuffle_buffer >= 1, "train.shuffle_buffer must be >= 1")
+        require(self.shuffle_buffer_mb > 0, "train.shuffle_buffer_mb must be positive")
         require(bool(self.input_cache), "train.input_cache must be auto, memory, none or a path")
+        require(self.input_cache_mb >= 0, "train.input_cache_mb must be >= 0 (0: never cache)")
 
 
 class RunLog(Protocol):
@@ -371,9 +379,17 @@ def fit_on(
         train.seed,
         cache=input_cache(train, "train"),
         shuffle_buffer=train.shuffle_buffer,
+        shuffle_buffer_mb=train.shuffle_buffer_mb,
+        cache_mb=train.input_cache_mb,
     )
     val = (
-        make_tf_dataset(val_split, train.batch_size, False, cache=input_cache(train, "val"))
+        make_tf_dataset(
+            val_split,
+            train.batch_size,
+            False,
+            cache=input_cache(train, "val"),
+            cache_mb=train.input_cache_mb,
+        )
         if val_split
         else None
     )

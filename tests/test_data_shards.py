@@ -228,6 +228,64 @@ def test_the_streamed_order_is_seeded_and_covers_each_example_once(tmp_path, pho
         make_tf_dataset(train, 8, True, shuffle_buffer=0)
 
 
+def test_the_streamed_shuffle_buffer_is_bounded_in_bytes_at_the_mean_example_size(tmp_path, photos):
+    from kerasops.data.pipeline import streamed_buffer_size
+
+    config = photo_config(photos, shard_size_mb=0.02)
+    prepare_dataset("photos", config, tmp_path, tmp_path / "prepared")
+    spec = load_prepared("photos", tmp_path / "prepared").splits["train"].shards
+    stored = sum(f.stat().st_size for f in spec.files)
+    assert len(spec.files) > 1 and 0 < spec.mean_record_bytes < stored / spec.count
+    ten = 10 * spec.mean_record_bytes / 2**20  # MiB of ten mean examples
+    assert streamed_buffer_size(spec, 10_000, 64) == spec.count  # a small split: whole
+    assert streamed_buffer_size(spec, 10_000, ten) == 10
+    assert streamed_buffer_size(spec, 7, ten) == 7
+    assert streamed_buffer_size(spec, 10_000, 1e-9) == 1
+    with pytest.raises(DataError, match="shuffle_buffer_mb must be positive"):
+        make_tf_dataset(load_prepared("photos", tmp_path / "prepared").splits["train"], 8, True,
+                        shuffle_buffer_mb=0)  # fmt: skip
+
+
+def test_auto_caches_the_decoded_uint8_split_only_within_its_byte_bound(tmp_path, photos):
+    from kerasops.data.pipeline import cache_target
+
+    prepare_dataset("photos", photo_config(photos), tmp_path, tmp_path / "prepared")
+    train = load_prepared("photos", tmp_path / "prepared").splits["train"]
+    decoded = train.shards.decoded_bytes
+    assert decoded == train.shards.count * (32 * 32 * 3 + 4)  # uint8 pixels, an int32 label
+    assert cache_target("auto", decoded, decoded / 2**20) == ""
+    assert cache_target("auto", decoded, decoded / 2**20 - 0.001) is None
+    assert cache_target("auto", decoded, 0) is None and cache_target("memory", decoded, 0) == ""
+    cached = make_tf_dataset(train, 8, True, 3, cache="auto")
+    streamed = make_tf_dataset(train, 8, True, 3, cache="auto", cache_mb=0)
+    for dataset in (cached, streamed):
+        assert dataset.element_spec[0].dtype.name == "float32"
+    epochs = [[(x.numpy(), y.numpy()) for x, y in cached] for _ in range(2)]
+    again = [(x.numpy(), y.numpy()) for x, y in make_tf_dataset(train, 8, True, 3)]
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epochs[0], again, strict=True))
+    assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])  # reshuffled each epoch
+    pixels = lambda d: np.sort(np.concatenate([x.reshape(len(x), -1) for x, _ in d]), axis=0)  # noqa: E731
+    streamed_epoch = [(x.numpy(), y.numpy()) for x, y in streamed]
+    assert np.array_equal(pixels(epochs[0]), pixels(streamed_epoch))  # the same examples
+    assert np.array_equal(pixels(epochs[0]), np.sort(train.x.reshape(len(train), -1), axis=0))
+
+
+def test_the_input_byte_bounds_are_validated_train_keys():
+    from kerasops.errors import ConfigError
+    from kerasops.models.training import TrainConfig
+
+    train = TrainConfig.from_dict({"shuffle_buffer_mb": 32, "input_cache_mb": 0})
+    assert (train.shuffle_buffer_mb, train.input_cache_mb) == (32.0, 0.0)
+    assert TrainConfig().to_dict()["shuffle_buffer_mb"] == 64.0  # logged with the train keys
+    for bad, message in (
+        ({"shuffle_buffer_mb": 0}, "train.shuffle_buffer_mb must be positive"),
+        ({"input_cache_mb": -1}, "train.input_cache_mb must be >= 0"),
+        ({"shuffle_buffer_mb": "lots"}, "shuffle_buffer_mb"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict(bad)
+
+
 def test_text_splits_round_trip_through_shards(tmp_path):
     csv = tmp_path / "notes.csv"
     rows = [f"note {i} über {label},{label}" for label in ("a", "b") for i in range(10)]
