@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -139,7 +140,9 @@ def train_model(
         # import hook that holds MLflow's import-hook lock while importing, and that thread's
         # first import (its pyspark probe) waits for the same lock while holding a module lock:
         # a `kerasops train` deadlocked there in the test suite.
-        import mlflow.models.evaluation.evaluator_registry  # noqa: F401
+        # (importlib, not `import mlflow.…`: that statement would make `mlflow` a local name of
+        # this function, unbound on the runs that skip it)
+        importlib.import_module("mlflow.models.evaluation.evaluator_registry")
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
     with (
