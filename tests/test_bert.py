@@ -8,6 +8,7 @@ import json
 
 import grpc
 import httpx
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -69,6 +70,23 @@ def test_both_builders_pass_the_harness(tmp_path):
     scratch = {**preset_values("bert_classifier", "bert_classifier_tiny"), "inputs": TEXT}
     texts = np.array(["the cat sat", "dog ran away fast", ""], dtype=object)
     run_builder_test("bert_classifier", scratch, texts, (3, 3), tmp_path)
+    windowed = {**scratch, "windows_per_text": 1}  # the default reads 4
+    (tmp_path / "windowed").mkdir()
+    run_builder_test("bert_classifier", windowed, texts, (3, 3), tmp_path / "windowed")
+
+
+def test_the_classifier_reads_its_windows_past_the_first():
+    """Texts alike in their first window (6 tokens) differ only after it: one window cannot
+    tell them apart, two windows can (the encoder still sees 6 positions at a time)."""
+    head = "the cat sat the dog ran"
+    texts = np.array([f"{head} cat cat", f"{head} dog dog"], dtype=object)
+    base = {**preset_values("bert_classifier", "bert_classifier_tiny"), "inputs": TEXT}
+    for windows, alike in ((1, True), (2, False)):
+        keras.utils.set_random_seed(0)
+        model = build_model("bert_classifier", {**base, "windows_per_text": windows})
+        first, second = model.predict(texts, verbose=0)
+        assert np.allclose(first, second) is alike
+    assert model.get_layer("encoder").input.shape == (None, 6)
 
 
 def test_a_missing_or_foreign_backbone_is_one_clear_error(tmp_path):

@@ -25,7 +25,6 @@ from kerasops.models.inputs import (
     classification_head,
     model_input,
     require_inputs,
-    text_vectorizer,
     vocabulary_size,
 )
 from kerasops.models.layers import (
@@ -94,6 +93,10 @@ class BertClassifierConfig(StrictConfig):
         fine_tune_learning_rate: phase 2's learning rate (phase 1 uses `train.learning_rate`).
         train_examples: train on this many labelled training texts, stratified by class under
             the run's seed (0: all); the label budget of a fine-tune against scratch comparison.
+        windows_per_text: the classifier reads each text as up to this many consecutive
+            windows of the encoder's sequence length (the backbone's, or `sequence_length`
+            with `backbone: none`), encodes each and pools over all their real tokens: an
+            encoder pretrained on short windows still reads the whole article.
     """
 
     inputs: InputSpec | None = None
@@ -106,10 +109,12 @@ class BertClassifierConfig(StrictConfig):
     fine_tune_epochs: int = 10
     fine_tune_learning_rate: float = 1e-4
     train_examples: int = 0
+    windows_per_text: int = 4
 
     def validate(self) -> None:
         require_attention_sizes(self.embed_dim, self.num_heads, self.dropout)
         require(self.ff_dim > 0 and self.num_layers > 0, "ff_dim and num_layers must be > 0")
+        require(self.windows_per_text >= 1, "windows_per_text must be >= 1")
         require(self.backbone.strip() != "", "backbone must be none or a pretraining run's path")
         require(self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0")
         require(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate must be positive")
@@ -243,11 +248,12 @@ def build_bert_classifier(config: BertClassifierConfig) -> keras.Model:
     require(spec.task == "classification", "bert_classifier is a classifier")
     if config.pretrained:
         backbone = load_backbone(config.backbone)
-        vectorizer = backbone.vectorizer  # the pretraining vocabulary, not this dataset's
+        vocabulary = backbone.vocabulary  # the pretraining vocabulary, not this dataset's
+        length = backbone.sequence_length  # the encoder's position embeddings
         encoder = backbone.pretrainer.get_layer(ENCODER_LAYER)
         encoder.trainable = False
     else:
-        vectorizer = text_vectorizer(spec)
+        vocabulary, length = spec.vocabulary, spec.sequence_length
         encoder = build_encoder(
             spec,
             config.embed_dim,
@@ -256,9 +262,20 @@ def build_bert_classifier(config: BertClassifierConfig) -> keras.Model:
             config.num_layers,
             config.dropout,
         )
+    windows = config.windows_per_text
+    vectorizer = keras.layers.TextVectorization(  # as text_vectorizer, W windows long
+        vocabulary=list(vocabulary),
+        output_mode="int",
+        output_sequence_length=length * windows,
+        name=VECTORIZER_LAYER,
+    )
     text = model_input(spec)
-    token_ids = vectorizer(text)  # (B, T), the backbone's own vocabulary
-    states = encoder(token_ids)  # (B, T, C)
+    token_ids = vectorizer(text)  # (B, W * T)
+    states = encoder(ops.reshape(token_ids, (-1, length)))  # (B * W, T, C), a window a row
+    states = ops.reshape(states, (-1, windows * length, states.shape[-1]))  # (B, W * T, C)
     pooled = MaskedMeanPooling(name="pool")(states, mask=ops.not_equal(token_ids, 0))  # (B, C)
+    # the mean of a frozen encoder's states varies little from text to text: normalized, the
+    # head on it learns at the usual learning rate (without it phase 1 barely moved)
+    pooled = keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")(pooled)
     x = keras.layers.Dropout(config.dropout, name="dropout")(pooled)
     return keras.Model(text, classification_head(x, spec), name="bert_classifier")
