@@ -60,7 +60,8 @@ def tuned(project):
 
 def study_trials(project: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     storage = f"sqlite:///{project / 'artifacts' / 'optuna.db'}"
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
+    with tune.study_lock(storage):  # while `kerasops tune` may be creating the storage's tables
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
 def runs_of(project: Path, study: str) -> list:

@@ -139,6 +139,16 @@ def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
     return results
 
 
+@dataclasses.dataclass
+class Embedded:
+    """One running embedded server: its named loads (concurrency -> LoadResult) and metrics."""
+
+    mode: str
+    loads: dict[str, Any]
+    metrics: Any
+
+
+@contextlib.contextmanager
 def embedded(
     repository: Path,
     images: np.ndarray,
@@ -147,11 +157,10 @@ def embedded(
     batching: bool = True,
     protocols: tuple[str, ...] = ("rest", "rest_v2", "grpc", "grpc_v2"),
 ):
-    """Load on the embedded server over TF Serving's v1 API and the Open Inference Protocol
-    (v2), REST and gRPC, with the project's load generator and, where installed, `wrk` (v1
-    REST) and `h2load` (v1 gRPC). Per concurrency the loads run back to back, so that the
-    ratios between them compare figures taken under the same machine load. `batching` False
-    serves with `serving.batching.enabled: false`."""
+    """Start the embedded server and yield its loads over TF Serving's v1 API and the Open
+    Inference Protocol (v2), REST and gRPC, with the project's load generator and, where
+    installed, `wrk` (v1 REST) and `h2load` (v1 gRPC). `batching` False serves with
+    `serving.batching.enabled: false`."""
     import httpx
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
@@ -198,42 +207,52 @@ def embedded(
             "grpc": lambda c: grpc_load(target, request, c, seconds),
             "grpc_v2": lambda c: grpc_load(target, v2_request, c, seconds, protocol="v2"),
         }
-        loads = {name: load for name, load in loads.items() if name in protocols}
+        loads = {  # the project's loads are coroutines, run on uvloop; the tools' are calls
+            name: (lambda c, load=load: run_loads(load, [c])[0])
+            for name, load in loads.items()
+            if name in protocols
+        }
         tools = external.available()
-        external_loads = {}
         if tools["wrk"]:
             rest_url = f"http://127.0.0.1:{rest}/v1/models/digits:predict"
-            external_loads["rest_wrk"] = lambda c: external.wrk_rest(rest_url, body, c, seconds)
+            loads["rest_wrk"] = lambda c: external.wrk_rest(rest_url, body, c, seconds)
         if tools["h2load"]:
             grpc_url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
-            external_loads["grpc_h2load"] = lambda c: external.h2load_grpc(
-                grpc_url, request, c, seconds
-            )
+            loads["grpc_h2load"] = lambda c: external.h2load_grpc(grpc_url, request, c, seconds)
             if batching:  # grpcio's own cost: the same answer from a handler that does nothing
                 floor_url, floor = grpc_floor(target, request, repository.parent, env)
                 floors.append(floor)
-                external_loads["grpc_floor_h2load"] = lambda c: external.h2load_grpc(
+                loads["grpc_floor_h2load"] = lambda c: external.h2load_grpc(
                     floor_url, request, c, seconds
                 )
-        results: dict[str, list[LoadResult]] = {name: [] for name in (*loads, *external_loads)}
+        metrics_url = f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics"
         mode = "batching on" if batching else "batching off"
-        for level in args.concurrency:
-            rounds: dict[str, list[LoadResult]] = {name: [] for name in results}
-            for _ in range(args.rounds):
-                for name, load in loads.items():
-                    print(f"  embedded server ({mode}), {LABELS[name]}", flush=True)
-                    rounds[name] += run_loads(load, [level])
-                for name, load in external_loads.items():
-                    print(f"  embedded server ({mode}), {LABELS[name]}", flush=True)
-                    rounds[name].append(show(load(level)))
-            for name in results:
-                results[name].append(median_of(rounds[name]))
-        metrics = httpx.get(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics").text
+        yield Embedded(mode, loads, lambda: httpx.get(metrics_url).text)
     finally:
         for floor in floors:
             stop(floor)
         stop(process)
-    return results, mean_batch(metrics), failed_grpc(metrics)
+
+
+def interleaved(servers: list[Embedded], args: argparse.Namespace) -> list[dict[str, list]]:
+    """Per concurrency and round, every load of every server back to back (the servers
+    alternating load by load), so that each on ÷ off and gRPC ÷ REST ratio compares figures
+    taken seconds apart; one median per load and concurrency over the rounds."""
+    results: list[dict[str, list[LoadResult]]] = [{n: [] for n in s.loads} for s in servers]
+    names = list(dict.fromkeys(name for server in servers for name in server.loads))
+    for level in args.concurrency:
+        rounds = [{name: [] for name in s.loads} for s in servers]
+        for _ in range(args.rounds):
+            for name in names:
+                for server, taken in zip(servers, rounds, strict=True):
+                    if name in server.loads:
+                        print(f"  embedded server ({server.mode}), {LABELS[name]}", flush=True)
+                        result = server.loads[name](level)
+                        taken[name].append(result if name in PROJECT_LOADS else show(result))
+        for server_results, taken in zip(results, rounds, strict=True):
+            for name, values in taken.items():
+                server_results[name].append(median_of(values))
+    return results
 
 
 def grpc_floor(
@@ -299,6 +318,7 @@ def median_of(rounds: list[LoadResult]) -> LoadResult:
     )
 
 
+PROJECT_LOADS = ("rest", "rest_v2", "grpc", "grpc_v2")  # loadgen.py's (they print their own)
 LABELS = {
     "rest": "REST (TF Serving v1)",
     "grpc": "gRPC (TF Serving v1)",
@@ -430,9 +450,10 @@ def report(results: dict[str, Any], command: str) -> str:
         "protocol: the project's own (loadgen.py: raw keep-alive HTTP/1.1 for REST, grpc.aio "
         "with the official stubs for gRPC; Python, so its own CPU cost is part of each figure) "
         "and C ones (`wrk` for REST, `h2load` sending the same serialized PredictRequest for "
-        "gRPC). Per concurrency each server's loads run back to back, so ratios compare "
-        "figures taken seconds apart. The embedded server runs twice: with dynamic batching "
-        "(the default) and with `serving.batching.enabled: false`. "
+        "gRPC). Two embedded servers run at once, one with dynamic batching (the default), "
+        "one with `serving.batching.enabled: false`; per concurrency and round every load runs "
+        "back to back, the two servers alternating load by load, so each ratio compares "
+        "figures taken seconds apart, and each figure is the median of its rounds. "
         "gRPC answers with a status other than OK over the whole run: "
         f"{results.get('grpc_not_ok', 'n/a')}.",
         "",
@@ -623,13 +644,22 @@ def main() -> None:
             f"{inproc['best_batch']}: {inproc['best']['rows_per_s']:.0f} examples/s",
             flush=True,
         )
-        served, batch, failed = embedded(workdir / "models", images, want, args)
-        served_off: dict[str, list[LoadResult]] = {}
-        if not args.no_batching_off:
-            served_off, _, failed_off = embedded(
-                workdir / "models", images, want, args, batching=False, protocols=("rest", "grpc")
-            )
-            failed += failed_off
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(embedded(workdir / "models", images, want, args))]
+            if not args.no_batching_off:
+                off_server = embedded(
+                    workdir / "models",
+                    images,
+                    want,
+                    args,
+                    batching=False,
+                    protocols=("rest", "grpc"),
+                )
+                servers.append(stack.enter_context(off_server))
+            measured = interleaved(servers, args)
+            texts = [server.metrics() for server in servers]
+        served, served_off = measured[0], (measured[1] if len(measured) > 1 else {})
+        batch, failed = mean_batch(texts[0]), sum(failed_grpc(text) for text in texts)
         mlflow_results = [] if args.no_mlflow else mlflow_serve(model, images, want, workdir, args)
         print("in-process signature calls, again (other jobs share this machine)", flush=True)
         again = in_process(exported.path, images, args.seconds)
