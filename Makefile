@@ -34,8 +34,11 @@ demo: setup
 	$(BIN)/kerasops run-pipeline $(DEMO_MODELS)
 	$(BIN)/kerasops compare
 
+# Two processes share the tests, a file each at a time (its module fixtures built once); the
+# tests marked serial, which time processes against each other, then run alone.
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q --durations=10 -m serial
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

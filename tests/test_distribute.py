@@ -44,6 +44,8 @@ from tests.test_sequence_models import (
     TRANSLATION_INPUTS,
 )
 
+pytestmark = pytest.mark.serial  # timed against other processes: run alone (Makefile)
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["epochs=3", "batch_size=32", "patience=3"]
 

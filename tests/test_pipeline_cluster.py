@@ -20,6 +20,8 @@ from kerasops.pipelines.steps.train import PROCESS_TAG
 from kerasops.pipelines.tracking import store as tracking
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.serial  # timed against other processes: run alone (Makefile)
+
 RUNS = {
     "mlp-digits": {"model": "mlp", "dataset": "digits"},
     "cnn-digits": {"model": "cnn", "dataset": "digits"},

@@ -18,6 +18,8 @@ from kerasops.serving.prediction_log import (
     read_prediction_logs,
 )
 
+pytestmark = pytest.mark.serial  # timed against other processes: run alone (Makefile)
+
 tf = pytest.importorskip("tensorflow")
 
 ARRAYS = [

@@ -29,6 +29,8 @@ from tests.test_shadow import (
     serving_config,
 )
 
+pytestmark = pytest.mark.serial  # timed against other processes: run alone (Makefile)
+
 tf = pytest.importorskip("tensorflow")
 
 FULL = {"digits": {"label": "challenger", "fraction": 1.0}}

@@ -26,6 +26,8 @@ from kerasops.pipelines.steps import tune
 from kerasops.pipelines.tracking import store as tracking
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.serial  # timed against other processes: run alone (Makefile)
+
 SPACE = {
     "train.learning_rate": {"type": "log_float", "low": 1.0e-3, "high": 1.0e-2},
     "dropout": {"type": "float", "low": 0.0, "high": 0.3},
