@@ -37,6 +37,18 @@ def train_run(params, model: str, dataset: str, preset=None, overrides=(), tags=
     return train_model(params, run, tags=tags)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_kept():
+    """`MLFLOW_TRACKING_URI` as it was before each test: `mlflow.set_tracking_uri` exports it,
+    and a later test in the same process would then read that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no tracking server configured."""

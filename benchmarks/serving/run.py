@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -139,8 +139,7 @@ def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
     return results
 
 
-@dataclasses.dataclass
-class Embedded:
+class Embedded(NamedTuple):
     """One running embedded server: its named loads (concurrency -> LoadResult) and metrics."""
 
     mode: str
