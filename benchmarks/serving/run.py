@@ -124,19 +124,15 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
+def run_load(coroutine_factory: Any, level: int) -> LoadResult:
+    """One closed-loop load of the project's generator (a coroutine) on uvloop."""
     import uvloop
 
-    results = []
-    for level in levels:
-        result = uvloop.run(coroutine_factory(level))
-        print(
-            f"    concurrency {level:3d}: {result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms"
-            f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
-            flush=True,
-        )
-        results.append(result)
-    return results
+    return uvloop.run(coroutine_factory(level))
+
+
+def run_loads(coroutine_factory: Any, levels: list[int]) -> list[LoadResult]:
+    return [show(run_load(coroutine_factory, level)) for level in levels]
 
 
 class Embedded(NamedTuple):
@@ -207,7 +203,7 @@ def embedded(
             "grpc_v2": lambda c: grpc_load(target, v2_request, c, seconds, protocol="v2"),
         }
         loads = {  # the project's loads are coroutines, run on uvloop; the tools' are calls
-            name: (lambda c, load=load: run_loads(load, [c])[0])
+            name: (lambda c, load=load: run_load(load, c))
             for name, load in loads.items()
             if name in protocols
         }
@@ -246,8 +242,7 @@ def interleaved(servers: list[Embedded], args: argparse.Namespace) -> list[dict[
                 for server, taken in zip(servers, rounds, strict=True):
                     if name in server.loads:
                         print(f"  embedded server ({server.mode}), {LABELS[name]}", flush=True)
-                        result = server.loads[name](level)
-                        taken[name].append(result if name in PROJECT_LOADS else show(result))
+                        taken[name].append(show(server.loads[name](level)))
         for server_results, taken in zip(results, rounds, strict=True):
             for name, values in taken.items():
                 server_results[name].append(median_of(values))
@@ -317,7 +312,6 @@ def median_of(rounds: list[LoadResult]) -> LoadResult:
     )
 
 
-PROJECT_LOADS = ("rest", "rest_v2", "grpc", "grpc_v2")  # loadgen.py's (they print their own)
 LABELS = {
     "rest": "REST (TF Serving v1)",
     "grpc": "gRPC (TF Serving v1)",
