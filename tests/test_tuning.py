@@ -50,9 +50,10 @@ def tuning_section(heartbeat_seconds: int = 1, **family) -> dict:
     }
 
 
-def write_tuned(project: Path, **family) -> Path:
-    """params.yaml with a commented `models:` section and `tuning.mlp` (changed by `family`)."""
-    path = write_params(project, tuning=tuning_section(**family))
+def write_tuned(project: Path, **changes) -> Path:
+    """params.yaml with a commented `models:` section and `tuning` (`changes`: its
+    `heartbeat_seconds` or keys of `tuning.mlp`)."""
+    path = write_params(project, tuning=tuning_section(**changes))
     path.write_text(
         path.read_text() + "models:\n  mlp:  # the dense stack\n    preset: mlp_small\n"
     )
@@ -291,13 +292,13 @@ def tune_command(project: Path, *args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tuned):
+def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(project):
     """Killed during its second trial, the study is rerun: that trial runs again with its
     values, the finished one is not repeated, and the study ends with its 3 trials.
 
     Nothing prunes the second trial: a trial pruned after its first epochs is RUNNING for
     about a second, which a slow machine's polls can miss (CI did)."""
-    write_tuned(tuned, pruner="none")
+    tuned = write_tuned(project, pruner="none")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = tune_command(tuned, "--study", "killed", "--trials", "3", "--set", "epochs=20")
     process = subprocess.Popen(
@@ -366,14 +367,14 @@ def test_trials_fan_out_over_two_dask_worker_processes(tuned):
 
 
 @pytest.mark.slow
-def test_two_tune_processes_share_one_study_without_overshooting(tuned):
+def test_two_tune_processes_share_one_study_without_overshooting(project):
     """Two `kerasops tune` processes started at once on one study: one MLflow parent run, and
     together exactly `--trials` trials trained and counted.
 
     Heartbeats at the default 10 s: two processes training on two cores can starve a 1 s
     heartbeat past its 2 s grace, and the other process then fails a live trial (CI saw trial 0
     FAIL once)."""
-    write_tuned(tuned, heartbeat_seconds=10)
+    tuned = write_tuned(project, heartbeat_seconds=10)
     assert main(["prepare", "digits"]) == 0  # not twice at once
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = tune_command(tuned, "--study", "shared", "--trials", "3", *FAST)
