@@ -13,6 +13,7 @@ import numpy as np
 
 from kerasops.config import StrictConfig
 from kerasops.data.audio import AudioFolderPlan
+from kerasops.data.csv_table import CsvPlan
 from kerasops.data.errors import DataError
 from kerasops.data.image_folder import (
     ImageFolderPlan,
@@ -82,7 +83,7 @@ def as_source_config(config: Mapping[str, Any] | StrictConfig, prefix: str = "")
 def _write_atomically(
     name: str,
     config: SourceConfig,
-    loaded: LoadedDataset | ImageFolderPlan | AudioFolderPlan,
+    loaded: LoadedDataset | CsvPlan | ImageFolderPlan | AudioFolderPlan,
     prepared_root: Path,
     workers: int | None,
 ) -> Manifest:
@@ -95,6 +96,8 @@ def _write_atomically(
             manifest = _write_image_folder(staging, name, config, loaded, workers)
         elif isinstance(loaded, AudioFolderPlan):
             manifest = _write_audio_folder(staging, name, config, loaded)
+        elif isinstance(loaded, CsvPlan):
+            manifest = _write_csv(staging, name, config, loaded)
         else:
             manifest = _write_arrays(staging, name, config, loaded)
         manifest.write(staging / "manifest.json")
@@ -107,7 +110,7 @@ def _write_atomically(
 def _write_arrays(
     staging: Path, name: str, config: SourceConfig, loaded: LoadedDataset
 ) -> Manifest:
-    """Write in-memory splits (CSV and built-in sources) as shards, example by example."""
+    """Write in-memory splits (built-in and small sources) as shards, example by example."""
     xs = [loaded.splits[s][0] for s in SPLITS]
     ys = [loaded.splits[s][1] for s in SPLITS]
     encodings = {"x": _common_encoding(xs, loaded.kind), "y": _common_encoding(ys, "target")}
@@ -187,6 +190,67 @@ def _write_image_folder(
         shards=shards,
         skipped=tuple(sorted(skipped)),
     )
+
+
+def _write_csv(staging: Path, name: str, config: SourceConfig, plan: CsvPlan) -> Manifest:
+    """Stream the CSV's rows into their splits' shards, counting classes (and, for text, the
+    training texts' words) on the way: memory is a batch of rows, never the file."""
+    classified = plan.task == "classification"
+    encodings = {
+        "x": "string" if plan.kind == "text" else "float32",
+        "y": "int32" if classified else "float32",
+    }
+    writers = {s: ShardWriter(staging, s, _shard_bytes(config)) for s in SPLITS}
+    counts = np.zeros((len(SPLITS), len(plan.classes)), dtype=np.int64)  # (splits, classes)
+    words = TextStats()
+    for split, x, target in progress(plan.examples(), plan.count, f"writing {name}", "row"):
+        writers[SPLITS[split]].write(
+            serialize_example(encode_value(x, encodings["x"]), encode_value(target, encodings["y"]))
+        )
+        if classified:
+            counts[split, target] += 1
+        if plan.kind == "text" and split == 0:
+            words.add(x)
+    stats = {} if plan.kind == "tabular" else words.stats()
+    if plan.duplicates_dropped is not None:
+        stats["duplicates_dropped"] = float(plan.duplicates_dropped)
+    return _manifest(
+        name,
+        config,
+        plan.kind,
+        plan.task,
+        input_shape=(len(plan.features),) if plan.kind == "tabular" else (),
+        input_dtype="string" if plan.kind == "text" else "float32",
+        target_shape=(),
+        classes=plan.classes,
+        class_counts={s: _per_class(plan.classes, counts[i]) for i, s in enumerate(SPLITS)}
+        if classified
+        else {},
+        stats=stats,
+        encodings=encodings,
+        shards={s: writers[s].close() for s in SPLITS},
+    )
+
+
+class TextStats:
+    """The word count of the training texts (whitespace-separated), summed as they stream."""
+
+    def __init__(self) -> None:
+        self.count = self.total = self.most = 0
+
+    def add(self, text: str) -> None:
+        words = len(text.split())
+        self.count, self.total, self.most = (
+            self.count + 1,
+            self.total + words,
+            max(self.most, words),
+        )
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "train_words_mean": self.total / self.count,
+            "train_words_max": float(self.most),
+        }
 
 
 def _close_before(

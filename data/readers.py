@@ -1,4 +1,5 @@
-"""Readers for the user formats: an image folder, a text CSV, a series CSV and a tabular CSV.
+"""Readers for the user formats: an image folder, a text CSV, a series CSV and a parallel CSV
+(tabular and text CSVs stream through data/csv_table.py).
 
 Built-in datasets are first written out in one of these formats, so every dataset, built-in or
 the user's own, is read by the same code.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -161,26 +163,12 @@ def to_number(value: str, path: Path, index: int, column: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        number = float("nan")
-    if not np.isfinite(number):
+        number = math.nan
+    if not math.isfinite(number):
         raise DataError(
             f"{path} row {index + 2}, column {column}: {value!r} is not a number; fix or drop it"
         )
     return number
-
-
-def read_tabular_csv(path: Path, label_column: str) -> tuple[LabeledExamples, list[str]]:
-    """Read a CSV of numeric features and a label column: x (N, F) float32, and feature names."""
-    columns, rows = read_csv(path, (label_column,))
-    features = [c for c in columns if c != label_column]
-    if not features:
-        raise DataError(f"{path} has no feature columns besides {label_column}; add some")
-    x = np.array(
-        [[to_number(row[c], path, i, c) for c in features] for i, row in enumerate(rows)],
-        dtype=np.float32,
-    )  # (N, F)
-    labels = np.array([row[label_column] for row in rows], dtype=str)
-    return LabeledExamples(x=x, labels=labels), features
 
 
 def read_parallel_csv(

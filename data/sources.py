@@ -16,10 +16,10 @@ import numpy as np
 
 from kerasops.config import StrictConfig, require
 from kerasops.data import audio, detection, materialize, readers, segmentation
+from kerasops.data.csv_table import CsvPlan, plan_tabular_csv, plan_text_csv
 from kerasops.data.errors import DataError
 from kerasops.data.image_folder import ImageFolderPlan, plan_image_folder
-from kerasops.data.readers import LabeledExamples
-from kerasops.data.splits import random_split, series_periods, stratified_split, window_series
+from kerasops.data.splits import random_split, series_periods, window_series
 from kerasops.errors import ConfigError
 
 Kind = Literal["image", "text", "timeseries", "tabular", "audio"]
@@ -373,22 +373,6 @@ class LoadedDataset:
     stats: dict[str, float]
 
 
-def _classified(
-    examples: LabeledExamples,
-    config: SourceConfig,
-    kind: Kind,
-    stats: Callable[[Splits], dict[str, float]],
-) -> LoadedDataset:
-    classes = tuple(sorted(set(examples.labels.tolist())))
-    if len(classes) < 2:
-        raise DataError(f"found only the class {classes!r}; a classifier needs at least two")
-    y = np.searchsorted(np.array(classes), examples.labels).astype(np.int32)  # (N,) class index
-    indices = stratified_split(y, config.val_fraction, config.test_fraction, config.seed)
-    splits = {s: (examples.x[i], y[i]) for s, i in indices.items()}
-    dtype = "string" if examples.x.dtype == object else "float32"
-    return LoadedDataset(kind, "classification", dtype, classes, splits, stats(splits))
-
-
 def _image_stats(splits: Splits) -> dict[str, float]:
     train = splits["train"][0]
     every = [x.max() for x, _ in splits.values() if x.size]
@@ -397,15 +381,6 @@ def _image_stats(splits: Splits) -> dict[str, float]:
         "pixel_mean": float(train.mean()),
         "pixel_std": float(train.std()),
     }
-
-
-def _text_stats(splits: Splits) -> dict[str, float]:
-    words = np.array([len(t.split()) for t in splits["train"][0]])
-    return {"train_words_mean": float(words.mean()), "train_words_max": float(words.max())}
-
-
-def _no_stats(splits: Splits) -> dict[str, float]:
-    return {}
 
 
 # Loaders: (config, raw_root, dataset name) -> LoadedDataset.
@@ -422,36 +397,10 @@ def load_image_folder(config: ImageFolderConfig, raw_root: Path, name: str) -> I
     return dataclasses.replace(plan, skipped=tuple(skipped))
 
 
-def load_text_csv(config: TextCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
-    examples = readers.read_text_csv(readers.resolve_path(config.path, raw_root))
-    if not config.drop_duplicates:
-        return _classified(examples, config, "text", _text_stats)
-    unique, dropped = drop_duplicate_texts(examples)
-    return _classified(
-        unique, config, "text", lambda s: {**_text_stats(s), "duplicates_dropped": float(dropped)}
-    )
-
-
-def drop_duplicate_texts(examples: LabeledExamples) -> tuple[LabeledExamples, int]:
-    """Each identical text once (its first row, in file order), and how many rows were dropped.
-
-    A text given two different labels is an error naming it: which label is right is the
-    user's call.
-    """
-    first_label: dict[str, str] = {}
-    keep = []
-    texts, labels = map(str, examples.x), map(str, examples.labels)
-    for index, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        if text not in first_label:
-            first_label[text] = label
-            keep.append(index)
-        elif first_label[text] != label:
-            raise DataError(
-                f"the text {text[:60]!r} appears with labels {first_label[text]!r} and {label!r}; "
-                "fix its label or set drop_duplicates: false"
-            )
-    rows = np.asarray(keep, dtype=np.int64)
-    return LabeledExamples(examples.x[rows], examples.labels[rows]), len(examples.x) - len(rows)
+def load_text_csv(config: TextCsvConfig, raw_root: Path, name: str) -> CsvPlan:
+    """Check and split the CSV; its rows are read again while the shards are written."""
+    path = readers.resolve_path(config.path, raw_root)
+    return plan_text_csv(path, config.drop_duplicates, _split_fields(config))
 
 
 def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
@@ -469,18 +418,10 @@ def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) 
     return LoadedDataset("timeseries", "regression", "float32", (), splits, stats)
 
 
-def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> CsvPlan:
+    """Check and split the CSV; its rows are read again while the shards are written."""
     path = readers.resolve_path(config.path, raw_root)
-    examples, _ = readers.read_tabular_csv(path, config.label_column)
-    if config.task == "classification":
-        return _classified(examples, config, "tabular", _no_stats)
-    y = np.array(
-        [readers.to_number(v, path, i, config.label_column) for i, v in enumerate(examples.labels)],
-        dtype=np.float32,
-    )  # (N,) regression targets
-    indices = random_split(len(y), config.val_fraction, config.test_fraction, config.seed)
-    splits = {s: (examples.x[i], y[i]) for s, i in indices.items()}
-    return LoadedDataset("tabular", "regression", "float32", (), splits, {})
+    return plan_tabular_csv(path, config.label_column, config.task, _split_fields(config))
 
 
 def load_detection_csv(config: DetectionCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
@@ -596,7 +537,7 @@ def load_keras_mnist(config: KerasMnistConfig, raw_root: Path, name: str) -> Ima
     return load_image_folder(user, raw_root, name)
 
 
-def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> CsvPlan:
     path = materialize.materialize_bbc_news(Path(raw_root) / name)
     text_csv = TextCsvConfig(
         path=str(path), drop_duplicates=config.drop_duplicates, **_split_fields(config)
@@ -604,7 +545,7 @@ def load_bbc_news(config: BbcNewsConfig, raw_root: Path, name: str) -> LoadedDat
     return load_text_csv(text_csv, raw_root, name)
 
 
-def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> LoadedDataset:
+def load_keras_imdb(config: KerasImdbConfig, raw_root: Path, name: str) -> CsvPlan:
     path = materialize.materialize_imdb(
         Path(raw_root) / name,
         _local(config.path, raw_root),
@@ -625,7 +566,7 @@ def load_statsmodels_sunspots(
 
 def load_sklearn_breast_cancer(
     config: SklearnBreastCancerConfig, raw_root: Path, name: str
-) -> LoadedDataset:
+) -> CsvPlan:
     path = materialize.materialize_breast_cancer(Path(raw_root) / name)
     user = TabularCsvConfig(path=str(path), **_split_fields(config))
     return load_tabular_csv(user, raw_root, name)
@@ -715,7 +656,8 @@ def load_generated_dates(config: GeneratedDatesConfig, raw_root: Path, name: str
     return load_translation_csv(user, raw_root, name)
 
 
-Loader = Callable[[Any, Path, str], LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan]
+Plan = LoadedDataset | CsvPlan | ImageFolderPlan | audio.AudioFolderPlan
+Loader = Callable[[Any, Path, str], Plan]
 
 SOURCES: dict[str, tuple[type[SourceConfig], Loader]] = {
     "sklearn_digits": (SklearnDigitsConfig, load_sklearn_digits),
@@ -782,8 +724,6 @@ def _require_fields(
             )
 
 
-def load_source(
-    config: SourceConfig, raw_root: Path, name: str
-) -> LoadedDataset | ImageFolderPlan | audio.AudioFolderPlan:
+def load_source(config: SourceConfig, raw_root: Path, name: str) -> Plan:
     """Run the loader registered for `config.source`."""
     return SOURCES[config.source][1](config, Path(raw_root), name)
