@@ -190,3 +190,211 @@ def test_declared_entries_extend_or_replace_builtin_defaults():
     assert (extended.source, extended.window, extended.horizon) == ("statsmodels_sunspots", 8, 1)
     replaced = resolve_dataset_config("digits", {"digits": {"source": "text_csv", "path": "d.csv"}})
     assert replaced.source == "text_csv"
+
+
+# tabular_csv and text_csv stream in two passes (data/csv_table.py): the same split as the
+# in-memory path gave, the same bytes every time, and memory bounded by a batch of rows.
+
+
+def in_memory_split(path: Path, label_column: str, task: str = "classification", **fields):
+    """The (x, y) rows of each split as the in-memory path made them: every row read, labels
+    indexed in sorted order, split stratified (or at random for regression)."""
+    from kerasops.data.splits import random_split, stratified_split
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    features = [c for c in rows[0] if c != label_column]
+    x = [[row[c] for c in features] for row in rows]
+    labels = [row[label_column] for row in rows]
+    fractions = (fields.get("val_fraction", 0.15), fields.get("test_fraction", 0.15))
+    seed = fields.get("seed", 42)
+    if task == "regression":
+        y = np.array(labels, dtype=np.float32)
+        indices = random_split(len(y), *fractions, seed)
+    else:
+        y = np.searchsorted(np.array(sorted(set(labels))), np.array(labels)).astype(np.int32)
+        indices = stratified_split(y, *fractions, seed)
+    return {s: ([x[i] for i in chosen], y[chosen]) for s, chosen in indices.items()}
+
+
+def tabular_rows(count: int, seed: int = 0) -> list[list[object]]:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(count, 3)).round(4)
+    return [[a, "nyx"[i % 3] if i % 4 else "y", b, c] for i, (a, b, c) in enumerate(values)]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_streamed_tabular_csv_splits_as_the_in_memory_path_did(tmp_path, task):
+    rows = tabular_rows(300)
+    if task == "regression":  # the target a number: 2 * f1 + f2
+        rows = [[f1, 2 * f1 + f2, f2, f3] for f1, _, f2, f3 in rows]
+    path = write_csv(tmp_path / "raw" / "t.csv", ["f1", "target", "f2", "f3"], rows)
+    config = {"source": "tabular_csv", "path": "t.csv", "label_column": "target", "task": task}
+    config.update(val_fraction=0.2, seed=7)
+    manifest = prepare_dataset("t", config, tmp_path / "raw", tmp_path / "prepared")
+    prepared = load_prepared("t", tmp_path / "prepared")
+    expected = in_memory_split(path, "target", task, val_fraction=0.2, seed=7)
+    for split, (x, y) in expected.items():
+        np.testing.assert_array_equal(prepared.splits[split].x, np.array(x, dtype=np.float32))
+        np.testing.assert_array_equal(prepared.splits[split].y, y)
+    assert manifest.input_shape == (3,) and sum(manifest.splits.values()) == 300
+    if task == "classification":
+        assert manifest.classes == ("n", "x", "y")
+        counts = {s: np.bincount(y, minlength=3).tolist() for s, (_, y) in expected.items()}
+        assert {s: list(c.values()) for s, c in manifest.class_counts.items()} == counts
+
+
+def test_a_streamed_text_csv_splits_as_the_in_memory_path_did(tmp_path):
+    rows = [[f"{label} text {i} " * (i % 5 + 1), label] for i, label in enumerate("ab" * 60)]
+    rows = rows + rows[10:30]  # twenty texts twice, with their labels
+    write_csv(tmp_path / "raw" / "m.csv", ["text", "label"], rows)
+    config = {"source": "text_csv", "path": "m.csv", "drop_duplicates": True, "seed": 3}
+    manifest = prepare_dataset("m", config, tmp_path / "raw", tmp_path / "prepared")
+    prepared = load_prepared("m", tmp_path / "prepared")
+    unique = write_csv(tmp_path / "unique.csv", ["text", "label"], rows[:120])
+    for split, (x, y) in in_memory_split(unique, "label", seed=3).items():
+        assert list(prepared.splits[split].x) == [text for (text,) in x]
+        np.testing.assert_array_equal(prepared.splits[split].y, y)
+    train_words = [len(t.split()) for t in prepared.splits["train"].x]
+    assert manifest.stats == {
+        "train_words_mean": float(np.mean(train_words)),
+        "train_words_max": float(max(train_words)),
+        "duplicates_dropped": 20.0,
+    }
+
+
+@pytest.mark.parametrize("kind", ["tabular", "text"])
+def test_re_preparing_a_csv_gives_equal_bytes_and_hash(tmp_path, kind):
+    from tests.test_data_shards import shard_bytes
+
+    if kind == "tabular":
+        write_csv(tmp_path / "raw" / "d.csv", ["f1", "label", "f2", "f3"], tabular_rows(2000))
+        config = {"source": "tabular_csv", "path": "d.csv"}
+    else:
+        write_csv(tmp_path / "raw" / "d.csv", ["text", "label"], text_rows(200) * 2)
+        config = {"source": "text_csv", "path": "d.csv", "drop_duplicates": True}
+    config["shard_size_mb"] = 0.01  # several shards per split
+    first = prepare_dataset("d", config, tmp_path / "raw", tmp_path / "one")
+    second = prepare_dataset("d", config, tmp_path / "raw", tmp_path / "two")
+    assert len(first.shards["train"]) > 1 and first == second
+    assert shard_bytes(tmp_path / "one", "d") == shard_bytes(tmp_path / "two", "d")
+    assert first.content_hash == load_prepared("d", tmp_path / "two").manifest.content_hash
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "config", "message"),
+    [
+        (
+            ["a", "b", "label"],
+            [[1, 2, "x"], [3, 4, "y"], [5, "five", "x"]],
+            {"source": "tabular_csv"},
+            "row 4, column b: 'five' is not a number; fix or drop it",
+        ),
+        (
+            ["a", "label"],
+            [[1, "x"], ["nan", "y"]],
+            {"source": "tabular_csv"},
+            "row 3, column a: 'nan' is not a number",
+        ),
+        (
+            ["a", "price"],
+            [[1, 2.0], [3, "?"]],
+            {"source": "tabular_csv", "label_column": "price", "task": "regression"},
+            "row 3, column price: '?' is not a number",
+        ),
+        (
+            ["a", "b"],
+            [[1, 2]],
+            {"source": "tabular_csv"},
+            "lacks the column(s) label (found: a, b); add a header row naming label",
+        ),
+        (["label"], [["x"]], {"source": "tabular_csv"}, "has no feature columns besides label"),
+        (
+            ["text", "label"],
+            [["hi", "a"], ["ho", " "]],
+            {"source": "text_csv"},
+            "row 3 has an empty label; give every row a label",
+        ),
+        (["text", "label"], [["hi", "a"], ["ho"]], {"source": "text_csv"}, "row 3 has 1 of the"),
+        (["text", "label"], [], {"source": "text_csv"}, "has a header but no rows; add examples"),
+        (
+            ["text", "label"],
+            [["hi", "a"], ["ho", "a"]],
+            {"source": "text_csv"},
+            "found only the class ('a',); a classifier needs at least two",
+        ),
+    ],
+)
+def test_a_bad_csv_row_is_named_in_one_line(tmp_path, header, rows, config, message):
+    write_csv(tmp_path / "raw" / "bad.csv", header, rows)
+    assert message in prepare_expecting(tmp_path, {**config, "path": "bad.csv"})
+
+
+def test_the_first_relabelled_duplicate_in_file_order_is_named(tmp_path):
+    rows = [["one", "a"], ["two", "b"], ["three", "a"], ["two", "b"], ["three", "b"], ["one", "b"]]
+    write_csv(tmp_path / "raw" / "m.csv", ["text", "label"], rows)
+    config = {"source": "text_csv", "path": "m.csv", "drop_duplicates": True}
+    message = prepare_expecting(tmp_path, config)
+    assert message.startswith("the text 'three' appears with labels 'a' and 'b'")
+
+
+MEMORY_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from kerasops.data import prepare_dataset
+from kerasops.data.shards import ShardWriter, serialize_example
+
+root = Path(sys.argv[1])
+warm = ShardWriter(root, "warm", 1 << 20)  # TensorFlow loaded and a writer used, before
+warm.write(serialize_example(b"x", b"y"))
+warm.close()
+status = Path("/proc/self/status").read_text().split("VmRSS:")[1]
+before = int(status.split()[0]) / 1024
+prepare_dataset("big", json.loads(sys.argv[2]), root, root / "prepared")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"before_mb": before, "peak_mb": peak}))
+"""
+
+
+def write_large_csv(path: Path, kind: str, count: int) -> int:
+    """A generated CSV of `count` rows, written a row at a time; return its size in bytes."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(5000)]
+    paragraphs = [" ".join(rng.choice(words, 300)) for _ in range(200)]  # ~1.7 KB each
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"] if kind == "text" else ["f1", "f2", "f3", "label"])
+        for i in range(count):
+            if kind == "text":
+                writer.writerow([f"{i} {paragraphs[i % 200]}", "abc"[i % 3]])
+            else:
+                writer.writerow([i % 997, (i * 7) % 1009 / 10, i / 3, "abc"[i % 3]])
+    return path.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "count"), [("text", 120_000), ("tabular", 2_000_000)])
+def test_preparing_a_large_csv_keeps_memory_bounded(tmp_path, kind, count):
+    import json
+    import subprocess
+    import sys
+
+    size = write_large_csv(tmp_path / "big.csv", kind, count)
+    config = {"source": f"{kind}_csv", "path": "big.csv", "drop_duplicates": kind == "text"}
+    if kind == "tabular":
+        config.pop("drop_duplicates")
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(tmp_path), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    memory = json.loads(run.stdout.strip().splitlines()[-1])
+    grown = memory["peak_mb"] - memory["before_mb"]
+    # the in-memory path held every row as a dict of str: more than the file's 200 MB of text,
+    # or about 1 GB for the 2M tabular rows (benchmarks/data/csv_prepare.py measures both)
+    assert size > (190 if kind == "text" else 50) * 2**20, size
+    assert grown < 80, (memory, size)  # a batch of rows, 1-21 bytes per row and the writers
+    manifest = json.loads((tmp_path / "prepared" / "big" / "manifest.json").read_text())
+    assert sum(manifest["splits"].values()) == count
