@@ -171,8 +171,8 @@ class SplitSummary:
     y_shapes: set = dataclasses.field(default_factory=set)
     x_kinds: set = dataclasses.field(default_factory=set)
     missing: dict = dataclasses.field(default_factory=lambda: {"x": [0, 0], "y": [0, 0]})
-    labels: list = dataclasses.field(default_factory=list)
-    digests: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)  # then (L,) int32 class indices
+    digests: list = dataclasses.field(default_factory=list)  # then (N,) uint64, one per example
     samples: dict = dataclasses.field(default_factory=dict)
 
 
@@ -192,6 +192,7 @@ def _summarize(data, manifest) -> SplitSummary:
     per_example = int(np.prod(manifest.input_shape)) if manifest.input_shape else 1
     stride = max(1, -(-len(data) * per_example // MAX_DRIFT_SAMPLE))  # ceil
     samples: dict[str, list[np.ndarray]] = {}
+    seen = 0  # examples before this batch
     for x, y in data.batches():
         x, y = np.asarray(x), np.asarray(y)
         summary.count += len(y)
@@ -204,12 +205,14 @@ def _summarize(data, manifest) -> SplitSummary:
             summary.missing[part][0] += _missing_count(values)
             summary.missing[part][1] += values.size
         if is_labelled(manifest.task):
-            summary.labels.append(target_labels(y, manifest.task).astype(np.int64))
-        summary.digests.extend(example_digests(x))
-        for name, values in _batch_samples(x, y, manifest, stride).items():
+            summary.labels.append(target_labels(y, manifest.task).astype(np.int32))
+        summary.digests.append(example_digests(x))
+        for name, values in _batch_samples(x, y, manifest, stride, seen).items():
             samples.setdefault(name, []).append(values)
+        seen += len(y)
     summary.samples = {n: np.concatenate(v) for n, v in samples.items()}
-    summary.labels = np.concatenate(summary.labels) if summary.labels else np.zeros(0, np.int64)
+    summary.labels = np.concatenate(summary.labels) if summary.labels else np.zeros(0, np.int32)
+    summary.digests = np.concatenate(summary.digests) if summary.digests else np.zeros(0, "<u8")
     return summary
 
 
@@ -221,8 +224,16 @@ def _missing_count(values: np.ndarray) -> int:
     return int(np.sum(~np.isfinite(np.asarray(values, dtype="float64"))))
 
 
-def _batch_samples(x: np.ndarray, y: np.ndarray, manifest, stride: int) -> dict[str, np.ndarray]:
+def _batch_samples(
+    x: np.ndarray, y: np.ndarray, manifest, stride: int, seen: int
+) -> dict[str, np.ndarray]:
+    """The batch's share of the drift samples. Texts and table rows are sampled by example
+    (every `stride`-th of the split, counted from its first, so the sample does not depend on the
+    batch size), so a large split's samples stay within MAX_DRIFT_SAMPLE values."""
     samples: dict[str, np.ndarray] = {}
+    if manifest.input_dtype == "string" or manifest.kind == "tabular":
+        rows = slice(-seen % stride, None, stride)
+        x, y = x[rows], y[rows]
     if manifest.input_dtype == "string":
         samples["text length (words)"] = np.array([len(str(t).split()) for t in x], dtype=float)
     elif manifest.kind == "tabular":
@@ -335,21 +346,24 @@ def check_class_balance(current: PreparedData, config: ValidationConfig) -> Chec
     return CheckResult("class_balance", "pass", message)
 
 
-def example_digests(x: np.ndarray) -> list[bytes]:
-    """A digest per example: identical examples (bytes or text) give identical digests."""
+def example_digests(x: np.ndarray) -> np.ndarray:
+    """A 64-bit digest per example, (N,) uint64: identical examples (bytes or text) give
+    identical digests (8 bytes an example, however large the split)."""
     if x.dtype.kind in "OUS":
-        return [hashlib.sha1(str(v).encode("utf-8")).digest() for v in x.reshape(-1)]
-    rows = np.ascontiguousarray(x).reshape(len(x), -1)
-    return [hashlib.sha1(row.tobytes()).digest() for row in rows]
+        parts = [hashlib.sha1(str(v).encode("utf-8")).digest()[:8] for v in x.reshape(-1)]
+    else:
+        rows = np.ascontiguousarray(x).reshape(len(x), -1)
+        parts = [hashlib.sha1(row.tobytes()).digest()[:8] for row in rows]
+    return np.frombuffer(b"".join(parts), dtype="<u8")
 
 
 def check_split_leakage(current: PreparedData, config: ValidationConfig) -> CheckResult:
     """Identical examples (by content hash) in train and in test (or val)."""
-    train = set(summarize(current, "train").digests)
+    train = np.unique(summarize(current, "train").digests)
     problems, overlaps, status = [], [], "pass"
     for split in ("val", "test"):
         digests = summarize(current, split).digests
-        shared = sum(d in train for d in digests)
+        shared = int(np.isin(digests, train, assume_unique=False).sum())
         if not shared:
             continue
         fraction = shared / len(digests)

@@ -176,3 +176,30 @@ def test_validation_thresholds_are_strict(project):
     path = write_params(project, pipeline={"validation": {"max_leakage_fraktion": 0.1}})
     with pytest.raises(Exception, match="pipeline.validation.max_leakage_fraktion"):
         load_params(path)  # typed when params.yaml is read
+
+
+def test_a_large_table_or_text_split_is_summarized_in_bounded_samples(tmp_path, monkeypatch):
+    import kerasops.data.validation as validation
+
+    rng = np.random.default_rng(0)
+    rows = [f"{a:.4f},{b:.4f},{'ab'[i % 2]}" for i, (a, b) in enumerate(rng.normal(size=(3000, 2)))]
+    (tmp_path / "table.csv").write_text("f1,f2,label\n" + "\n".join(rows) + "\n")
+    texts = [f"words {'x ' * (i % 7)}{i},{'ab'[i % 2]}" for i in range(3000)]
+    (tmp_path / "texts.csv").write_text("text,label\n" + "\n".join(texts) + "\n")
+    root = tmp_path / "prepared"
+    prepare_dataset("table", {"source": "tabular_csv", "path": "table.csv"}, tmp_path, root)
+    prepare_dataset("texts", {"source": "text_csv", "path": "texts.csv"}, tmp_path, root)
+    monkeypatch.setattr(validation, "MAX_DRIFT_SAMPLE", 1000)  # train: 2100 rows, 2 features
+    for name, per_row in (("table", 2), ("texts", 1)):
+        prepared = load_prepared(name, root)
+        samples = validation.feature_samples(prepared)
+        stride = -(-2100 * per_row // 1000)
+        assert {len(v) for v in samples.values()} == {len(range(0, 2100, stride))}, name
+        x = np.asarray(prepared.splits["train"].x)
+        first = samples["feature 0"] if name == "table" else samples["text length (words)"]
+        every = x[::stride, 0] if name == "table" else [len(t.split()) for t in x[::stride]]
+        np.testing.assert_array_equal(first, np.asarray(every, dtype=float))
+        report = validate_prepared(prepared, prepared)
+        assert report.passed, report.summary()
+        digests = validation.summarize(prepared, "train").digests
+        assert digests.dtype == np.uint64 and len(digests) == 2100
