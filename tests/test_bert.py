@@ -89,6 +89,24 @@ def test_the_classifier_reads_its_windows_past_the_first():
     assert model.get_layer("encoder").input.shape == (None, 6)
 
 
+def test_the_label_budget_streams_its_chosen_texts_from_the_shards(tmp_path):
+    from kerasops.data import load_prepared, prepare_dataset
+    from kerasops.models.bert.recipe import label_budget
+
+    rows = [f"text number {i},{'abc'[i % 3]}" for i in range(3000)]  # > 2 batches of 1024
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    prepare_dataset("t", {"source": "text_csv", "path": "t.csv"}, tmp_path, tmp_path)
+    prepared = load_prepared("t", tmp_path)
+    budget = label_budget(prepared, 300, seed=1).splits["train"]
+    every = load_prepared("t", tmp_path).splits["train"]
+    texts, labels = np.asarray(every.x), np.asarray(every.y)
+    chosen = np.flatnonzero(np.isin(texts, budget.x))
+    assert len(budget.x) == len(chosen) == 300
+    np.testing.assert_array_equal(budget.x, texts[chosen])
+    np.testing.assert_array_equal(budget.y, labels[chosen])
+    assert prepared.splits["train"]._x is None  # the split itself was never decoded whole
+
+
 def test_a_missing_or_foreign_backbone_is_one_clear_error(tmp_path):
     config = {"inputs": TEXT, "backbone": str(tmp_path / "nowhere")}
     with pytest.raises(ConfigError, match="no model.keras there; train one first"):

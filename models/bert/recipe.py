@@ -222,9 +222,19 @@ def label_budget(prepared: PreparedData, examples: int, seed: int) -> PreparedDa
         for c, q in zip(classes, quotas, strict=True)
     ]
     keep = np.sort(np.concatenate(chosen))
-    x = np.asarray(split.x)
-    budget = Split(x[keep], labels[keep])
+    budget = Split(_chosen_inputs(split, keep), labels[keep])
     return dataclasses.replace(prepared, splits={**prepared.splits, "train": budget})
+
+
+def _chosen_inputs(split: Split, keep: np.ndarray) -> np.ndarray:
+    """The inputs of the examples at the sorted indices `keep`, read batch by batch: only the
+    chosen texts are held, not the split."""
+    parts, start = [], 0
+    for x, _ in split.batches():
+        inside = keep[(keep >= start) & (keep < start + len(x))] - start
+        parts.append(np.asarray(x)[inside])
+        start += len(x)
+    return np.concatenate(parts) if parts else np.asarray(split.x)[keep]
 
 
 def backbone_params(backbone: str) -> dict[str, str]:
