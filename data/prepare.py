@@ -131,6 +131,7 @@ def _write_arrays(
         stats=loaded.stats,
         encodings=encodings,
         shards=shards,
+        feature_names=loaded.feature_names,
     )
 
 

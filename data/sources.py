@@ -371,6 +371,7 @@ class LoadedDataset:
     classes: tuple[str, ...]
     splits: Splits
     stats: dict[str, float]
+    feature_names: tuple[str, ...] = ()  # a table's columns, in the order of x's last axis
 
 
 def _classified(
@@ -471,16 +472,19 @@ def load_timeseries_csv(config: TimeseriesCsvConfig, raw_root: Path, name: str) 
 
 def load_tabular_csv(config: TabularCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
     path = readers.resolve_path(config.path, raw_root)
-    examples, _ = readers.read_tabular_csv(path, config.label_column)
+    examples, features = readers.read_tabular_csv(path, config.label_column)
     if config.task == "classification":
-        return _classified(examples, config, "tabular", _no_stats)
+        loaded = _classified(examples, config, "tabular", _no_stats)
+        return dataclasses.replace(loaded, feature_names=tuple(features))
     y = np.array(
         [readers.to_number(v, path, i, config.label_column) for i, v in enumerate(examples.labels)],
         dtype=np.float32,
     )  # (N,) regression targets
     indices = random_split(len(y), config.val_fraction, config.test_fraction, config.seed)
     splits = {s: (examples.x[i], y[i]) for s, i in indices.items()}
-    return LoadedDataset("tabular", "regression", "float32", (), splits, {})
+    return LoadedDataset(
+        "tabular", "regression", "float32", (), splits, {}, feature_names=tuple(features)
+    )
 
 
 def load_detection_csv(config: DetectionCsvConfig, raw_root: Path, name: str) -> LoadedDataset:
