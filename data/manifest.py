@@ -45,12 +45,14 @@ class Manifest:
     encodings: dict[str, Literal["image", "float32", "int32", "string"]]
     shards: dict[str, dict[str, int]]  # split -> shard file name -> examples, in read order
     skipped: tuple[str, ...] = ()  # unreadable source files left out (skip_corrupt: true)
+    # a table's feature column names, in the order of x's last axis; () for other kinds
+    feature_names: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that `from_dict` turns back into an equal manifest."""
         values = dataclasses.asdict(self)
-        for key in ("input_shape", "target_shape", "classes", "skipped"):
+        for key in ("input_shape", "target_shape", "classes", "skipped", "feature_names"):
             values[key] = list(values[key])
         return values
 

@@ -229,6 +229,7 @@ def _write_csv(staging: Path, name: str, config: SourceConfig, plan: CsvPlan) ->
         stats=stats,
         encodings=encodings,
         shards={s: writers[s].close() for s in SPLITS},
+        feature_names=plan.features if plan.kind == "tabular" else (),
     )
 
 

@@ -8,9 +8,12 @@ Inputs (`open_input`):
 * an image folder, class folders or flat: every image file under it, sorted, decoded and resized
   to the model's input as `kerasops predict` and preparation read images; key: its path in the
   folder (`cool/000017.jpg`);
-* a CSV with a header row: for a model over feature rows (B, F) every column but the key is a
-  feature, F of them, in order; for a model over text the column named like its input (`text`);
-  key: the row number (1 = first data row) or the `key_column`.
+* a CSV with a header row: for a model over feature rows (B, F) whose served version names its
+  feature columns (`feature_names` in its `kerasops_export.json`, from the training data's
+  manifest), the columns of those names in the model's order, wherever they stand in the file,
+  any other column ignored, a missing one an error naming it; for a version without names,
+  every column but the key, F of them, in file order; for a model over text the column named
+  like its input (`text`); key: the row number (1 = first data row) or the `key_column`.
 
 No source reads its whole input: each yields `Chunk`s of at most `batch_size` examples.
 """
@@ -51,6 +54,7 @@ class BatchInput:
     """An input to score: what kind it is, how many examples it holds, and its chunks."""
 
     kind = ""
+    column_rule = ""  # a CSV's: which columns are the model's input, and how they were chosen
 
     def __init__(self, path: Path, total: int) -> None:
         self.path = path
@@ -153,11 +157,21 @@ class ImageFolderInput(BatchInput):
 
 
 class CsvInput(BatchInput):
-    """CSV rows: feature columns for a model over rows (B, F) or (B,), a text column for text."""
+    """CSV rows: feature columns for a model over rows (B, F) or (B,), a text column for text.
+
+    With `feature_names` (the served version's, in the order of its input's last axis) the
+    features are the columns of those names, wherever they stand; other columns are ignored.
+    Without them, every column but the key, in file order."""
 
     kind = "csv"
 
-    def __init__(self, path: Path, spec: TensorSpecInfo, key_column: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: TensorSpecInfo,
+        key_column: str | None,
+        feature_names: tuple[str, ...] = (),
+    ) -> None:
         self.key_column = key_column
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -169,19 +183,16 @@ class CsvInput(BatchInput):
             raise KerasopsError(
                 f"{path} has no key column {key_column!r}; its columns: {', '.join(self.header)}"
             )
-        others = [i for i, c in enumerate(self.header) if c != key_column]
         shape = spec.shape[1:] if spec.shape is not None else None
         if spec.is_string:
             self.columns = self._text_column(path, spec)
+            self.column_rule = f"text from column {self.header[self.columns[0]]!r}"
         elif shape is not None and len(shape) <= 1 and (not shape or shape[0] is not None):
             features = shape[0] if shape else 1
-            if len(others) != features:
-                names = ", ".join(self.header[i] for i in others) or "none"
-                raise KerasopsError(
-                    f"{path}: the model's input {spec.name!r} takes {features} values per row; "
-                    f"the CSV has {len(others)} columns besides the key ({names})"
-                )
-            self.columns = others
+            if feature_names:
+                self.columns = self._named_columns(path, spec, features, feature_names)
+            else:
+                self.columns = self._ordered_columns(path, spec, features)
         else:
             raise KerasopsError(
                 f"the model's input {spec.name!r} takes {_shape_text(shape or ())} per example: "
@@ -191,6 +202,50 @@ class CsvInput(BatchInput):
         self.scalar = not spec.is_string and (shape == () or shape is None)
         self.is_text = spec.is_string
         super().__init__(path, total)
+
+    def _ordered_columns(self, path: Path, spec: TensorSpecInfo, features: int) -> list[int]:
+        """Every column but the key, in file order (a version that names no features)."""
+        others = [i for i, c in enumerate(self.header) if c != self.key_column]
+        if len(others) != features:
+            names = ", ".join(self.header[i] for i in others) or "none"
+            raise KerasopsError(
+                f"{path}: the model's input {spec.name!r} takes {features} values per row; "
+                f"the CSV has {len(others)} columns besides the key ({names})"
+            )
+        self.column_rule = (
+            f"{features} features by column order (every column but the key: the version "
+            "names no feature columns)"
+        )
+        return others
+
+    def _named_columns(
+        self, path: Path, spec: TensorSpecInfo, features: int, names: tuple[str, ...]
+    ) -> list[int]:
+        """The columns named `names`, in that order; the others are ignored."""
+        if len(names) != features:
+            raise KerasopsError(
+                f"the served version names {len(names)} feature columns, but its input "
+                f"{spec.name!r} takes {features} values per row; export the model again"
+            )
+        missing = [n for n in names if n not in self.header]
+        if missing:
+            raise KerasopsError(
+                f"{path} has no column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))}: the model's input "
+                f"{spec.name!r} takes its {features} features by column name; the CSV's "
+                f"columns: {', '.join(self.header)}"
+            )
+        repeated = sorted({n for n in names if self.header.count(n) > 1})
+        if repeated:
+            raise KerasopsError(
+                f"{path} has more than one column named {', '.join(map(repr, repeated))}; "
+                "keep one of each"
+            )
+        ignored = [c for c in self.header if c not in names and c != self.key_column]
+        self.column_rule = f"{features} features by column name, in the model's order" + (
+            f" (ignored: {_listed(ignored)})" if ignored else ""
+        )
+        return [self.header.index(n) for n in names]
 
     def _text_column(self, path: Path, spec: TensorSpecInfo) -> list[int]:
         for name in (spec.name, "text"):
@@ -247,6 +302,12 @@ class CsvInput(BatchInput):
         return np.asarray(rows, dtype=np.float64)  # (B, F) or (B,)
 
 
+def _listed(names: list[str], limit: int = 10) -> str:
+    """`names` joined, the first `limit` of them and a count of the rest."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
@@ -262,10 +323,12 @@ def open_input(
     splits: tuple[str, ...] = SPLITS,
     skip_corrupt: bool = False,
     key_column: str | None = None,
+    feature_names: tuple[str, ...] = (),
 ) -> BatchInput:
     """The input `path` names: a prepared dataset (a name under `prepared_root`, or a folder
-    holding manifest.json), an image folder or a CSV file. Raise KerasopsError for a missing or
-    unreadable input, or one that does not fit the model's input `spec`."""
+    holding manifest.json), an image folder or a CSV file (its feature columns picked by
+    `feature_names`, the served version's, when it has them). Raise KerasopsError for a missing
+    or unreadable input, or one that does not fit the model's input `spec`."""
     given = Path(path).expanduser()
     if not given.exists() and (prepared_root / path / "manifest.json").is_file():
         given = prepared_root / path
@@ -281,7 +344,7 @@ def open_input(
     if given.is_dir():
         return ImageFolderInput(given, spec, skip_corrupt)
     if given.suffix.lower() == ".csv":
-        return CsvInput(given, spec, key_column)
+        return CsvInput(given, spec, key_column, feature_names)
     raise KerasopsError(
         f"cannot score {given}: give a prepared dataset, an image folder or a .csv file"
     )

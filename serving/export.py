@@ -34,6 +34,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.repository import (
+    FEATURE_NAMES_KEY,
     INFO_FILE,
     RepositoryError,
     check_model_name,
@@ -191,6 +192,23 @@ def class_names_for(io: ModelIO, class_names: Sequence[str] | None) -> list[str]
     return [str(name) for name in class_names]
 
 
+def feature_names_for(io: ModelIO, feature_names: Sequence[str] | None) -> list[str] | None:
+    """The names of a feature-row input's F columns, in the order of its last axis; None
+    without names. Raise ExportError when they do not fit an input of shape (B, F)."""
+    if not feature_names:
+        return None
+    names = [str(name) for name in feature_names]
+    if len(io.input_shape) != 2 or io.input_shape[1] != len(names):
+        raise ExportError(
+            f"{len(names)} feature names given for input {io.input_name!r} of shape "
+            f"{io.input_shape}; they name the F columns of an input (B, F)"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ExportError(f"feature names repeated: {', '.join(repeated)}")
+    return names
+
+
 def write_warmup_requests(
     version_dir: Path, model_name: str, io: ModelIO, examples: np.ndarray
 ) -> int:
@@ -233,16 +251,20 @@ def export_saved_model(
     version: int | None = None,
     warmup_examples: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None,
     labels: Sequence[str] = (),
     info: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export `model` as the next version (or `version`) of `<repository>/<model_name>/` and
     publish it through the repository's one writer (`publish_version`: one rename, then
-    models.config with `labels` pointing at the new version). Raise ExportError on a clash."""
+    models.config with `labels` pointing at the new version). `feature_names` (a feature-row
+    model's input columns, in order) go into the version's self-description, where
+    `kerasops predict-batch` matches a CSV's columns to them. Raise ExportError on a clash."""
 
     config = config or ServingConfig()
     check_model_name(model_name)
     io = describe_model(model)
+    features = feature_names_for(io, feature_names)
     model_base = Path(config.model_repository) / model_name
     _check_version(model_base, version)
     model_base.mkdir(parents=True, exist_ok=True)
@@ -257,6 +279,8 @@ def export_saved_model(
             rows = np.asarray(warmup_examples)[: config.num_warmup_records]
             records = write_warmup_requests(staging / "model", model_name, io, rows)
         described = {"io": dataclasses.asdict(io), "signatures": signatures, **(info or {})}
+        if features is not None:
+            described[FEATURE_NAMES_KEY] = features
         try:
             version = publish_version(
                 config,

@@ -36,6 +36,7 @@ from kerasops.serving.prediction_log import LoggingSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 INFO_FILE = "kerasops_export.json"  # a version's self-description, in its assets.extra/
+FEATURE_NAMES_KEY = "feature_names"  # in INFO_FILE: a feature-row input's columns, in order
 
 
 class RepositoryError(KerasopsError):
@@ -266,6 +267,15 @@ def version_info(version_dir: Path) -> dict[str, Any]:
         return json.loads((version_dir / "assets.extra" / INFO_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def feature_names(version_dir: Path) -> tuple[str, ...]:
+    """The names of a version's input feature columns, in the order of its last axis; () for a
+    version that records none (exported before names were kept, or not over feature rows)."""
+    names = version_info(version_dir).get(FEATURE_NAMES_KEY)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return ()
+    return tuple(names)
 
 
 def publish_version(

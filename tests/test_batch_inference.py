@@ -6,6 +6,7 @@ one `error:` line and exit 2 that leaves an existing output as it was."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import shutil
 import tracemalloc
@@ -30,9 +31,12 @@ FEATURES_SPEC = TensorSpecInfo("features", np.dtype("float32"), (None, 4))
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A project with `digits` prepared and three served models: an 8x8 image classifier
+    """A project with `digits` prepared and four served models: an 8x8 image classifier
     (`digits`), a tabular regressor (`tabular`, versions 1 and 2, version 1 labelled `stable`)
-    and a text classifier (`news`); the Keras models themselves beside them."""
+    exported without feature names, as versions were before they were kept, a text classifier
+    (`news`), and a tabular regressor (`sensors`) exported by the export step from a run on the
+    prepared tabular_csv dataset `sensors`, so its version names its feature columns; the
+    Keras models themselves beside them."""
     from kerasops.serving.export import export_saved_model
 
     root = tmp_path_factory.mktemp("batch")
@@ -45,7 +49,9 @@ def project(tmp_path_factory):
         "tabular": serving_helpers.regressor(seed=0),
         "tabular-2": serving_helpers.regressor(seed=1),
         "news": serving_helpers.text_classifier(),
+        "sensors": serving_helpers.regressor(seed=2),
     }
+    export_sensors(root, params, config, models["sensors"])
     classes = [f"digit{i}" for i in range(10)]
     export_saved_model(models["digits"], "digits", config=config, class_names=classes)
     info = {"registered_version": "1"}
@@ -54,6 +60,39 @@ def project(tmp_path_factory):
     export_saved_model(models["tabular-2"], "tabular", config=config, info=info)
     export_saved_model(models["news"], "news", config=config, class_names=["a", "b", "c"])
     return {"root": root, "params": params_path, "models": models, "config": config}
+
+
+SENSOR_FEATURES = ("speed", "load", "temperature", "hours")
+
+
+def export_sensors(root: Path, params, config, model) -> None:
+    """Prepare `sensors` (a tabular_csv of SENSOR_FEATURES and `wear`) and export `model` with
+    the export step from a run config holding that manifest, as training writes config.json."""
+    from kerasops.data import prepare_dataset
+    from kerasops.pipelines.steps.export import export_model
+    from kerasops.serving.sources import ModelSource
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 4))
+    raw = root / "data" / "raw" / "sensors.csv"
+    with raw.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*SENSOR_FEATURES, "wear"])
+        writer.writerows([*row, sum(row)] for row in x.tolist())
+    source = {"source": "tabular_csv", "path": "sensors.csv", "label_column": "wear"}
+    prepared = root / "data" / "prepared"
+    manifest = prepare_dataset("sensors", {**source, "task": "regression"}, raw.parent, prepared)
+    run_config = {"model": "mlp", "dataset": "sensors", "data": manifest.to_dict()}
+    run = ModelSource(model, run_config, {"source": "a test run"})
+    export_model(params, run, name="sensors", serving=config, prepared_root=prepared)
+
+
+def write_table(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def score(project, *args: str) -> int:
@@ -182,6 +221,89 @@ def test_a_csv_scores_with_the_row_or_key_column_as_key(project, tmp_path):
         np.array(["good movie", "awful acting", "plot twist"], dtype=object), verbose=0
     )
     np.testing.assert_allclose(probabilities(rows), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_csv_feeds_the_columns_the_version_names_in_its_order_and_ignores_others(
+    project, tmp_path, capsys
+):
+    from kerasops.serving.repository import feature_names
+
+    version = project["config"].model_repository
+    assert feature_names(Path(version) / "sensors" / "1") == SENSOR_FEATURES
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)  # (B, F) in the model's order
+    order = [2, 0, 3, 1]  # the file's: temperature, speed, hours, load
+    header = ["id", *(SENSOR_FEATURES[i] for i in order), "wear", "recorded_at"]
+    rows = [
+        [f"id{n}", *(repr(float(row[i])) for i in order), "1.5", f"2026-01-{n % 28 + 1:02d}"]
+        for n, row in enumerate(x)
+    ]
+    path = write_table(tmp_path / "shuffled.csv", header, rows)
+    output = tmp_path / "scores.csv"
+    args = ["--input", str(path), "--output", str(output), "--key-column", "id"]
+    assert score(project, "sensors", *args, "--batch-size", "64") == 0
+    printed = capsys.readouterr().out
+    assert "CSV columns: 4 features by column name, in the model's order" in printed
+    assert "(ignored: wear, recorded_at)" in printed
+    written = read_rows(output)
+    assert [row["key"] for row in written] == [f"id{n}" for n in range(300)]
+    expected = project["models"]["sensors"].predict(x, verbose=0)[:, 0]  # (B,)
+    np.testing.assert_array_equal([np.float32(r["forecast"]) for r in written], expected)
+
+
+def test_the_report_says_which_rule_picked_the_csv_columns(project, tmp_path):
+    from kerasops.pipelines.steps.predict_batch import BatchJob, predict_batch
+
+    path = write_table(tmp_path / "one.csv", ["hours", "load", "speed", "temperature"], [[1] * 4])
+    params = load_params(project["params"])
+    job = BatchJob("sensors", str(path), str(tmp_path / "one-out.csv"), log_sampling=0.0)
+    assert "CSV columns: 4 features by column name" in predict_batch(params, job).to_markdown()
+    job = dataclasses.replace(job, model="tabular")  # a version exported without names
+    markdown = predict_batch(params, job).to_markdown()
+    assert "CSV columns: 4 features by column order" in markdown
+
+
+def test_a_missing_feature_column_is_one_line_naming_it_and_nothing_is_written(
+    project, tmp_path, capsys
+):
+    header = ["id", "hours", "speed", "wear", "load"]  # no temperature
+    path = write_table(tmp_path / "partial.csv", header, [["a", 1, 2, 3, 4]])
+    output = tmp_path / "scores.csv"
+    assert score(project, "sensors", "--input", str(path), "--output", str(output)) == 2
+    line = one_error_line(capsys)
+    assert "has no column 'temperature'" in line
+    assert "the CSV's columns: id, hours, speed, wear, load" in line
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial.csv"]  # no temporary file
+
+
+def test_a_version_exported_without_feature_names_still_takes_columns_in_order(
+    project, tmp_path, capsys
+):
+    x = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    path = write_table(tmp_path / "rows.csv", ["w", "x", "y", "z"], x.tolist())
+    output = tmp_path / "scores.csv"
+    args = ["--input", str(path), "--output", str(output), "--version", "1"]
+    assert score(project, "tabular", *args) == 0
+    assert "CSV columns: 4 features by column order" in capsys.readouterr().out
+    expected = project["models"]["tabular"].predict(x, verbose=0)[:, 0]
+    np.testing.assert_allclose([float(r["forecast"]) for r in read_rows(output)], expected, 1e-6)
+
+    path = write_table(tmp_path / "wide.csv", ["w", "x", "y", "z", "extra"], [[1, 2, 3, 4, 5]])
+    assert score(project, "tabular", "--input", str(path), "--output", str(output)) == 2
+    assert "takes 4 values per row; the CSV has 5 columns" in one_error_line(capsys)
+
+
+def test_export_refuses_feature_names_that_do_not_fit_the_input(project):
+    from kerasops.serving.export import ExportError, export_saved_model
+
+    model = project["models"]["tabular"]
+    config = project["config"]
+    with pytest.raises(ExportError, match="3 feature names given for input 'features'"):
+        export_saved_model(model, "misnamed", config=config, feature_names=["a", "b", "c"])
+    with pytest.raises(ExportError, match="feature names repeated: a"):
+        export_saved_model(model, "misnamed", config=config, feature_names=["a", "b", "a", "c"])
+    assert not (Path(config.model_repository) / "misnamed").exists()
 
 
 @pytest.mark.slow  # the MLflow registry's SQLite store takes seconds to create

@@ -65,6 +65,16 @@ def test_digits_are_ordinary_8_bit_pngs_and_materialize_idempotently(roots):
     assert manifest.stats["pixel_max"] == 240.0
 
 
+def test_breast_cancer_names_sklearns_features_in_the_order_of_x(roots):
+    from sklearn.datasets import load_breast_cancer
+
+    raw_root, prepared_root = roots
+    config = resolve_dataset_config("breast_cancer", {})
+    manifest = prepare_dataset("breast_cancer", config, raw_root, prepared_root)
+    assert manifest.feature_names == tuple(load_breast_cancer().feature_names)
+    assert len(manifest.feature_names) == manifest.input_shape[0]
+
+
 def test_classification_splits_are_stratified(roots):
     raw_root, prepared_root = roots
     manifest = prepare_dataset(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,16 @@ def test_manifest_round_trips_through_json(prepared):
     assert Manifest.from_dict(manifest.to_dict()) == manifest
     assert manifest.content_hash == content_hash(manifest.files)
     assert manifest.config["source"] == "text_csv" and manifest.config["seed"] == 1
+    assert manifest.feature_names == ()  # a text dataset has no feature columns
+
+
+def test_a_manifest_written_before_feature_names_still_loads(prepared):
+    manifest, root = prepared
+    values = manifest.to_dict()
+    del values["feature_names"]
+    assert Manifest.from_dict(values) == manifest
+    named = dataclasses.replace(manifest, feature_names=("width", "age"))
+    assert Manifest.from_dict(json.loads(json.dumps(named.to_dict()))) == named
 
 
 def test_a_modified_file_is_detected(prepared):

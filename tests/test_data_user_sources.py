@@ -123,6 +123,18 @@ def test_tabular_csv_regression(tmp_path):
     split = load_prepared("t", tmp_path / "prepared").splits["train"]
     assert (manifest.task, manifest.input_shape, manifest.classes) == ("regression", (2,), ())
     np.testing.assert_allclose(split.y, split.x[:, 0] * 0.5)
+    assert manifest.feature_names == ("a", "b")
+
+
+def test_tabular_csv_records_its_feature_columns_in_the_order_of_x(tmp_path):
+    rows = [[i * 3.0, "yes" if i % 2 else "no", i * 1.0] for i in range(40)]
+    write_csv(tmp_path / "raw" / "t.csv", ["width", "label", "age"], rows)
+    config = {"source": "tabular_csv", "path": "t.csv", "label_column": "label"}
+    manifest = prepare_dataset("t", config, tmp_path / "raw", tmp_path / "prepared")
+    assert manifest.feature_names == ("width", "age")
+    split = load_prepared("t", tmp_path / "prepared").splits["train"]
+    np.testing.assert_allclose(split.x[:, 0], split.x[:, 1] * 3.0)  # width = 3 * age
+    assert load_prepared("t", tmp_path / "prepared").manifest == manifest
 
 
 def prepare_expecting(tmp_path: Path, config: dict, error: type = DataError) -> str:

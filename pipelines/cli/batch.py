@@ -18,9 +18,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             "Loads the served model's SavedModel from the serving repository and scores INPUT "
             "in bounded batches: a prepared dataset (its name or folder; key: shard:record), "
             "an image folder, class folders or flat (key: the file's path), or a CSV with a "
-            "header (key: row number or --key-column). Writes one row per example (key, class "
-            "id, class and probabilities, or the output values) to OUTPUT, replaced only when "
-            "the whole run succeeds, and logs the requests as the server does."
+            "header (key: row number or --key-column; feature columns by the names the "
+            "served version records, else every other column in order). Writes one row per "
+            "example (key, class id, class and probabilities, or the output values) to OUTPUT, "
+            "replaced only when the whole run succeeds, and logs the requests as the server does."
         ),
     )
     parser.add_argument("model", help="served model name (models.config / serving repository)")
@@ -100,6 +101,8 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
         f"{report.version} in {report.seconds:.1f} s ({report.rows_per_second:.0f} rows/s) "
         f"-> {report.output}{skipped}"
     )
+    if report.column_rule:
+        print(f"CSV columns: {report.column_rule}")
     if report.log_dir:
         dropped = f" ({report.log_dropped} dropped)" if report.log_dropped else ""
         print(f"{report.log_records} prediction log records under {report.log_dir}{dropped}")

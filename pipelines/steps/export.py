@@ -1,5 +1,6 @@
 """The export step: a trained model as the next SavedModel version of the serving repository,
-in TF Serving's layout, with warmup requests made of real held-out examples."""
+in TF Serving's layout, with warmup requests made of real held-out examples, and (a model over
+feature rows) the names of its input's columns from its training data's manifest."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def export_model(
         version=version,
         warmup_examples=examples,
         class_names=class_names(source.model, classes),
+        feature_names=feature_names(source.model, source.run_config),
         labels=labels,
         info={**source.info, "run_config": source.run_config, **(info or {})},
     )
@@ -53,3 +55,11 @@ def class_names(model: Any, classes: tuple[str, ...] | None) -> tuple[str, ...] 
     """The dataset's class names when they match the model's output width."""
     width = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
     return classes if classes and len(classes) == width else None
+
+
+def feature_names(model: Any, run_config: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The training data's feature column names (its manifest, in the run config) when the
+    model takes rows of exactly those features (B, F)."""
+    names = tuple((run_config.get("data") or {}).get("feature_names") or ())
+    width = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
+    return names if names and width == (len(names),) else None

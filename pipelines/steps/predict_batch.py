@@ -6,7 +6,9 @@ so `kerasops monitor` sees batch traffic as it sees live traffic.
 
 Which version scores: `version`, a models.config `label`, a registry `alias` (`champion`: the
 served version holding the registered version the alias names), or by default the one the
-server's version policy serves (the newest it loads).
+server's version policy serves (the newest it loads). A CSV's feature columns are the ones the
+version names (`feature_names` in its self-description), by name; a version without names takes
+them in file order.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from kerasops.serving.prediction_log import LoggingSpec, PredictionLogger
 from kerasops.serving.repository import (
     ModelEntry,
     RepositoryError,
+    feature_names,
     list_models,
     list_versions,
     mapping_for,
@@ -99,6 +102,7 @@ class BatchReport:
     log_records: int = 0
     log_dropped: int = 0
     log_dir: str = ""
+    column_rule: str = ""  # a CSV's: which columns fed the model, by name or by order
 
     @property
     def rows_per_second(self) -> float:
@@ -111,6 +115,7 @@ class BatchReport:
             f"{self.rows} rows of {self.input} ({self.input_kind}) scored by signature "
             f"`{self.signature}` in {self.seconds:.1f} s ({self.rows_per_second:.0f} rows/s), "
             f"written to `{self.output}` ({self.format}).",
+            *(["", f"CSV columns: {self.column_rule}."] if self.column_rule else []),
             "",
             f"Prediction log: {self.log_records} records under `{self.log_dir}`"
             + (f", {self.log_dropped} dropped" if self.log_dropped else "")
@@ -264,7 +269,8 @@ def _input_of(servable: Servable, job: BatchJob, params: Params) -> tuple[Any, A
     (spec,) = signature.inputs.values()
     splits = SPLITS if job.split == "all" else (job.split,)
     prepared = params.path("prepared_data")
-    source = open_input(job.input, spec, prepared, splits, job.skip_corrupt, job.key_column)
+    names = feature_names(servable.path)  # () for a version exported without them
+    source = open_input(job.input, spec, prepared, splits, job.skip_corrupt, job.key_column, names)
     return signature, spec, source
 
 
@@ -326,4 +332,5 @@ def _score(
         log_records=counts.logged,
         log_dropped=counts.dropped,
         log_dir=str(Path(config.prediction_log_dir) / "batch") if logger is not None else "",
+        column_rule=source.column_rule,
     )
