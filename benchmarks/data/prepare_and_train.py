@@ -4,9 +4,11 @@ For each `--counts` N, a folder of N generated 256x256 JPEG photos (kerasops.dat
 prepared at `--image-size` (224x224 by default) on every core and, for the first N, on one
 process too: wall time, images/s, peak RSS of the preparing process and of its largest worker,
 prepared bytes / source bytes. Then a small CNN is trained for `--steps` steps from the shards
-and, on the first N only, from today's in-memory arrays (every image decoded into one float32
-array, `from_tensor_slices`, cached, shuffled whole): peak RSS and steps/s after a warm-up.
-Each measurement runs in a fresh process, so each peak RSS is its own.
+(`input_cache: auto`) and, on the first N only, also from the former in-memory arrays (every
+image decoded into one float32 array, `from_tensor_slices`, cached, shuffled whole), streamed
+with no cache, and streamed through an on-disk cache of the decoded split: peak RSS and
+steps/s after a warm-up, the four kinds alternated `--rounds` times (medians). Each
+measurement runs in a fresh process, so each peak RSS is its own.
 
     PYTHONPATH=. python benchmarks/data/prepare_and_train.py --counts 2000 10000 50000 \\
         [--update-results]
@@ -80,8 +82,14 @@ def run_train(source: str, photos: Path, prepared: Path, size: int, steps: int, 
     from kerasops.data.pipeline import DEFAULT_CACHE_MB, cache_target, streamed_buffer_size
     from kerasops.data.prepared import Split
 
-    input_cache = "none" if source == "streamed" else "auto"  # streamed: never cached
-    if source in ("shards", "streamed"):
+    # streamed: never cached; disk: decoded once into an on-disk cache (`input_cache: <path>`)
+    input_cache = {"streamed": "none", "disk": str(prepared.parent / "train-cache")}.get(
+        source, "auto"
+    )
+    if source == "disk":
+        for stale in prepared.parent.glob("train-cache*"):
+            stale.unlink()
+    if source in ("shards", "streamed", "disk"):
         split = load_prepared("photos", prepared).splits["train"]
         spec = split.shards
         cached = cache_target(input_cache, spec.decoded_bytes, DEFAULT_CACHE_MB) is not None
@@ -110,11 +118,15 @@ def run_train(source: str, photos: Path, prepared: Path, size: int, steps: int, 
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     wall = time.perf_counter() - start
+    if source == "disk":
+        for used in prepared.parent.glob("train-cache*"):
+            used.unlink()
     return {
         "steps_per_s": round(steps / wall, 2),
         "images_per_s": round(steps * batch / wall, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "cached": cached,
+        "cache": "disk" if source == "disk" else ("memory" if cached else "none"),
         "shuffle_buffer": buffer,
     }
 
@@ -190,7 +202,35 @@ def streamed(row: dict) -> dict:
 
 
 def input_case(train: dict) -> str:
+    if train.get("cache") == "disk":
+        return f"cached on disk, buffer {train['shuffle_buffer']:,}"
     return "cached" if train["cached"] else f"streamed, buffer {train['shuffle_buffer']:,}"
+
+
+TRAIN_KINDS = ("arrays", "shards", "streamed", "disk")  # alternated on the first size
+
+
+def train_rounds(args: argparse.Namespace, photos: Path, prepared: Path) -> dict[str, dict]:
+    """The first size's trainings, the kinds alternated `--rounds` times (side by side under
+    the same load): each kind's last run, its steps/s replaced by the median of its rounds
+    (every round's figure kept) and its peak RSS the largest of them."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in TRAIN_KINDS}
+    loads = [os.getloadavg()]
+    for _ in range(args.rounds):
+        for kind in TRAIN_KINDS:
+            runs[kind].append(in_child(kind, args, photos, prepared))
+            loads.append(os.getloadavg())
+    merged = {}
+    for kind, results in runs.items():
+        rates = [r["steps_per_s"] for r in results]
+        merged[f"train_{kind}"] = {
+            **results[-1],
+            "steps_per_s": statistics.median(rates),
+            "steps_per_s_rounds": rates,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        }
+    merged["train_loads"] = loads
+    return merged
 
 
 def markdown(report: dict, command: str) -> str:
@@ -210,7 +250,9 @@ def markdown(report: dict, command: str) -> str:
         "256 MiB is decoded once and cached (*cached*), a larger one streams through a shuffle",
         "buffer of min(N, 10,000 examples, 64 MiB of serialized examples) (*streamed*). On a",
         "first size that is cached, the same split is trained streamed too (`input_cache: none`),",
-        "and the flat-RSS target compares streamed with streamed.",
+        "and the flat-RSS target compares streamed with streamed. The first size is also",
+        "trained through an on-disk cache of the decoded split (`input_cache: <path>`, filled",
+        "in the first epoch), and its four kinds alternate run by run (medians of the rounds).",
         "",
         "| photos | source | prepare s | images/s | prepare peak RSS | prepared ÷ source "
         "| train input | train steps/s | train peak RSS | load before → after |",
@@ -219,7 +261,8 @@ def markdown(report: dict, command: str) -> str:
     for row in rows:
         prep = row["prepare"]
         load = f"{row['load_before'][0]:.1f} → {row['load_after'][0]:.1f}"
-        trains = [row["train_shards"]] + [row[k] for k in ("train_streamed",) if k in row]
+        kinds = ("train_shards", "train_streamed", "train_disk")
+        trains = [row[k] for k in kinds if k in row]
         for i, train in enumerate(trains):
             head = (
                 f"| {row['photos']:,} | {mb(row['source_bytes'])} | {prep['wall_s']} | "
@@ -261,6 +304,21 @@ def markdown(report: dict, command: str) -> str:
             target(f"streamed step rate (no cache) ≥ 0.95× in-memory ({first['photos']:,})",
                    f"{ratio:.2f}× ({rate} vs {arrays['steps_per_s']} steps/s)",
                    ratio >= 0.95)  # fmt: skip
+        if "train_disk" in first:
+            rate = first["train_disk"]["steps_per_s"]
+            ratio = rate / arrays["steps_per_s"]
+            target(f"streamed, decoded once to an on-disk cache, ≥ 0.95× in-memory "
+                   f"({first['photos']:,})", f"{ratio:.2f}× ({rate} vs {arrays['steps_per_s']} "
+                   "steps/s)", ratio >= 0.95)  # fmt: skip
+        if "train_loads" in first:
+            rounds = "; ".join(
+                f"{kind} {first[f'train_{kind}']['steps_per_s_rounds']}" for kind in TRAIN_KINDS
+            )
+            loads = ", ".join(f"{load[0]:.1f}" for load in first["train_loads"])
+            lines.append(
+                f"| (training steps/s are medians of {len(first['train_loads']) - 1} runs "
+                f"alternated by kind: {rounds}; load {loads}) | | |"
+            )
     if "prepare_rounds" in first:
         rounds = first["prepare_rounds"]
         median = rounds["median"]
@@ -285,7 +343,10 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/benchmarks/data.json")
     parser.add_argument("--skip-single", action="store_true", help="no one-process preparation")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternated every-core/one-process preparations"
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternated every-core/one-process preparations and first-size trainings",
     )
     parser.add_argument(
         "--update-results",
@@ -312,11 +373,10 @@ def main() -> None:
         row["prepare"]["bytes_ratio"] = round(row["prepare"]["prepared_bytes"] / source_bytes, 3)
         if index == 0 and not args.skip_single:
             row["prepare_rounds"] = prepare_rounds(args, photos, work / f"prepared-{count}-x")
-        row["train_shards"] = in_child("shards", args, photos, prepared)
         if index == 0:
-            row["train_arrays"] = in_child("arrays", args, photos, prepared)
-            if row["train_shards"]["cached"]:  # the same split streamed, never cached
-                row["train_streamed"] = in_child("streamed", args, photos, prepared)
+            row.update(train_rounds(args, photos, prepared))
+        else:
+            row["train_shards"] = in_child("shards", args, photos, prepared)
         row["load_after"] = os.getloadavg()
         results.append(row)
         print(json.dumps(row), flush=True)
