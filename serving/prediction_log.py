@@ -185,17 +185,21 @@ class _Files:
 
 _HEADER = struct.Struct("<I")  # a frame's length; 0 asks the writer to finish
 _RAW = "="  # an array sent as (dtype, shape, bytes); other values as their TensorProto
+_STRINGS = "s"  # a string array sent as ("", shape, [bytes, ...]): its proto is built by the writer
 _BUILT = "t"
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # array bytes per frame, beyond its first record
 
 
 def _flat(arrays: dict[str, Any]) -> tuple:
-    """(key, kind, dtype, shape, bytes) per array: a numeric array that `_fill_tensor` writes
-    from its bytes as those bytes (C order), any other value as its TensorProto, built here."""
+    """(key, kind, dtype, shape, data) per array: a numeric array that `_fill_tensor` writes
+    from its bytes as those bytes (C order), a string array as the list of its elements' bytes
+    (the writer process builds its proto), any other value as its TensorProto, built here."""
     items: list = []
     for key, value in arrays.items():
         if _raw(value):
             items += (key, _RAW, value.dtype.str, value.shape, value.tobytes())
+        elif (strings := _string_elements(value)) is not None:
+            items += (key, _STRINGS, "", value.shape, strings)
         else:
             import tensorflow as tf  # deferred: loaded already wherever a server answers
 
@@ -209,9 +213,28 @@ def _unflat(items: tuple) -> dict[str, Any]:
         key, kind, dtype, shape, data = items[i : i + 5]
         if kind == _RAW:
             arrays[key] = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+        elif kind == _STRINGS:
+            arrays[key] = _Strings(tuple(shape), data)
         else:
             arrays[key] = _Built(data)
     return arrays
+
+
+def _string_elements(value: Any) -> list[bytes] | None:
+    """A string array's elements in C order as bytes (str as UTF-8), as `tf.make_tensor_proto`
+    writes them into `string_val`; None for anything else (numbers, mixed objects)."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "OSU":
+        return None
+    elements = value.ravel().tolist()
+    if value.dtype.kind == "S":
+        return elements
+    if value.dtype.kind == "U":
+        return [e.encode() for e in elements]
+    if all(type(e) is bytes for e in elements):
+        return elements
+    if all(isinstance(e, str | bytes) for e in elements):
+        return [e.encode() if isinstance(e, str) else bytes(e) for e in elements]
+    return None
 
 
 def encode_frame(batch: list[_Record]) -> bytes:
@@ -578,6 +601,13 @@ class _Built(NamedTuple):
     data: bytes
 
 
+class _Strings(NamedTuple):
+    """A string tensor as the serving process sent it: its shape and its elements' bytes."""
+
+    shape: tuple[int, ...]
+    values: list[bytes]
+
+
 def prediction_log(record: _Record) -> Any:
     """The `tensorflow.serving.PredictionLog` of one request (a PredictLog)."""
     # deferred: the writer process builds records; importing this module loads no protobufs
@@ -633,10 +663,20 @@ def _raw(value: Any) -> bool:
 
 def _fill_tensor(proto: Any, value: Any) -> None:
     """`proto` := tf.make_tensor_proto(value), the same message; a numeric array of more than
-    one element is written directly (dtype, shape, its bytes), the rest by make_tensor_proto
-    (in the serving process: the writer process gets those built)."""
+    one element is written directly (dtype, shape, its bytes), as are the string elements the
+    serving process sent; the rest by make_tensor_proto (in the serving process: the writer
+    process gets those built)."""
     if isinstance(value, _Built):
         proto.ParseFromString(value.data)
+        return
+    if isinstance(value, _Strings):
+        from tensorflow.core.framework import types_pb2  # deferred: protobufs only
+
+        proto.dtype = types_pb2.DT_STRING
+        dims = proto.tensor_shape.dim
+        for size in value.shape:
+            dims.add().size = size
+        proto.string_val.extend(value.values)
         return
     if not _raw(value):
         import tensorflow as tf  # deferred: never in the writer process (see _flat)

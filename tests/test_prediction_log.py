@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from kerasops.serving import prediction_log
 from kerasops.serving.config import ServingConfig
 from kerasops.serving.export import export_saved_model
 from kerasops.serving.prediction_log import (
@@ -173,3 +174,31 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
     assert counts.dropped and set(counts.dropped) == {"queue_full"}
     assert counts.logged + len(counts.dropped) == 200
     assert len(read_prediction_logs(tmp_path)) == counts.logged
+
+
+STRING_VALUES = [
+    np.array([[b"0", b"1", b"ten"]], dtype=object),  # the classes output of a classifier
+    np.array([["été", "b"]], dtype=object),  # str elements: UTF-8, as make_tensor_proto writes
+    np.array([b"a", b"bc"], dtype="S2"),
+    np.array([["x"], ["yz"]], dtype="U2"),
+    np.array(b"scalar", dtype=object),
+    np.empty((0, 3), dtype=object),
+]
+
+
+@pytest.mark.parametrize("value", STRING_VALUES, ids=lambda v: f"{v.dtype}{v.shape}")
+def test_string_tensors_reach_the_writer_as_bytes_and_become_make_tensor_protos_message(value):
+    # the serving process sends a string array's elements, not a TensorProto it built itself
+    # (tf.make_tensor_proto costs about 20 us a call there); the writer builds the same message
+    inputs = prediction_log._unflat(prediction_log._flat({"classes": value}))
+    assert isinstance(inputs["classes"], prediction_log._Strings)
+    built = tf.make_tensor_proto(np.zeros(0, "float32"))  # any proto, overwritten below
+    built.Clear()
+    prediction_log._fill_tensor(built, inputs["classes"])
+    assert built == tf.make_tensor_proto(value)
+
+
+def test_mixed_object_arrays_are_built_by_the_serving_process():
+    value = np.array([b"a", 1], dtype=object)  # not strings alone: make_tensor_proto decides
+    (kind,) = prediction_log._flat({"v": value})[1:2]
+    assert kind == prediction_log._BUILT
