@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,13 +52,22 @@ class Bucket:
         return self.size + INDEX_BYTES * self.count
 
     def shuffled(self, rng: np.random.Generator) -> Iterator[bytes]:
-        """Its records in a random order, the bucket read whole."""
-        data = self.records.read_bytes()
+        """Its records in a random order. The bucket is mapped, not read into the heap: its
+        pages leave memory when it is unmapped, where a freed heap block of a bucket's size can
+        stay held (glibc) beside the next bucket's."""
         lengths = np.fromfile(self.lengths, dtype="<u4")  # (n,)
         ends = np.cumsum(lengths, dtype=np.int64)  # (n,)
-        for i in rng.permutation(self.count):
-            end = int(ends[i])
-            yield data[end - int(lengths[i]) : end]
+        order = rng.permutation(self.count)  # (n,)
+        if self.size == 0:
+            yield from (b"" for _ in order)  # mmap refuses an empty file
+            return
+        with (
+            open(self.records, "rb") as f,
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            for i in order:
+                end = int(ends[i])
+                yield data[end - int(lengths[i]) : end]
 
     def in_order(self) -> Iterator[bytes]:
         """Its records as written, read a few at a time."""
