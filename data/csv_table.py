@@ -5,7 +5,8 @@ a class id per row (4 bytes) and, for text with `drop_duplicates`, a 16-byte dig
 text. The split is made from those, as the in-memory sources make it (stratified for classes,
 random for regression targets, seeded), and kept as one split id per row (1 byte). The second
 pass (`CsvPlan.examples`) reads the rows again and hands each to its split, so memory is a
-batch of rows plus a few bytes per row, never the file.
+batch of rows plus a few bytes per row, never the file. The rows come in file order; preparation
+writes the train split through a seeded external shuffle (data/external_shuffle.py).
 """
 
 from __future__ import annotations

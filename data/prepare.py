@@ -15,6 +15,7 @@ from kerasops.config import StrictConfig
 from kerasops.data.audio import AudioFolderPlan
 from kerasops.data.csv_table import CsvPlan
 from kerasops.data.errors import DataError
+from kerasops.data.external_shuffle import INDEX_BYTES, ShuffledShardWriter
 from kerasops.data.image_folder import (
     ImageFolderPlan,
     PixelStats,
@@ -194,23 +195,55 @@ def _write_image_folder(
 
 def _write_csv(staging: Path, name: str, config: SourceConfig, plan: CsvPlan) -> Manifest:
     """Stream the CSV's rows into their splits' shards, counting classes (and, for text, the
-    training texts' words) on the way: memory is a batch of rows, never the file."""
+    training texts' words) on the way: memory is a batch of rows and one shuffle bucket, never
+    the file. The train split is written in a random order seeded by `seed` (an external
+    shuffle through bucket files in `staging`, data/external_shuffle.py), so a file sorted by
+    class or time still mixes in training's bounded shuffle buffer; val and test keep the
+    file's order."""
     classified = plan.task == "classification"
     encodings = {
         "x": "string" if plan.kind == "text" else "float32",
         "y": "int32" if classified else "float32",
     }
-    writers = {s: ShardWriter(staging, s, _shard_bytes(config)) for s in SPLITS}
+    writers: dict[str, ShardWriter | ShuffledShardWriter] = {
+        s: ShardWriter(staging, s, _shard_bytes(config)) for s in SPLITS[1:]
+    }
+    writers["train"] = ShuffledShardWriter(
+        staging,
+        "train",
+        _shard_bytes(config),
+        config.seed,
+        _expected_train_bytes(plan),
+        f"writing {name} train, shuffled",
+    )
     counts = np.zeros((len(SPLITS), len(plan.classes)), dtype=np.int64)  # (splits, classes)
     words = TextStats()
-    for split, x, target in progress(plan.examples(), plan.count, f"writing {name}", "row"):
-        writers[SPLITS[split]].write(
-            serialize_example(encode_value(x, encodings["x"]), encode_value(target, encodings["y"]))
-        )
-        if classified:
-            counts[split, target] += 1
-        if plan.kind == "text" and split == 0:
-            words.add(x)
+    try:
+        for split, x, target in progress(plan.examples(), plan.count, f"writing {name}", "row"):
+            record = serialize_example(
+                encode_value(x, encodings["x"]), encode_value(target, encodings["y"])
+            )
+            writers[SPLITS[split]].write(record)
+            if classified:
+                counts[split, target] += 1
+            if plan.kind == "text" and split == 0:
+                words.add(x)
+    except BaseException:
+        writers["train"].abort()
+        raise
+    return _csv_manifest(name, config, plan, encodings, counts, words, writers)
+
+
+def _csv_manifest(
+    name: str,
+    config: SourceConfig,
+    plan: CsvPlan,
+    encodings: dict[str, str],
+    counts: np.ndarray,
+    words: TextStats,
+    writers: dict[str, ShardWriter | ShuffledShardWriter],
+) -> Manifest:
+    """The CSV's manifest, once its writers are closed (train first: its buckets written)."""
     stats = {} if plan.kind == "tabular" else words.stats()
     if plan.duplicates_dropped is not None:
         stats["duplicates_dropped"] = float(plan.duplicates_dropped)
@@ -224,13 +257,25 @@ def _write_csv(staging: Path, name: str, config: SourceConfig, plan: CsvPlan) ->
         target_shape=(),
         classes=plan.classes,
         class_counts={s: _per_class(plan.classes, counts[i]) for i, s in enumerate(SPLITS)}
-        if classified
+        if plan.task == "classification"
         else {},
         stats=stats,
         encodings=encodings,
         shards={s: writers[s].close() for s in SPLITS},
         feature_names=plan.features if plan.kind == "tabular" else (),
     )
+
+
+def _expected_train_bytes(plan: CsvPlan) -> int:
+    """About the memory the train split's serialized examples take while shuffled, records and
+    index: exact for a table (F float32 and a 4-byte target each); for text, the train rows'
+    share of the file's bytes plus each record's framing."""
+    rows = int(np.count_nonzero(plan.row_splits == SPLITS.index("train")))
+    if plan.kind == "tabular":
+        record = len(serialize_example(bytes(4 * len(plan.features)), bytes(4)))
+        return rows * (record + INDEX_BYTES)
+    share = plan.path.stat().st_size * rows // max(1, len(plan.row_splits))
+    return share + rows * (len(serialize_example(b"", bytes(4))) + 2 + INDEX_BYTES)
 
 
 class TextStats:

@@ -403,3 +403,45 @@ def test_a_dataset_in_the_older_format_is_prepared_again_on_first_use(tmp_path):
     )
     prepared = ensure_prepared(params, "notes")
     assert prepared.manifest.schema_version == 2 and not (folder / "train.npz").exists()
+
+
+def read_records(folder: Path, split: str) -> list[bytes]:
+    """A split's records, shard after shard in name order."""
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in folder.glob(f"{split}-*.tfrecord"))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files)]
+
+
+def test_the_external_shuffle_is_seeded_bounded_and_leaves_no_buckets(tmp_path, monkeypatch):
+    from kerasops.data import external_shuffle
+
+    # expected 0 bytes: one bucket, found too large and scattered again into ~1 KB buckets
+    monkeypatch.setattr(external_shuffle, "BUCKET_BYTES", 1000)
+    monkeypatch.setattr(external_shuffle, "MAX_BUCKET_BYTES", 2000)
+    permuted = []
+    shuffled = external_shuffle.Bucket.shuffled
+    monkeypatch.setattr(
+        external_shuffle.Bucket,
+        "shuffled",
+        lambda self, rng: permuted.append(self.memory_bytes) or shuffled(self, rng),
+    )
+    records = [f"record {i:04d} ".encode() * (1 + i % 5) for i in range(600)]
+    written = {}
+    for run in ("one", "two"):
+        folder = tmp_path / run
+        folder.mkdir()
+        writer = external_shuffle.ShuffledShardWriter(folder, "train", 4096, 7, 0)
+        for record in records:
+            writer.write(record)
+        shards = writer.close()
+        assert sorted(p.name for p in folder.iterdir()) == [s.name for s in shards]  # no buckets
+        written[run] = read_records(folder, "train")
+    assert len(permuted) > 20 and max(permuted) <= 2000  # every bucket permuted within the bound
+    assert written["one"] == written["two"] and sorted(written["one"]) == sorted(records)
+    assert written["one"] != records
+    other = external_shuffle.ShuffledShardWriter(tmp_path, "other", 4096, 8, 0)
+    for record in records:
+        other.write(record)
+    other.close()
+    assert read_records(tmp_path, "other") != written["one"]  # another seed, another order

@@ -229,6 +229,19 @@ def in_memory_split(path: Path, label_column: str, task: str = "classification",
     return {s: ([x[i] for i in chosen], y[chosen]) for s, chosen in indices.items()}
 
 
+def assert_same_rows(split: str, x, y, expected_x, expected_y) -> None:
+    """val and test: the rows in file order, as before; train: the same rows (as a multiset) in
+    a shuffled order."""
+    x = np.array([v.decode() if isinstance(v, bytes) else v for v in x], dtype=expected_x.dtype)
+    if split != "train":
+        np.testing.assert_array_equal(x, expected_x)
+        np.testing.assert_array_equal(y, expected_y)
+        return
+    rows = sorted(zip(map(repr, x.tolist()), np.asarray(y).tolist(), strict=True))
+    expected = sorted(zip(map(repr, expected_x.tolist()), expected_y.tolist(), strict=True))
+    assert rows == expected and len(rows) > 1
+
+
 def tabular_rows(count: int, seed: int = 0) -> list[list[object]]:
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(count, 3)).round(4)
@@ -247,8 +260,8 @@ def test_a_streamed_tabular_csv_splits_as_the_in_memory_path_did(tmp_path, task)
     prepared = load_prepared("t", tmp_path / "prepared")
     expected = in_memory_split(path, "target", task, val_fraction=0.2, seed=7)
     for split, (x, y) in expected.items():
-        np.testing.assert_array_equal(prepared.splits[split].x, np.array(x, dtype=np.float32))
-        np.testing.assert_array_equal(prepared.splits[split].y, y)
+        got = prepared.splits[split]
+        assert_same_rows(split, got.x, got.y, np.array(x, dtype=np.float32), y)
     assert manifest.input_shape == (3,) and sum(manifest.splits.values()) == 300
     if task == "classification":
         assert manifest.classes == ("n", "x", "y")
@@ -265,8 +278,8 @@ def test_a_streamed_text_csv_splits_as_the_in_memory_path_did(tmp_path):
     prepared = load_prepared("m", tmp_path / "prepared")
     unique = write_csv(tmp_path / "unique.csv", ["text", "label"], rows[:120])
     for split, (x, y) in in_memory_split(unique, "label", seed=3).items():
-        assert list(prepared.splits[split].x) == [text for (text,) in x]
-        np.testing.assert_array_equal(prepared.splits[split].y, y)
+        got = prepared.splits[split]
+        assert_same_rows(split, got.x, got.y, np.array([text for (text,) in x], dtype=object), y)
     train_words = [len(t.split()) for t in prepared.splits["train"].x]
     assert manifest.stats == {
         "train_words_mean": float(np.mean(train_words)),
@@ -291,6 +304,60 @@ def test_re_preparing_a_csv_gives_equal_bytes_and_hash(tmp_path, kind):
     assert len(first.shards["train"]) > 1 and first == second
     assert shard_bytes(tmp_path / "one", "d") == shard_bytes(tmp_path / "two", "d")
     assert first.content_hash == load_prepared("d", tmp_path / "two").manifest.content_hash
+    assert only_shards_and_manifest(tmp_path / "one", "d")
+
+
+def longest_run(labels: np.ndarray) -> int:
+    """The most equal labels in a row."""
+    changes = np.flatnonzero(np.diff(labels)) + 1
+    return int(np.diff(np.concatenate([[0], changes, [len(labels)]])).max())
+
+
+def only_shards_and_manifest(root: Path, name: str) -> bool:
+    """Nothing but the dataset's folder in `root` (no staging left), holding only its shards and
+    manifest (no shuffle buckets left)."""
+    names = {p.name for p in (root / name).iterdir()}
+    return [p.name for p in root.iterdir()] == [name] and names == {"manifest.json"} | {
+        n for n in names if n.endswith(".tfrecord")
+    }
+
+
+@pytest.mark.parametrize("bucket_bytes", [None, 4096])  # None: one bucket; 4096: about 30
+@pytest.mark.parametrize("kind", ["tabular", "text"])
+def test_a_csv_sorted_by_class_is_written_to_train_in_a_mixed_order(
+    tmp_path, monkeypatch, kind, bucket_bytes
+):
+    from kerasops.data import external_shuffle
+
+    if bucket_bytes is not None:
+        monkeypatch.setattr(external_shuffle, "BUCKET_BYTES", bucket_bytes)
+        monkeypatch.setattr(external_shuffle, "MAX_BUCKET_BYTES", 2 * bucket_bytes)
+    if kind == "tabular":
+        rows = sorted(tabular_rows(3000), key=lambda row: row[1])  # by its label
+        path = write_csv(tmp_path / "raw" / "s.csv", ["f1", "label", "f2", "f3"], rows)
+        config = {"source": "tabular_csv", "path": "s.csv"}
+    else:
+        path = write_csv(tmp_path / "raw" / "s.csv", ["text", "label"], text_rows(1000))
+        config = {"source": "text_csv", "path": "s.csv"}
+    first = prepare_dataset("s", config, tmp_path / "raw", tmp_path / "one")
+    second = prepare_dataset("s", config, tmp_path / "raw", tmp_path / "two")
+    splits = load_prepared("s", tmp_path / "one").splits
+    train = splits["train"].y
+    assert set(train[: len(train) // 10].tolist()) == {0, 1, 2}  # file order: one class
+    assert longest_run(train) < 30  # file order: 525 or more
+    for split in ("val", "test"):  # in file order, as before: each class in one run
+        assert longest_run(splits[split].y) == max(first.class_counts[split].values())
+    for split, (x, y) in in_memory_split(path, "label").items():
+        if kind == "text":
+            x = np.array([text for (text,) in x], dtype=object)
+        else:
+            x = np.array(x, dtype=np.float32)
+        assert_same_rows(split, splits[split].x, splits[split].y, x, y)
+    from tests.test_data_shards import shard_bytes
+
+    assert first == second and first.content_hash == second.content_hash
+    assert shard_bytes(tmp_path / "one", "s") == shard_bytes(tmp_path / "two", "s")
+    assert only_shards_and_manifest(tmp_path / "one", "s")
 
 
 @pytest.mark.parametrize(
@@ -407,6 +474,7 @@ def test_preparing_a_large_csv_keeps_memory_bounded(tmp_path, kind, count):
     # the in-memory path held every row as a dict of str: more than the file's 200 MB of text,
     # or about 1 GB for the 2M tabular rows (benchmarks/data/csv_prepare.py measures both)
     assert size > (190 if kind == "text" else 50) * 2**20, size
-    assert grown < 80, (memory, size)  # a batch of rows, 1-21 bytes per row and the writers
+    assert grown < 80, (memory, size)  # a batch of rows, 1-21 bytes per row, the writers and a
+    # shuffle bucket (about 32 MiB, data/external_shuffle.py)
     manifest = json.loads((tmp_path / "prepared" / "big" / "manifest.json").read_text())
     assert sum(manifest["splits"].values()) == count
