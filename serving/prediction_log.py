@@ -76,6 +76,10 @@ class _Record(NamedTuple):
 
 
 BATCH = 256  # records the writer takes from the queue at a time
+# after a frame's first record the sender waits this long for more before it sends, so frames
+# are sent (and answered) about a hundred times a second, not once per request: each send and
+# each answer wakes a thread that takes the serving process's GIL from the request path
+LINGER_S = 0.01
 
 
 class _File:
@@ -371,6 +375,8 @@ class PredictionLogger:
                 first = self._queue.get(timeout=1.0)
             except queue.Empty:
                 continue  # the writer process rotates old files itself
+            if first is not None and self._queue.qsize() < BATCH:
+                time.sleep(LINGER_S)  # let the frame gather what arrives meanwhile
             batch = [first]
             size = 0 if first is None else _nbytes(first)
             while len(batch) < BATCH and size < MAX_FRAME_BYTES and batch[-1] is not None:
