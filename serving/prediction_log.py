@@ -679,6 +679,7 @@ def _fill_tensor(proto: Any, value: Any) -> None:
         from tensorflow.core.framework import types_pb2  # deferred: protobufs only
 
         proto.dtype = types_pb2.DT_STRING
+        proto.tensor_shape.SetInParent()  # a scalar's shape is present and empty, as TF writes it
         dims = proto.tensor_shape.dim
         for size in value.shape:
             dims.add().size = size
