@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
 
 from kerasops.pipelines.config import load_params
 from kerasops.pipelines.tracking import store as tracking
@@ -81,3 +83,43 @@ def test_report_links_follow_the_mlflow_ui_in_use(tmp_path, monkeypatch):
     assert tracking.ui_url(params) == "http://127.0.0.1:5000"  # that UI has stopped
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert tracking.ui_url(params) == "http://mlflow.internal:5000"  # a server is its own UI
+
+
+def test_a_dataset_input_that_another_run_logged_at_the_same_moment_is_tried_again(
+    tmp_path, monkeypatch
+):
+    """Two tune processes logging one new dataset at once: MLflow looks it up, then inserts it,
+    and the later insert breaks the store's unique constraint (seen in CI as a failed trial).
+    The step tries again and reuses the row; any other MLflow error is raised at once."""
+    from kerasops.pipelines.steps import train  # deferred: loads TensorFlow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = project_params(tmp_path / "p")
+    tracking.configure(params)
+    (params.path("prepared_data") / "digits").mkdir(parents=True)
+    real, calls = mlflow.log_input, []
+
+    def racing(dataset, context=None):
+        calls.append(dataset.name)
+        if len(calls) == 1:  # what the store raised in CI
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(dataset, context=context)
+
+    monkeypatch.setattr(train.mlflow, "log_input", racing)
+    with mlflow.start_run() as run:
+        train.log_data_input(params, "digits", "abc123")
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert calls == ["digits", "digits"]
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("digits", "abc123")]
+
+    def broken(dataset, context=None):
+        calls.append("broken")
+        raise MlflowException("the tracking server is gone")
+
+    monkeypatch.setattr(train.mlflow, "log_input", broken)
+    with mlflow.start_run(), pytest.raises(MlflowException, match="gone"):
+        train.log_data_input(params, "digits", "abc123")
+    assert calls.count("broken") == 1

@@ -372,8 +372,10 @@ def test_two_tune_processes_share_one_study_without_overshooting(project):
     together exactly `--trials` trials trained and counted.
 
     Heartbeats at the default 10 s: two processes training on two cores can starve a 1 s
-    heartbeat past its 2 s grace, and the other process then fails a live trial (CI saw trial 0
-    FAIL once)."""
+    heartbeat past its 2 s grace, and the other process then fails a live trial. CI saw trial 0
+    FAIL twice; the second time its process said why: both processes logged the new dataset
+    input at once and MLflow's store refused the second insert (UNIQUE constraint), which
+    log_data_input now tries again."""
     tuned = write_tuned(project, heartbeat_seconds=10)
     assert main(["prepare", "digits"]) == 0  # not twice at once
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -30,6 +30,7 @@ import pandas as pd
 import tensorflow as tf
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
@@ -54,6 +55,7 @@ from kerasops.pipelines.training.outputs import publish_run, write_outputs
 
 MODEL_URI_TAG = "kerasops.model_uri"  # the logged model of a run: what retraining registers
 PROCESS_TAG = "kerasops.process"  # host:pid of the process that trained the run
+DATASET_INPUT_TRIES = 3  # a dataset input that two runs log at once is tried again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +257,18 @@ def log_data_input(params: Params, dataset: str, version: str) -> None:
     with warnings.catch_warnings():  # MLflow registers its local source twice ("" and file:)
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(folder.as_uri())
-    mlflow.log_input(MetaDataset(source, name=dataset, digest=version), context="training")
+    logged = MetaDataset(source, name=dataset, digest=version)
+    for attempt in range(DATASET_INPUT_TRIES):
+        try:
+            mlflow.log_input(logged, context="training")
+            return
+        except MlflowException as exc:
+            # two runs logging one new dataset at once (two `kerasops tune` processes on one
+            # store): MLflow looks the dataset up, then inserts it, so the later insert breaks
+            # the store's unique constraint; the row exists now, and the next try reuses it
+            if attempt == DATASET_INPUT_TRIES - 1 or "unique constraint" not in str(exc).lower():
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_model(model: keras.Model, examples: np.ndarray) -> ModelInfo:
