@@ -80,6 +80,7 @@ BATCH = 256  # records the writer takes from the queue at a time
 # are sent (and answered) about a hundred times a second, not once per request: each send and
 # each answer wakes a thread that takes the serving process's GIL from the request path
 LINGER_S = 0.01
+RESTART_S = 1.0  # a writer process that exited is started again this long after the last start
 
 
 class _File:
@@ -422,7 +423,8 @@ class PredictionLogger:
             self._dropped(record.model, reason)
 
     def _writer(self) -> subprocess.Popen | None:
-        """The running writer process, started when there is none (at most once a second)."""
+        """The running writer process, started when there is none (at most once a second:
+        the sender waits for the next start, while requests go on queueing)."""
         with self._spawn:
             return self._start_writer()
 
@@ -432,8 +434,9 @@ class PredictionLogger:
             return process
         if process is not None:
             self._stop_writer(process)
-        if self._started and time.monotonic() - self._started < 1.0:
-            return None
+        since = time.monotonic() - self._started
+        if self._started and since < RESTART_S:  # at most one start a second: the sender
+            time.sleep(RESTART_S - since)  # waits out the rest, its records kept, not dropped
         self._started = time.monotonic()
         answers, answer_end = os.pipe()
         try:
