@@ -682,10 +682,7 @@ def _fill_tensor(proto: Any, value: Any) -> None:
         from tensorflow.core.framework import types_pb2  # deferred: protobufs only
 
         proto.dtype = types_pb2.DT_STRING
-        proto.tensor_shape.SetInParent()  # a scalar's shape is present and empty, as TF writes it
-        dims = proto.tensor_shape.dim
-        for size in value.shape:
-            dims.add().size = size
+        _write_shape(proto, value.shape)
         proto.string_val.extend(value.values)
         return
     if not _raw(value):
@@ -694,10 +691,16 @@ def _fill_tensor(proto: Any, value: Any) -> None:
         proto.CopyFrom(tf.make_tensor_proto(value))
         return
     proto.dtype = _content_dtype(value.dtype)
-    dims = proto.tensor_shape.dim
-    for size in value.shape:
-        dims.add().size = size
+    _write_shape(proto, value.shape)
     proto.tensor_content = value.tobytes()
+
+
+def _write_shape(proto: Any, shape: tuple[int, ...]) -> None:
+    """`proto.tensor_shape` := `shape`; a scalar's is present and empty, as TF writes it."""
+    proto.tensor_shape.SetInParent()
+    dims = proto.tensor_shape.dim
+    for size in shape:
+        dims.add().size = size
 
 
 def read_prediction_logs(folder: Path, prefix: str = "") -> list[Any]:
