@@ -213,3 +213,39 @@ def test_grpc_tensors_are_built_without_make_tensor_proto(array: np.ndarray) -> 
         assert proto.tensor_content and tf.make_ndarray(proto).dtype == array.dtype
         np.testing.assert_array_equal(tf.make_ndarray(proto), array)
         np.testing.assert_array_equal(from_tensor_proto(proto), array)
+
+
+def test_a_signature_call_passes_its_inputs_in_the_graphs_own_order(tmp_path: Path) -> None:
+    """The flat call feeds the graph function's placeholders in their order: a signature of
+    two inputs declared out of name order gives what the structured call gives, and an input
+    that does not match the signature takes the structured call and its error."""
+    import tensorflow as tf
+
+    from kerasops.serving.servable import Signature
+
+    class Two(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 3], tf.float32, name="zeta"),
+                tf.TensorSpec([None, 3], tf.float32, name="alpha"),
+            ]
+        )
+        def serve(self, zeta, alpha):
+            return {"out": zeta[:, 0] * 10.0 + alpha[:, 0]}
+
+    tf.saved_model.save(Two(), str(tmp_path / "two"), signatures={"serving_default": Two().serve})
+    function = tf.saved_model.load(str(tmp_path / "two")).signatures["serving_default"]
+    signature = Signature("serving_default", function, BatchingConfig(enabled=False), None)
+    assert signature._flat_order is not None
+    inputs = {
+        "zeta": np.array([[1, 0, 0], [2, 0, 0]], "float32"),
+        "alpha": np.array([[5, 0, 0], [7, 0, 0]], "float32"),
+    }
+    np.testing.assert_array_equal(signature.run(inputs)["out"], [15.0, 27.0])
+    want = function(zeta=tf.constant(inputs["zeta"]), alpha=tf.constant(inputs["alpha"]))
+    np.testing.assert_array_equal(signature.run(inputs)["out"], want["out"].numpy())
+    with pytest.raises(ServingError):
+        signature.run({"zeta": inputs["zeta"], "alpha": inputs["alpha"].astype("int64")})
+    wider = {"zeta": np.ones((2, 4), "float32"), "alpha": inputs["alpha"]}  # not [None, 3]
+    structured = function(zeta=tf.constant(wider["zeta"]), alpha=tf.constant(wider["alpha"]))
+    np.testing.assert_array_equal(signature.run(wider)["out"], structured["out"].numpy())
