@@ -133,6 +133,7 @@ class _Files:
         self._files: dict[Path, _File] = {}
         self._prefixes: dict[str, Path] = {}  # filename_prefix -> its resolved path
         self._sequence = 0
+        self._templates = _Templates()
 
     def write(self, record: _Record) -> bool:
         """Write one record; False when it was dropped (a write error)."""
@@ -146,7 +147,7 @@ class _Files:
             if handle is None:
                 self._sequence += 1
                 handle = self._files[prefix] = _File(prefix, self._sequence)
-            handle.write(prediction_log(record).SerializeToString())
+            handle.write(self._templates.serialize(record))
             if handle.bytes >= self.max_file_bytes:
                 self.close(prefix)
             return True
@@ -263,8 +264,11 @@ def encode_frame(batch: list[_Record]) -> bytes:
 
 def decode_frame(frame: bytes) -> list[_Record]:
     records = []
+    specs: dict[tuple[str, float], LoggingSpec] = {}
     for prefix, rate, model, version, signature, origin, inputs, outputs in marshal.loads(frame):
-        spec = LoggingSpec(prefix, rate)
+        spec = specs.get((prefix, rate))
+        if spec is None:
+            spec = specs[prefix, rate] = LoggingSpec(prefix, rate)
         records.append(
             _Record(spec, model, version, signature, _unflat(inputs), _unflat(outputs), origin)
         )
@@ -638,6 +642,94 @@ def prediction_log(record: _Record) -> Any:
     for key, value in record.outputs.items():
         _fill_tensor(response.outputs[key], value)
     return entry
+
+
+class _Templates:
+    """Serialized PredictionLogs spliced from templates: the records of one layout (model,
+    version, signature, sampling rate, origin, and per tensor its name, dtype and shape, or its
+    string values or built proto) differ only in their numeric tensors' `tensor_content`, whose
+    lengths the layout fixes, so every other byte of the serialized message is the same. A
+    template holds those bytes, split where the contents go; a record of a known layout is the
+    join of its pieces and its arrays' bytes, without a message built (the same bytes as
+    `prediction_log(record).SerializeToString()`, tested). At most `LIMIT` layouts are kept
+    (text inputs make a layout per request); records of the others are built as messages."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._pieces: dict[tuple, tuple[bytes, ...] | None] = {}
+
+    def serialize(self, record: _Record) -> bytes:
+        layout, contents = _layout(record)
+        if layout is None:
+            return prediction_log(record).SerializeToString()
+        pieces = self._pieces.get(layout, _UNKNOWN)
+        if pieces is _UNKNOWN:
+            pieces = _template(record) if len(self._pieces) < self.LIMIT else None
+            if len(self._pieces) < self.LIMIT:
+                self._pieces[layout] = pieces
+        if pieces is None:
+            return prediction_log(record).SerializeToString()
+        joined = [pieces[0]]
+        for value, piece in zip(contents, pieces[1:], strict=True):
+            joined += (value, piece)  # an array's buffer is its C-order bytes, as tobytes()
+        return b"".join(joined)
+
+
+_UNKNOWN = object()
+
+
+def _layout(record: _Record) -> tuple[tuple | None, list[np.ndarray]]:
+    """`record`'s layout (see _Templates) and its numeric arrays in the order of the message;
+    None for a record with a value that only make_tensor_proto writes (never in the writer
+    process, which gets those built)."""
+    tensors: list = []
+    contents = []
+    for arrays in (record.inputs, record.outputs):
+        for key, value in arrays.items():
+            if _raw(value):
+                tensors.append((key, value.dtype.str, value.shape))
+                contents.append(value if value.flags.c_contiguous else value.tobytes())
+            elif isinstance(value, _Strings):
+                tensors.append((key, value.shape, tuple(value.values)))
+            elif isinstance(value, _Built):
+                tensors.append((key, value.data))
+            else:
+                return None, contents
+        tensors.append(None)  # inputs | outputs
+    spec = record.spec
+    layout = (spec.sampling_rate, record.model, record.version, record.signature, record.origin,
+              *tensors)  # fmt: skip
+    return layout, contents
+
+
+def _template(record: _Record) -> tuple[bytes, ...] | None:
+    """The pieces of `record`'s layout between its numeric contents, found by serializing the
+    record with random contents of the same sizes; None when a content's bytes are not found
+    exactly once (a short one may recur by chance)."""
+    markers: list[bytes] = []
+
+    def marked(arrays: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in arrays.items():
+            if _raw(value):
+                marker = os.urandom(value.nbytes)
+                markers.append(marker)
+                value = np.frombuffer(marker, dtype=value.dtype).reshape(value.shape)
+            out[key] = value
+        return out
+
+    probe = record._replace(inputs=marked(record.inputs), outputs=marked(record.outputs))
+    data = prediction_log(probe).SerializeToString()
+    pieces, start = [], 0
+    for marker in markers:
+        at = data.find(marker, start)
+        if at < 0 or data.count(marker) != 1:
+            return None
+        pieces.append(data[start:at])
+        start = at + len(marker)
+    pieces.append(data[start:])
+    return tuple(pieces)
 
 
 _CONTENT_DTYPES: dict[np.dtype, int] = {}  # numpy dtype -> DataType enum, for tensor_content

@@ -14,6 +14,9 @@ from kerasops.serving.prediction_log import (
     LoggingSpec,
     PredictionLogger,
     _Record,
+    _Templates,
+    decode_frame,
+    encode_frame,
     prediction_log,
     read_prediction_logs,
 )
@@ -47,6 +50,42 @@ def test_logged_tensors_are_make_tensor_protos(value):
     assert logged.SerializeToString() == tf.make_tensor_proto(value).SerializeToString()
     if value.dtype.isnative:
         np.testing.assert_array_equal(tf.make_ndarray(logged), value)
+
+
+@pytest.mark.parametrize("value", ARRAYS, ids=lambda a: f"{a.dtype.str}{list(a.shape)}")
+def test_records_spliced_from_a_template_are_the_messages_bytes(value):
+    """The writer joins a known layout's pieces and the arrays' bytes: byte for byte what the
+    message serializes to, for the first record of a layout (its template made) and the next
+    ones (other numbers, the same layout), as the writer process gets them from the pipe."""
+    templates = _Templates()
+    classes = np.array([[b"cat", b"dog"]], dtype=object)
+    for shift in (0, 1, 2):
+        numbers = value + shift if value.dtype.kind in "fiu" else value
+        record = _Record(
+            LoggingSpec("m/p", 0.5),
+            "m",
+            3,
+            "serving_default",
+            {"x": numbers, "z": np.full((1, 3), shift, "float32")},
+            {"classes": classes, "probabilities": np.array([[0.25, 0.75 + shift]], "float32")},
+            "mirror:abc",
+        )
+        (received,) = decode_frame(encode_frame([record]))
+        assert templates.serialize(received) == prediction_log(received).SerializeToString()
+        assert templates.serialize(record) == prediction_log(record).SerializeToString()
+
+
+def test_layouts_beyond_the_templates_limit_are_built_as_messages():
+    templates = _Templates()
+    for i in range(_Templates.LIMIT + 40):  # a text model: a layout per request
+        text = np.array([f"request {i}".encode()], dtype=object)
+        record = _Record(
+            LoggingSpec("m/p", 1.0), "m", 1, "serving_default", {"text": text},
+            {"probabilities": np.array([[0.5, i]], "float32")},
+        )  # fmt: skip
+        (received,) = decode_frame(encode_frame([record]))
+        assert templates.serialize(received) == prediction_log(received).SerializeToString()
+    assert len(templates._pieces) == _Templates.LIMIT
 
 
 def test_a_burst_is_written_whole_in_order_and_counted(tmp_path):
