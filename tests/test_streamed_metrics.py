@@ -1,0 +1,127 @@
+"""The keyword spotter's metrics stream its splits: the same figures as the whole-split
+computation they replaced (kept here as the reference), on small prepared splits read in
+several batches, without ever reading a whole split."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from kerasops.data import Split, load_prepared, prepare_dataset
+from kerasops.models import build_model, preset_values
+from kerasops.models.evaluation import (
+    classification_metrics,
+    confusion_counts,
+    confusion_metrics,
+    score_classifier,
+)
+from kerasops.models.keyword_spotter.metrics import UNSEEN_VOICE, evaluate_keyword_spotter
+from kerasops.models.registry import get_family
+from kerasops.models.training import TrainConfig
+from tests.test_keyword_spotter import tone, write_wav
+
+BATCH = 32  # several batches per split
+TOLERANCE = {"rel": 1e-6, "abs": 1e-12}  # float32 errors summed in another order
+
+
+def untrained(name: str, preset: str, data, **values):
+    """The family's model for `data`, with seeded initial weights; and its typed config."""
+    keras.utils.set_random_seed(0)
+    family = get_family(name)
+    spec = family.recipe.input_spec(data, TrainConfig())
+    config = family.config.from_dict(
+        {**preset_values(name, preset), **values, "inputs": spec.to_dict()}
+    )
+    return build_model(name, config), config
+
+
+@contextlib.contextmanager
+def whole_splits_unread():
+    """Reading any split's x or y whole fails the test inside this block."""
+
+    def whole(self):
+        raise AssertionError("a whole split was read into memory")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Split, "x", property(whole))
+        patch.setattr(Split, "y", property(whole))
+        yield
+
+
+def assert_same_figures(streamed: dict, whole: dict) -> None:
+    assert sorted(streamed) == sorted(whole)
+    for key, value in whole.items():
+        assert streamed[key] == pytest.approx(value, **TOLERANCE), key
+
+
+# --- shared pieces ------------------------------------------------------------------------------
+
+
+def test_confusion_metrics_are_classification_metrics_from_counts():
+    rng = np.random.default_rng(0)
+    truth = rng.choice([0, 1, 2, 4], size=300)  # class 3 never true
+    probabilities = rng.dirichlet(np.ones(6), size=300)
+    probabilities[:, 5] = 0.0  # class 5 never predicted
+    train = rng.integers(0, 6, size=500)
+    classes = tuple("abcdef")
+    whole = classification_metrics(truth, probabilities, train, classes)
+    confusion = confusion_counts(truth, probabilities.argmax(axis=-1), len(classes))
+    streamed = confusion_metrics(confusion, int(np.bincount(train).argmax()), classes)
+    assert_same_figures(streamed.metrics, whole.metrics)
+    assert streamed.confusion == whole.confusion and streamed.classes == classes
+
+
+# --- keyword spotter ----------------------------------------------------------------------------
+
+
+def keyword_spotter_reference(model, data, split="test"):
+    """The whole-split computation: every label and prediction in memory, scikit-learn."""
+    classes = data.manifest.classes
+    majority = int(np.bincount(np.asarray(data.splits["train"].y).astype(int)).argmax())
+
+    def majority_macro_f1(truth):
+        labels = list(range(len(classes)))
+        guesses = np.full_like(truth, majority)
+        return float(f1_score(truth, guesses, labels=labels, average="macro", zero_division=0))
+
+    metrics = dict(score_classifier(model, data, split).metrics)
+    metrics["baseline_majority_macro_f1"] = majority_macro_f1(np.asarray(data.splits[split].y))
+    held = score_classifier(model, data, UNSEEN_VOICE).metrics
+    metrics["unseen_voice_accuracy"] = held["test_accuracy"]
+    metrics["unseen_voice_macro_f1"] = held["test_macro_f1"]
+    metrics["baseline_unseen_voice_majority_accuracy"] = held["baseline_majority_accuracy"]
+    metrics["baseline_unseen_voice_majority_macro_f1"] = majority_macro_f1(
+        np.asarray(data.splits[UNSEEN_VOICE].y)
+    )
+    return metrics
+
+
+def write_tones(folder: Path, clips: int) -> None:
+    """Three classes of short tones, unbalanced: `clips`, 3/4 and 1/2 of it."""
+    for name, hz, share in (("low", 300.0, 1.0), ("mid", 900.0, 0.75), ("high", 2000.0, 0.5)):
+        for i in range(int(clips * share)):
+            write_wav(folder / name / f"{i}.wav", tone(hz * (1 + 0.01 * i), 0.3))
+
+
+def test_keyword_spotter_streams_the_figures_it_computed_whole(tmp_path):
+    write_tones(tmp_path / "own", 32)
+    write_tones(tmp_path / "speaker_b", 16)
+    config = {"source": "audio_folder", "path": "own", "unseen_voice_path": "speaker_b"}
+    prepare_dataset("own", {**config, "test_fraction": 0.3}, tmp_path, tmp_path / "prepared")
+    data = load_prepared("own", tmp_path / "prepared")
+    model, _ = untrained("keyword_spotter", "keyword_spotter_tiny", data)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    train = data.splits["train"]  # a few epochs: an untrained spotter answers one class
+    model.fit(np.asarray(train.x), np.asarray(train.y), epochs=3, batch_size=8, verbose=0)
+    data = load_prepared("own", tmp_path / "prepared")  # nothing of it in memory
+    with whole_splits_unread():
+        streamed = evaluate_keyword_spotter(model, data, batch_size=8)
+    whole = keyword_spotter_reference(model, data)
+    assert 0.4 < whole["test_accuracy"] < 1.0 and whole["baseline_majority_accuracy"] < 0.5
+    assert_same_figures(streamed.metrics, whole)
+    assert streamed.confusion == score_classifier(model, data, "test").confusion
