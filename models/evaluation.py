@@ -2,7 +2,8 @@
 against its baseline. Families with other tasks score themselves in their own recipe.
 
 What a family needs to score a split in bounded memory is here too: classification figures
-from a confusion matrix streamed batch by batch.
+from a confusion matrix streamed batch by batch, and a strided sample of a split's examples
+(for the figures that rank every example's score: percentiles, ROC AUC, average precision).
 """
 
 from __future__ import annotations
@@ -130,6 +131,27 @@ def confusion_metrics(confusion: np.ndarray, majority: int, classes: tuple) -> E
         confusion=confusion.tolist(),
         classes=tuple(classes),
     )
+
+
+class StridedSample:
+    """Which examples of a split streamed in batches to keep: every `stride`-th, counted from
+    the split's first, so that at most `limit` of its `count` examples are kept (all of them
+    when count <= limit), the same ones whatever the batch size."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.stride = max(1, -(-count // max(1, limit)))  # ceil
+        self.seen = 0
+
+    def pick(self, size: int) -> np.ndarray:
+        """Flags (size,) of the next `size` examples: True for those kept."""
+        picked = (self.seen + np.arange(size)) % self.stride == 0
+        self.seen += size
+        return picked
+
+
+# Examples of a split whose per-example scores are kept for the figures that rank them all
+# (percentiles, ROC AUC, average precision); a larger split keeps a StridedSample of them.
+MAX_SCORED_EXAMPLES = 1_000_000
 
 
 def forecast_metrics(windows: np.ndarray, y_true: np.ndarray, forecast: np.ndarray) -> Evaluation:

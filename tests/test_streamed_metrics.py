@@ -1,6 +1,6 @@
-"""The keyword spotter's metrics stream its splits: the same figures as the whole-split
-computation they replaced (kept here as the reference), on small prepared splits read in
-several batches, without ever reading a whole split."""
+"""The keyword spotter's and GAN's metrics stream their splits: the same figures as the
+whole-split computations they replaced (kept here as the reference), on small prepared
+splits read in several batches, without ever reading a whole split."""
 
 from __future__ import annotations
 
@@ -10,16 +10,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from scipy import linalg
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from kerasops.data import Split, load_prepared, prepare_dataset
+from kerasops.data import Split, load_prepared, prepare_dataset, resolve_dataset_config
 from kerasops.models import build_model, preset_values
 from kerasops.models.evaluation import (
+    StridedSample,
     classification_metrics,
     confusion_counts,
     confusion_metrics,
     score_classifier,
 )
+from kerasops.models.gan.metrics import gan_metrics, generate
 from kerasops.models.keyword_spotter.metrics import UNSEEN_VOICE, evaluate_keyword_spotter
 from kerasops.models.registry import get_family
 from kerasops.models.training import TrainConfig
@@ -27,6 +31,19 @@ from tests.test_keyword_spotter import tone, write_wav
 
 BATCH = 32  # several batches per split
 TOLERANCE = {"rel": 1e-6, "abs": 1e-12}  # float32 errors summed in another order
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    root = tmp_path_factory.mktemp("streamed")
+    return root / "raw", root / "prepared"
+
+
+def prepared(roots, name: str, overrides: dict | None = None):
+    raw, folder = roots
+    if not (folder / name / "manifest.json").is_file():
+        prepare_dataset(name, resolve_dataset_config(name, overrides or {}), raw, folder)
+    return load_prepared(name, folder)
 
 
 def untrained(name: str, preset: str, data, **values):
@@ -60,6 +77,14 @@ def assert_same_figures(streamed: dict, whole: dict) -> None:
 
 
 # --- shared pieces ------------------------------------------------------------------------------
+
+
+def test_a_strided_sample_keeps_the_same_examples_whatever_the_batches():
+    for sizes in ([10] * 10, [3, 50, 47], [100]):
+        sample = StridedSample(100, 30)
+        picked = np.concatenate([sample.pick(n) for n in sizes])
+        assert np.flatnonzero(picked).tolist() == list(range(0, 100, 4))
+    assert StridedSample(100, 100).pick(100).all()
 
 
 def test_confusion_metrics_are_classification_metrics_from_counts():
@@ -125,3 +150,53 @@ def test_keyword_spotter_streams_the_figures_it_computed_whole(tmp_path):
     assert 0.4 < whole["test_accuracy"] < 1.0 and whole["baseline_majority_accuracy"] < 0.5
     assert_same_figures(streamed.metrics, whole)
     assert streamed.confusion == score_classifier(model, data, "test").confusion
+
+
+# --- GAN ----------------------------------------------------------------------------------------
+
+
+def gan_reference(generator, train, test, pixel_max, seed=0):
+    """The whole-split computation: every image set as one array."""
+
+    def features(images):
+        return images.reshape(len(images), -1).astype("float64") / pixel_max
+
+    def frechet(a, b):
+        eps = 1e-6 * np.eye(a.shape[1])
+        cov_a, cov_b = np.cov(a, rowvar=False) + eps, np.cov(b, rowvar=False) + eps
+        root = linalg.sqrtm(cov_a @ cov_b)
+        root = root.real if np.iscomplexobj(root) else root
+        return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+    def digits(images):
+        p = np.clip(judge.predict_proba(images), 1e-12, 1.0)
+        kl = np.sum(p * (np.log(p) - np.log(p.mean(axis=0, keepdims=True))), axis=1)
+        return float(np.exp(kl.mean()))
+
+    rng = np.random.default_rng(seed + 1)
+    real_train, real_test = features(np.asarray(train.x)), features(np.asarray(test.x))
+    fake = features(generate(generator, len(real_test), seed))
+    noise = rng.uniform(0.0, 1.0, fake.shape)
+    gaussian = rng.normal(real_train.mean(axis=0), real_train.std(axis=0), fake.shape)
+    independent = np.clip(gaussian, 0.0, 1.0)
+    judge = LogisticRegression(max_iter=2000).fit(real_train, np.asarray(train.y).reshape(-1))
+    return {
+        "test_digits_score": digits(fake),
+        "baseline_noise_digits_score": digits(noise),
+        "baseline_pixel_gaussian_digits_score": digits(independent),
+        "reference_test_digits_score": digits(real_test),
+        "test_frechet_distance": frechet(fake, real_test),
+        "baseline_noise_frechet_distance": frechet(noise, real_test),
+        "baseline_pixel_gaussian_frechet_distance": frechet(independent, real_test),
+        "reference_train_test_frechet_distance": frechet(real_train, real_test),
+        "test_generated_pixel_std": float(fake.std(axis=0).mean()),
+    }
+
+
+def test_gan_streams_the_figures_it_computed_whole(roots):
+    data = prepared(roots, "digits")
+    generator, config = untrained("gan", "gan_small", data)
+    train, test, pixel_max = data.splits["train"], data.splits["test"], config.inputs.pixel_max
+    with whole_splits_unread():
+        streamed = gan_metrics(generator, train, test, pixel_max, batch_size=BATCH)
+    assert_same_figures(streamed, gan_reference(generator, train, test, pixel_max))
