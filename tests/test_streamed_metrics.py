@@ -1,6 +1,6 @@
-"""The keyword spotter's and GAN's metrics stream their splits: the same figures as the
-whole-split computations they replaced (kept here as the reference), on small prepared
-splits read in several batches, without ever reading a whole split."""
+"""The keyword spotter's, GAN's and autoencoder's metrics stream their splits: the same
+figures as the whole-split computations they replaced (kept here as the reference), on
+small prepared splits read in several batches, without ever reading a whole split."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from scipy import linalg
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 
 from kerasops.data import Split, load_prepared, prepare_dataset, resolve_dataset_config
 from kerasops.models import build_model, preset_values
+from kerasops.models.autoencoder.metrics import autoencoder_metrics
 from kerasops.models.evaluation import (
     StridedSample,
     classification_metrics,
@@ -200,3 +201,72 @@ def test_gan_streams_the_figures_it_computed_whole(roots):
     with whole_splits_unread():
         streamed = gan_metrics(generator, train, test, pixel_max, batch_size=BATCH)
     assert_same_figures(streamed, gan_reference(generator, train, test, pixel_max))
+
+
+# --- autoencoder --------------------------------------------------------------------------------
+
+
+def autoencoder_reference(model, data, config, split="test"):
+    """The whole-split computation: each split's normal and anomalous images as arrays."""
+    pixel_max, label = config.inputs.pixel_max, config.anomaly_class
+
+    def images(name, normal=True):
+        x, y = np.asarray(data.splits[name].x), np.asarray(data.splits[name].y).reshape(-1)
+        return x[(y != label) == normal]
+
+    def squared(diff):  # per image
+        return np.mean(diff.reshape(len(diff), -1) ** 2, axis=1)
+
+    def errors(x):
+        reconstruction = np.asarray(model.predict(x, batch_size=256, verbose=0))
+        return squared(x.astype("float32") / pixel_max - reconstruction)
+
+    mean = images("train").astype("float32").mean(axis=0) / pixel_max
+
+    def mean_errors(x):
+        return squared(x.astype("float32") / pixel_max - mean[None])
+
+    def anomaly(normal_scores, anomaly_scores, threshold, prefix):
+        truth = np.r_[np.zeros(len(normal_scores)), np.ones(len(anomaly_scores))]
+        scores = np.r_[normal_scores, anomaly_scores]
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            truth, scores > threshold, average="binary", zero_division=0
+        )
+        return {
+            f"{prefix}roc_auc": float(roc_auc_score(truth, scores)),
+            f"{prefix}precision": float(precision),
+            f"{prefix}recall": float(recall),
+            f"{prefix}f1": float(f1),
+            f"{prefix}false_positive_rate": float(np.mean(normal_scores > threshold)),
+        }
+
+    normal_x, anomaly_x = images(split), images(split, normal=False)
+    found = errors(normal_x)
+    threshold = float(np.percentile(errors(images("val")), config.threshold_percentile))
+    metrics = {
+        "test_reconstruction_mse": float(found.mean()),
+        "baseline_mean_image_mse": float(mean_errors(normal_x).mean()),
+        "anomaly_threshold": threshold,
+    }
+    if config.mode == "denoise":
+        noise = np.random.default_rng(0).normal(0.0, config.noise_stddev, normal_x.shape)
+        noisy = (np.clip(normal_x / pixel_max + noise, 0.0, 1.0) * pixel_max).astype("float32")
+        denoised = np.asarray(model.predict(noisy, batch_size=256, verbose=0))
+        metrics["test_denoising_mse"] = float(np.mean((denoised - normal_x / pixel_max) ** 2))
+        metrics["baseline_noisy_input_mse"] = float(np.mean(((noisy - normal_x) / pixel_max) ** 2))
+    metrics |= anomaly(found, errors(anomaly_x), threshold, "anomaly_")
+    baseline = anomaly(mean_errors(normal_x), mean_errors(anomaly_x), 0.0, "")
+    metrics["baseline_mean_image_roc_auc"] = baseline["roc_auc"]
+    return metrics
+
+
+@pytest.mark.parametrize("preset", ["autoencoder_dense_small", "autoencoder_denoise_small"])
+def test_autoencoder_streams_the_figures_it_computed_whole(roots, preset):
+    data = prepared(roots, "digits")
+    # half the validation errors above the threshold: anomalies and normal images both flagged
+    model, config = untrained("autoencoder", preset, data, anomaly_class=9, threshold_percentile=50)
+    with whole_splits_unread():
+        streamed = autoencoder_metrics(model, data, config, batch_size=BATCH)
+    whole = autoencoder_reference(model, data, config)
+    assert 0 < whole["anomaly_precision"] < 1 and 0 < whole["anomaly_false_positive_rate"] < 1
+    assert_same_figures(streamed, whole)
