@@ -1,5 +1,5 @@
-"""The keyword spotter's, GAN's and autoencoder's metrics stream their splits: the same
-figures as the whole-split computations they replaced (kept here as the reference), on
+"""The keyword spotter's, GAN's, autoencoder's and detector's metrics stream their splits: the
+same figures as the whole-split computations they replaced (kept here as the reference), on
 small prepared splits read in several batches, without ever reading a whole split."""
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_s
 from kerasops.data import Split, load_prepared, prepare_dataset, resolve_dataset_config
 from kerasops.models import build_model, preset_values
 from kerasops.models.autoencoder.metrics import autoencoder_metrics
+from kerasops.models.detector.metrics import (
+    Detections,
+    average_precision,
+    evaluate_detector,
+    match_image,
+)
 from kerasops.models.evaluation import (
     StridedSample,
     classification_metrics,
     confusion_counts,
     confusion_metrics,
+    predict,
     score_classifier,
 )
 from kerasops.models.gan.metrics import gan_metrics, generate
@@ -270,3 +277,55 @@ def test_autoencoder_streams_the_figures_it_computed_whole(roots, preset):
     whole = autoencoder_reference(model, data, config)
     assert 0 < whole["anomaly_precision"] < 1 and 0 < whole["anomaly_false_positive_rate"] < 1
     assert_same_figures(streamed, whole)
+
+
+# --- detector -----------------------------------------------------------------------------------
+
+
+def detector_reference(model, data, split="test", iou=0.5):
+    """The whole-split computation: every image's detections and every true box in memory."""
+    truths, classes = np.asarray(data.splits[split].y), data.manifest.classes
+    outputs = predict(model, data.splits[split])
+    found = [
+        Detections(outputs["boxes"][i, :n], outputs["classes"][i, :n], outputs["scores"][i, :n])
+        for i, n in enumerate(np.asarray(outputs["num_detections"]).astype(int))
+    ]
+
+    def mean_ap(detections):
+        per_class = []
+        for label in range(len(classes)):
+            hits = [match_image(d, t, label, iou) for d, t in zip(detections, truths, strict=True)]
+            scores = [np.sort(d.scores[d.classes == label])[::-1] for d in detections]
+            count = int(np.sum(truths[..., 4] == label))
+            per_class.append(average_precision(np.concatenate(scores), np.concatenate(hits), count))
+        present = [ap for ap in per_class if not np.isnan(ap)]
+        return (float(np.mean(present)) if present else 0.0), per_class
+
+    rng, per_image = np.random.default_rng(0), int(model.get_layer("nms").max_detections)
+    train = np.asarray(data.splits["train"].y)
+    real = train[train[..., 4] >= 0]
+    sizes = np.stack([real[:, 2] - real[:, 0], real[:, 3] - real[:, 1]], axis=-1)
+    guesses = []
+    for _ in range(len(truths)):
+        size = sizes[rng.integers(len(sizes), size=per_image)]
+        top_left = rng.uniform(0, 1, (per_image, 2)) * (1 - size)
+        boxes = np.concatenate([top_left, top_left + size], axis=-1)
+        labels = rng.integers(len(classes), size=per_image)
+        guesses.append(Detections(boxes, labels, rng.uniform(0, 1, per_image)))
+    score, per_class = mean_ap(found)
+    metrics = {"test_map50": score, "baseline_random_map50": mean_ap(guesses)[0]}
+    metrics["test_detections_per_image"] = float(np.mean([len(d.scores) for d in found]))
+    for name, ap in zip(classes, per_class, strict=True):
+        if not np.isnan(ap):
+            metrics[f"test_ap50_{name}"] = ap
+    return metrics
+
+
+def test_detector_streams_the_figures_it_computed_whole(roots):
+    data = prepared(roots, "detection_digits", {"num_images": 400})
+    model, _ = untrained("detector", "detector_tiny", data)
+    with whole_splits_unread():
+        streamed = evaluate_detector(model, data, batch_size=BATCH)
+    whole = detector_reference(model, data)
+    assert whole["test_map50"] > 0 and whole["baseline_random_map50"] > 0
+    assert_same_figures(streamed.metrics, whole)
