@@ -67,6 +67,16 @@ class Split:
         for x, y in self.shards.arrays(batch=size):
             yield _texts(x, self.shards.x_encoding), _texts(y, self.shards.y_encoding)
 
+    def target_batches(self, size: int = 1024) -> Iterator[np.ndarray]:
+        """y batches in stored order, reading only the targets, without holding the split."""
+        if self.shards is None or self._y is not None:  # in memory already
+            y = np.asarray(self._y)
+            for start in range(0, len(y), size):
+                yield y[start : start + size]
+            return
+        for (y,) in self.shards.arrays(("y",), batch=size):
+            yield _texts(y, self.shards.y_encoding)
+
 
 def _texts(values: np.ndarray, encoding: str) -> np.ndarray:
     """Decoded UTF-8 strings as an object array of str, as preparation held them."""

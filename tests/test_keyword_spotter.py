@@ -256,8 +256,8 @@ def test_keyword_spotter_rejects_inputs_it_cannot_take(inputs, message):
 
 def test_majority_macro_f1_by_hand():
     # always "1" on [0, 1, 1, 2]: class 1 has precision 1/2, recall 1 -> F1 2/3; others 0
-    assert majority_macro_f1(np.array([0, 1, 1, 2]), 1, 3) == pytest.approx((2 / 3) / 3)
-    assert majority_macro_f1(np.array([0, 0]), 1, 2) == 0.0
+    assert majority_macro_f1(np.array([1, 2, 1]), 1) == pytest.approx((2 / 3) / 3)
+    assert majority_macro_f1(np.array([2, 0]), 1) == 0.0
 
 
 # --- training, tracking, export and serving --------------------------------------------------

@@ -16,7 +16,8 @@ from kerasops.data.detection import CanvasSpec, compose_canvases
 from kerasops.data.segmentation import digit_masks
 from kerasops.errors import ConfigError
 from kerasops.models import build_model, preset_values
-from kerasops.models.segmenter.metrics import confusion_scores, pixel_confusion
+from kerasops.models.evaluation import confusion_counts
+from kerasops.models.segmenter.metrics import confusion_scores
 from tests.conftest import write_params
 from tests.harness import run_builder_test
 
@@ -173,7 +174,7 @@ def test_segmenter_rejects_inputs_it_cannot_take(inputs, message):
 def test_iou_and_pixel_accuracy_by_hand():
     truth = np.array([[0, 0, 1, 1], [0, 0, 2, 2]])
     predicted = np.array([[0, 1, 1, 1], [0, 0, 0, 2]])
-    scores = confusion_scores(pixel_confusion(truth, predicted, 4))
+    scores = confusion_scores(confusion_counts(truth, predicted, 4))
     # background: TP 3, FN 1, FP 1 -> 3/5; class 1: 2/3; class 2: 1/2; class 3 absent
     np.testing.assert_allclose(scores["iou"][:3], [3 / 5, 2 / 3, 1 / 2])
     assert np.isnan(scores["iou"][3])

@@ -6,18 +6,23 @@ positive when it overlaps a still unmatched true box of its class by IoU >= the 
 mAP averages it over the classes present in the split. The baseline scores random boxes the
 same way: as many per image as the detector returns, sizes drawn from the training boxes,
 uniform positions, classes and scores.
+
+A split is streamed batch by batch: each image's detections are matched against its own true
+boxes, and only the ranked (score, true positive) pairs are kept, of every image while the
+split has at most MAX_SCORED_EXAMPLES of them (of an evenly strided sample beyond that).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
 
-from kerasops.data import PreparedData
-from kerasops.models.evaluation import Evaluation, predict
+from kerasops.data import PreparedData, Split
+from kerasops.models.evaluation import MAX_SCORED_EXAMPLES, Evaluation, StridedSample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +80,34 @@ def average_precision(scores: np.ndarray, hits: np.ndarray, num_truth: int) -> f
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
 
 
+class RankedDetections:
+    """Detections matched image by image, for average precision: per class the scores and
+    true-positive flags, and the number of true boxes."""
+
+    def __init__(self, num_classes: int, iou: float = 0.5) -> None:
+        self.iou = iou
+        self.scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+        self.hits: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+        self.truths = np.zeros(num_classes, np.int64)
+
+    def add(self, found: Detections, truth: np.ndarray) -> None:
+        """Match one image's detections against its padded true boxes (M, 5)."""
+        for label in range(len(self.truths)):
+            self.hits[label].append(match_image(found, truth, label, self.iou))
+            mine = found.scores[found.classes == label]
+            self.scores[label].append(np.sort(mine)[::-1])  # the order match_image ranks them in
+            self.truths[label] += int(np.sum(truth[:, 4] == label))
+
+    def mean_average_precision(self) -> tuple[float, list[float]]:
+        """(mAP, AP per class); classes without a true box get AP nan and are left out."""
+        per_class = [
+            average_precision(np.concatenate(scores), np.concatenate(hits), int(count))
+            for scores, hits, count in zip(self.scores, self.hits, self.truths, strict=True)
+        ]
+        present = [ap for ap in per_class if not np.isnan(ap)]
+        return (float(np.mean(present)) if present else 0.0), per_class
+
+
 def mean_average_precision(
     detections: Sequence[Detections], truths: np.ndarray, num_classes: int, iou: float = 0.5
 ) -> tuple[float, list[float]]:
@@ -82,17 +115,30 @@ def mean_average_precision(
 
     Classes absent from `truths` get AP nan and are left out of the mean.
     """
-    per_class = []
-    for label in range(num_classes):
-        scores, hits = [], []
-        for found, truth in zip(detections, truths, strict=True):
-            hits.append(match_image(found, truth, label, iou))
-            mine = found.scores[found.classes == label]
-            scores.append(np.sort(mine)[::-1])  # the order match_image ranks them in
-        num_truth = int(np.sum(truths[..., 4] == label))
-        per_class.append(average_precision(np.concatenate(scores), np.concatenate(hits), num_truth))
-    present = [ap for ap in per_class if not np.isnan(ap)]
-    return (float(np.mean(present)) if present else 0.0), per_class
+    ranked = RankedDetections(num_classes, iou)
+    for found, truth in zip(detections, truths, strict=True):
+        ranked.add(found, truth)
+    return ranked.mean_average_precision()
+
+
+def box_sizes(truths: np.ndarray) -> np.ndarray:
+    """Heights and widths (T, 2) of the real boxes of padded truths (N, M, 5), in order."""
+    real = truths[truths[..., 4] >= 0]  # (T, 5)
+    return np.stack([real[:, 2] - real[:, 0], real[:, 3] - real[:, 1]], axis=-1)
+
+
+def random_boxes(
+    per_image: int, sizes: np.ndarray, num_classes: int, seed: int = 0
+) -> Iterator[Detections]:
+    """`per_image` random boxes for image after image: sizes drawn from `sizes` (T, 2),
+    uniform places, classes and scores."""
+    rng = np.random.default_rng(seed)
+    while True:
+        size = sizes[rng.integers(len(sizes), size=per_image)]  # (D, 2)
+        top_left = rng.uniform(0, 1, (per_image, 2)) * (1 - size)
+        boxes = np.concatenate([top_left, top_left + size], axis=-1)
+        classes = rng.integers(num_classes, size=per_image)
+        yield Detections(boxes, classes, rng.uniform(0, 1, per_image))
 
 
 def random_detections(
@@ -100,42 +146,64 @@ def random_detections(
 ) -> list[Detections]:
     """`per_image` random boxes for each of `count` images: training box sizes, uniform places,
     classes and scores."""
-    rng = np.random.default_rng(seed)
-    real = train_truths[train_truths[..., 4] >= 0]  # (T, 5)
-    sizes = np.stack([real[:, 2] - real[:, 0], real[:, 3] - real[:, 1]], axis=-1)  # (T, 2)
-    result = []
-    for _ in range(count):
-        size = sizes[rng.integers(len(sizes), size=per_image)]  # (D, 2)
-        top_left = rng.uniform(0, 1, (per_image, 2)) * (1 - size)
-        boxes = np.concatenate([top_left, top_left + size], axis=-1)
-        classes = rng.integers(num_classes, size=per_image)
-        result.append(Detections(boxes, classes, rng.uniform(0, 1, per_image)))
-    return result
+    boxes = random_boxes(per_image, box_sizes(train_truths), num_classes, seed)
+    return list(itertools.islice(boxes, count))
+
+
+def training_box_sizes(train: Split, batch_size: int = 1024) -> np.ndarray:
+    """box_sizes of the training split (T, 2), read batch by batch; of an evenly strided
+    sample of its images when it has more than MAX_SCORED_EXAMPLES."""
+    sample, sizes = StridedSample(len(train), MAX_SCORED_EXAMPLES), []
+    for y in train.target_batches(batch_size):
+        sizes.append(box_sizes(np.asarray(y)[sample.pick(len(y))]))
+    return np.concatenate(sizes)
+
+
+def streamed_detections(
+    model: keras.Model, split: Split, batch_size: int = 256
+) -> Iterator[tuple[Detections, np.ndarray]]:
+    """The detector's valid detections and the padded true boxes (M, 5) of each image of
+    `split`, predicted batch by batch."""
+    for x, y in split.batches(batch_size):
+        outputs = model.predict_on_batch(x)
+        counts = np.asarray(outputs["num_detections"]).astype(int)  # (B,)
+        boxes, classes, scores = (np.asarray(outputs[k]) for k in ("boxes", "classes", "scores"))
+        for i, n in enumerate(counts):
+            yield Detections(boxes[i, :n], classes[i, :n], scores[i, :n]), np.asarray(y[i])
 
 
 def model_detections(model: keras.Model, prepared: PreparedData, split: str) -> list[Detections]:
     """The detector's valid detections for each image of `split`."""
-    outputs = predict(model, prepared.splits[split])
-    return [
-        Detections(outputs["boxes"][i, :n], outputs["classes"][i, :n], outputs["scores"][i, :n])
-        for i, n in enumerate(np.asarray(outputs["num_detections"]).astype(int))
-    ]
+    return [found for found, _ in streamed_detections(model, prepared.splits[split])]
 
 
 def evaluate_detector(
-    model: keras.Model, prepared: PreparedData, split: str = "test", iou: float = 0.5
+    model: keras.Model,
+    prepared: PreparedData,
+    split: str = "test",
+    iou: float = 0.5,
+    batch_size: int = 256,
 ) -> Evaluation:
     """mAP@iou of the detector on `split`, AP per class, and the random-boxes baseline."""
-    truths = np.asarray(prepared.splits[split].y)  # (N, M, 5)
-    classes = prepared.manifest.classes
-    found = model_detections(model, prepared, split)
-    score, per_class = mean_average_precision(found, truths, len(classes), iou)
+    test, classes = prepared.splits[split], prepared.manifest.classes
     per_image = int(model.get_layer("nms").max_detections)
-    guesses = random_detections(len(truths), per_image, prepared.splits["train"].y, len(classes))
-    baseline, _ = mean_average_precision(guesses, truths, len(classes), iou)
+    sizes = training_box_sizes(prepared.splits["train"])
+    guesses = random_boxes(per_image, sizes, len(classes))
+    ranked, baseline = RankedDetections(len(classes), iou), RankedDetections(len(classes), iou)
+    sample, detected = StridedSample(len(test), MAX_SCORED_EXAMPLES), 0
+    for found, truth in streamed_detections(model, test, batch_size):
+        guess = next(guesses)  # one guess per image, sampled or not: the same draws
+        detected += len(found.scores)
+        if sample.pick(1)[0]:
+            ranked.add(found, truth)
+            baseline.add(guess, truth)
+    score, per_class = ranked.mean_average_precision()
     tag = f"{int(round(iou * 100))}"
-    metrics = {f"test_map{tag}": score, f"baseline_random_map{tag}": baseline}
-    metrics["test_detections_per_image"] = float(np.mean([len(d.scores) for d in found]))
+    metrics = {
+        f"test_map{tag}": score,
+        f"baseline_random_map{tag}": baseline.mean_average_precision()[0],
+        "test_detections_per_image": detected / len(test),
+    }
     for name, ap in zip(classes, per_class, strict=True):
         if not np.isnan(ap):
             metrics[f"test_ap{tag}_{name}"] = ap

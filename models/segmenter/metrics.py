@@ -12,14 +12,7 @@ import keras
 import numpy as np
 
 from kerasops.data import PreparedData
-from kerasops.models.evaluation import Evaluation
-
-
-def pixel_confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Confusion counts (K, K) of class-id arrays of one shape: rows true, columns predicted."""
-    pairs = truth.astype(np.int64).reshape(-1) * num_classes + predicted.astype(np.int64).ravel()
-    counts = np.bincount(pairs, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+from kerasops.models.evaluation import Evaluation, confusion_counts
 
 
 def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
@@ -47,8 +40,8 @@ def model_confusion(
     found, baseline = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
     for x, y in prepared.splits[split].batches(batch_size):
         mask = model.predict_on_batch(x)["mask"]  # (B, H, W)
-        found += pixel_confusion(np.asarray(y), np.asarray(mask), k)
-        baseline += pixel_confusion(np.asarray(y), np.zeros_like(y), k)
+        found += confusion_counts(np.asarray(y), np.asarray(mask), k)
+        baseline += confusion_counts(np.asarray(y), np.zeros_like(y), k)
     return found, baseline
 
 
