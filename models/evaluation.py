@@ -45,6 +45,13 @@ def predict(
     return np.asarray(outputs)
 
 
+def predict_rows(model: keras.Model, x: Any) -> Any:
+    """Model outputs for the rows of one batch `x`. `predict`, not `predict_on_batch`: under a
+    strategy of several replicas Keras 3.15's predict_on_batch returns each replica's rows
+    concatenated (twice the rows on two devices)."""
+    return model.predict(x, batch_size=max(len(x), 1), verbose=0)
+
+
 def classification_metrics(
     y_true: np.ndarray, probabilities: np.ndarray, train_labels: np.ndarray, classes: tuple
 ) -> Evaluation:

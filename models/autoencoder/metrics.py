@@ -17,7 +17,12 @@ from sklearn.metrics import roc_auc_score
 
 from kerasops.data import PreparedData, Split
 from kerasops.models.autoencoder.builder import AutoencoderConfig
-from kerasops.models.evaluation import MAX_SCORED_EXAMPLES, StridedSample, precision_recall_f1
+from kerasops.models.evaluation import (
+    MAX_SCORED_EXAMPLES,
+    StridedSample,
+    precision_recall_f1,
+    predict_rows,
+)
 
 
 def without_class(split: Split, label: int) -> Split:
@@ -28,7 +33,7 @@ def without_class(split: Split, label: int) -> Split:
 
 def reconstruction_errors(autoencoder: keras.Model, images: np.ndarray, pixel_max: float):
     """Per-image mean squared error in [0, 1] pixel units: (N,)."""
-    reconstruction = np.asarray(autoencoder.predict_on_batch(images))
+    reconstruction = np.asarray(predict_rows(autoencoder, images))
     diff = images.astype("float32") / pixel_max - reconstruction  # (N, H, W, C)
     return np.mean(diff.reshape(len(images), -1) ** 2, axis=1)
 
@@ -121,7 +126,7 @@ def denoising_sums(
     if not len(normal):
         return np.zeros(3)
     noisy = add_noise(normal, config.noise_stddev, pixel_max, rng)
-    denoised = np.asarray(model.predict_on_batch(noisy))
+    denoised = np.asarray(predict_rows(model, noisy))
     denoised_sum = np.sum((denoised - normal / pixel_max) ** 2, dtype=np.float64)
     noisy_sum = np.sum(((noisy - normal) / pixel_max) ** 2, dtype=np.float64)
     return np.array([denoised_sum, noisy_sum, normal.size])

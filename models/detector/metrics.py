@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from kerasops.data import PreparedData, Split
-from kerasops.models.evaluation import MAX_SCORED_EXAMPLES, Evaluation, StridedSample
+from kerasops.models.evaluation import MAX_SCORED_EXAMPLES, Evaluation, StridedSample, predict_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ def streamed_detections(
     """The detector's valid detections and the padded true boxes (M, 5) of each image of
     `split`, predicted batch by batch."""
     for x, y in split.batches(batch_size):
-        outputs = model.predict_on_batch(x)
+        outputs = predict_rows(model, x)
         counts = np.asarray(outputs["num_detections"]).astype(int)  # (B,)
         boxes, classes, scores = (np.asarray(outputs[k]) for k in ("boxes", "classes", "scores"))
         for i, n in enumerate(counts):

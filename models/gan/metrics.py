@@ -21,7 +21,7 @@ from scipy import linalg
 from sklearn.linear_model import LogisticRegression
 
 from kerasops.data import Split
-from kerasops.models.evaluation import StridedSample
+from kerasops.models.evaluation import StridedSample, predict_rows
 
 MAX_JUDGE_VALUES = 2**25  # pixel values (float64: 256 MiB) the judge is fitted on at most
 
@@ -142,7 +142,7 @@ def gan_metrics(
         count = min(batch_size, len(test) - start)
         noise = latent.normal(size=(count, latent_dim)).astype("float32")
         images = {
-            "fake": pixel_features(np.asarray(generator.predict_on_batch(noise)), pixel_max),
+            "fake": pixel_features(np.asarray(predict_rows(generator, noise)), pixel_max),
             "noise": uniform.uniform(0.0, 1.0, (count, len(mean))),
             "independent": np.clip(gaussian.normal(mean, std, (count, len(mean))), 0.0, 1.0),
         }
