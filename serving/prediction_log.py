@@ -665,9 +665,9 @@ class _Templates:
             return prediction_log(record).SerializeToString()
         pieces = self._pieces.get(layout, _UNKNOWN)
         if pieces is _UNKNOWN:
-            pieces = _template(record) if len(self._pieces) < self.LIMIT else None
+            pieces = None  # beyond LIMIT layouts, records are built as messages
             if len(self._pieces) < self.LIMIT:
-                self._pieces[layout] = pieces
+                pieces = self._pieces[layout] = _template(record)
         if pieces is None:
             return prediction_log(record).SerializeToString()
         joined = [pieces[0]]

@@ -280,11 +280,7 @@ def _shape_text(shape: tuple[int | None, ...]) -> str:
 
 def check_shape(array: np.ndarray, spec: TensorSpecInfo) -> None:
     """Raise 400 unless `array` fits the signature's shape (batch axis included)."""
-    if spec.shape is None:
-        return
-    if array.ndim != len(spec.shape) or any(
-        want is not None and want != got for want, got in zip(spec.shape, array.shape, strict=True)
-    ):
+    if not _fits(array.shape, spec.shape):
         want = "[" + ", ".join("-1" if d is None else str(d) for d in spec.shape) + "]"
         raise invalid(
             f"input '{spec.name}' has shape {list(array.shape)}, the signature expects {want}"
