@@ -101,7 +101,7 @@ def streamed_confusion(
     """The classifier's confusion counts (K, K) on `split`, predicted batch by batch."""
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for x, y in split.batches(batch_size):
-        probabilities = np.asarray(model.predict_on_batch(x))  # (B, K)
+        probabilities = np.asarray(predict_rows(model, x))  # (B, K)
         confusion += confusion_counts(np.asarray(y), probabilities.argmax(axis=-1), num_classes)
     return confusion
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from kerasops.data import PreparedData
-from kerasops.models.evaluation import Evaluation, confusion_counts
+from kerasops.models.evaluation import Evaluation, confusion_counts, predict_rows
 
 
 def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
@@ -39,7 +39,7 @@ def model_confusion(
     k = len(prepared.manifest.classes)
     found, baseline = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
     for x, y in prepared.splits[split].batches(batch_size):
-        mask = model.predict_on_batch(x)["mask"]  # (B, H, W)
+        mask = predict_rows(model, x)["mask"]  # (B, H, W)
         found += confusion_counts(np.asarray(y), np.asarray(mask), k)
         baseline += confusion_counts(np.asarray(y), np.zeros_like(y), k)
     return found, baseline

@@ -9,13 +9,14 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, no state between plots
 
 from kerasops.data import PreparedData
+from kerasops.models.evaluation import predict_rows
 
 
 def plot_test_masks(model: keras.Model, prepared: PreparedData, path: Path, count: int = 6) -> Path:
     """`segmentation.png`: the first `count` test images with their true and predicted masks."""
     first = prepared.splits["test"].head(count)
     images = np.asarray(first.x)
-    predicted = np.asarray(model.predict_on_batch(images)["mask"])
+    predicted = np.asarray(predict_rows(model, images)["mask"])
     return masks_plot(images, np.asarray(first.y), predicted, len(prepared.manifest.classes), path)
 
 
